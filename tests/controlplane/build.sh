@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build (or find) the control-plane binaries the tests run: etcd, kube-apiserver,
+# kube-controller-manager, kubectl and helm, from the Go module pinned in ./go.
+#
+# The LAST line printed on stdout is the directory holding the five binaries.
+# Everything else goes to stderr, so callers can do: dir=$(build.sh | tail -n1).
+#
+# Order of preference:
+#   1. $KUBEBUILDER_ASSETS, when it holds all five binaries (the envtest convention);
+#   2. the version-keyed cache directory, when a previous run completed it;
+#   3. a fresh build into that cache directory (one `go build` for all five, so the
+#      packages they share are compiled once).
+#
+# Environment knobs:
+#   MODELROUTE_CONTROLPLANE_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/controlplane)
+#   GOFLAGS                        passed through; -trimpath is always added
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+mod_dir="$here/go"
+binaries=(etcd kube-apiserver kube-controller-manager kubectl helm)
+
+log() { printf 'controlplane: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+has_all_binaries() {
+    local dir="$1" b
+    for b in "${binaries[@]}"; do
+        [[ -x "$dir/$b" ]] || return 1
+    done
+}
+
+missing_binaries() {
+    local dir="$1" b out=()
+    for b in "${binaries[@]}"; do
+        [[ -x "$dir/$b" ]] || out+=("$b")
+    done
+    echo "${out[*]}"
+}
+
+# The pinned versions live in go.mod only; read them from there (no `go` call, so a
+# warm run costs nothing and needs no network).
+required_version() {
+    awk -v mod="$1" '$1 == mod && $2 ~ /^v/ { print $2; exit }' "$mod_dir/go.mod"
+}
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+    if has_all_binaries "$KUBEBUILDER_ASSETS"; then
+        log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+        echo "$KUBEBUILDER_ASSETS"
+        exit 0
+    fi
+    die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks: $(missing_binaries "$KUBEBUILDER_ASSETS") (unset it to build them)"
+fi
+
+k8s_version="$(required_version k8s.io/kubernetes)"
+etcd_version="$(required_version go.etcd.io/etcd/server/v3)"
+helm_version="$(required_version helm.sh/helm/v3)"
+[[ -n "$k8s_version" && -n "$etcd_version" && -n "$helm_version" ]] ||
+    die "could not read the pinned versions from $mod_dir/go.mod"
+
+cache_root="${MODELROUTE_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/controlplane}"
+dest="$cache_root/${k8s_version}-etcd${etcd_version}-helm${helm_version}"
+
+if has_all_binaries "$dest"; then
+    log "cached: $dest"
+    echo "$dest"
+    exit 0
+fi
+
+command -v go >/dev/null || die "go is not on PATH; it is needed to build the control plane into $dest"
+mkdir -p "$cache_root"
+
+# Serialise concurrent builds (several pytest sessions, make and a test run at once):
+# the second caller waits, then finds the finished cache.
+exec 9>"$cache_root/.build.lock"
+flock 9
+if has_all_binaries "$dest"; then
+    log "built meanwhile by another process: $dest"
+    echo "$dest"
+    exit 0
+fi
+
+k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
+cb=k8s.io/component-base/version
+hv=helm.sh/helm/v3/internal/version
+ldflags=(
+    -s -w
+    # kubectl version / the server's /version report the real release.
+    -X "$cb.gitVersion=$k8s_version" -X "$cb.gitMajor=1" -X "$cb.gitMinor=$k8s_minor"
+    -X "$cb.gitTreeState=clean" -X "$cb.buildDate=1970-01-01T00:00:00Z"
+    -X "$hv.version=$helm_version" -X "$hv.gitTreeState=clean"
+    # helm template's default .Capabilities.KubeVersion: the client-go it was built with.
+    -X "helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+    -X "helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
+    -X "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1"
+    -X "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
+)
+
+tmp="$(mktemp -d "$cache_root/.build.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+log "building kubernetes $k8s_version, etcd $etcd_version, helm $helm_version into $dest"
+log "(a cold build takes a long while on 2 cores; later runs reuse the cache)"
+start=$SECONDS
+(
+    cd "$mod_dir"
+    # CGO off: static binaries, no C toolchain needed, as upstream ships them.
+    # `tool` is the go.mod tool directives: all five main packages in one build.
+    CGO_ENABLED=0 GOFLAGS="-trimpath ${GOFLAGS:-}" GOTOOLCHAIN=local \
+        go build -ldflags "${ldflags[*]}" -o "$tmp/" tool
+)
+# etcd's main package is the module root go.etcd.io/etcd/server/v3: go names it "server".
+mv "$tmp/server" "$tmp/etcd"
+has_all_binaries "$tmp" || die "build finished without: $(missing_binaries "$tmp")"
+
+rm -rf "$dest"
+mv "$tmp" "$dest"
+trap - EXIT
+log "built in $((SECONDS - start))s: $dest"
+echo "$dest"
