@@ -1,0 +1,1 @@
+"""modelroute operator: compiles ModelRoute/ProviderKey into sidecar config and injects the sidecar."""

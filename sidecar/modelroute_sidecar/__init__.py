@@ -1,0 +1,1 @@
+"""modelroute sidecar: the in-pod gateway and the config contract shared with the operator."""

@@ -1,0 +1,224 @@
+"""Compile ModelRoute, ProviderKey and Secret documents into sidecar config and keys.
+
+One pure function, :func:`compile_resources`, serves both ``modelroute serve`` (YAML
+files) and the operator (objects read from the API server). It never raises on bad
+input: every document gets an :class:`ObjectStatus`, and a broken document only takes
+itself out of the result, never its neighbours.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from .config import BackendConfig, GatewayConfig, Keys, ProviderKeyConfig, RouteConfig
+from .resources import DEFAULT_AZURE_API_VERSION, ModelRoute, ProviderKey, Secret
+
+Kind = Literal["ProviderKey", "ModelRoute"]
+
+# Environment fallbacks for `modelroute serve`, most specific first.
+PROVIDER_ENV_VARS: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "azure-openai": ("AZURE_OPENAI_API_KEY",),
+    "openai-compatible": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDoc:
+    """A document and where it came from, so errors can name it."""
+
+    origin: str
+    body: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class ObjectStatus:
+    kind: Kind
+    name: str
+    ready: bool
+    reason: str
+    message: str
+    generation: int | None = None
+    # What `kubectl get` shows: backends usable / total (ModelRoute), keys (ProviderKey).
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CompileResult:
+    config: GatewayConfig
+    keys: Keys
+    statuses: dict[tuple[Kind, str], ObjectStatus]
+    errors: list[str]  # documents that could not be read at all, each naming document and field
+    referenced_secrets: set[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(s.ready for s in self.statuses.values())
+
+
+def env_var_for(provider_key: str) -> str:
+    """``MODELROUTE_KEY_<NAME>``: the per-ProviderKey environment variable `serve` reads."""
+    return "MODELROUTE_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", provider_key).upper()
+
+
+def split_keys(value: str) -> list[str]:
+    """One key per line; blank lines and surrounding whitespace ignored."""
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def format_validation_error(origin: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+        parts.append(f"{loc or '(document)'}: {e['msg']}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def compile_resources(
+    docs: Iterable[SourceDoc | Mapping[str, Any]],
+    *,
+    env: Mapping[str, str] | None = None,
+    base: GatewayConfig | None = None,
+) -> CompileResult:
+    """Compile one namespace's documents. ``env`` enables environment key fallbacks.
+
+    ``base`` supplies the gateway-wide settings (timeouts, prices, ...) that are not
+    expressed by the resources themselves.
+    """
+    errors: list[str] = []
+    keys_docs: list[ProviderKey] = []
+    route_docs: list[ModelRoute] = []
+    secrets: dict[str, Secret] = {}
+
+    for doc in docs:
+        src = doc if isinstance(doc, SourceDoc) else SourceDoc(_origin(doc), doc)
+        kind = src.body.get("kind")
+        try:
+            if kind == "ProviderKey":
+                keys_docs.append(ProviderKey.model_validate(src.body))
+            elif kind == "ModelRoute":
+                route_docs.append(ModelRoute.model_validate(src.body))
+            elif kind == "Secret":
+                s = Secret.model_validate(src.body)
+                secrets[s.metadata.name] = s
+            # Anything else (a Deployment in the same file, say) is not ours to judge.
+        except ValidationError as e:
+            errors.append(format_validation_error(src.origin, e))
+
+    statuses: dict[tuple[Kind, str], ObjectStatus] = {}
+    provider_keys: dict[str, ProviderKeyConfig] = {}
+    keys: Keys = {}
+    referenced: set[str] = set()
+
+    for pk in sorted(keys_docs, key=lambda d: d.metadata.name):
+        name = pk.metadata.name
+        if pk.spec.secret_ref is not None:
+            referenced.add(pk.spec.secret_ref.name)
+        found, reason, message = _resolve_keys(pk, secrets, env)
+        status = ObjectStatus("ProviderKey", name, found is not None, reason, message, pk.metadata.generation)
+        status.summary = {"provider": pk.spec.provider, "keys": len(found or [])}
+        statuses[("ProviderKey", name)] = status
+        if found is None:
+            continue
+        provider_keys[name] = ProviderKeyConfig(
+            name=name,
+            provider=pk.spec.provider,
+            baseURL=pk.spec.resolved_base_url(),
+            models=pk.spec.resolved_models(),
+            apiVersion=pk.spec.api_version
+            or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
+            headers=pk.spec.headers,
+        )
+        keys[name] = found
+
+    routes: dict[str, RouteConfig] = {}
+    # Oldest name first, so that a conflict resolves the same way on every compile.
+    for mr in sorted(route_docs, key=lambda d: d.metadata.name):
+        name = mr.metadata.name
+        spec = mr.spec
+        if spec.model in routes:
+            statuses[("ModelRoute", name)] = ObjectStatus(
+                "ModelRoute", name, False, "Conflict",
+                f"model {spec.model!r} is already routed by ModelRoute {routes[spec.model].source.split('/')[-1]}",
+                mr.metadata.generation,
+            )
+            continue
+        backends: list[BackendConfig] = []
+        missing: list[str] = []
+        for b in spec.backends:
+            if b.provider_key in provider_keys:
+                backends.append(BackendConfig(providerKey=b.provider_key, model=b.model or spec.model,
+                                              weight=b.weight))
+            else:
+                state = statuses.get(("ProviderKey", b.provider_key))
+                missing.append(f"{b.provider_key} ({'not ready: ' + state.reason if state else 'not found'})")
+        routes[spec.model] = RouteConfig(
+            model=spec.model, strategy=spec.strategy, backends=tuple(backends),
+            retries=spec.retries, timeouts=spec.timeouts, source=f"ModelRoute/{name}",
+        )
+        total = len(spec.backends)
+        if missing:
+            reason = "ProviderKeyNotFound" if any("not found" in m for m in missing) else "ProviderKeyNotReady"
+            msg = f"{len(backends)}/{total} backends usable; unavailable: {', '.join(missing)}"
+            status = ObjectStatus("ModelRoute", name, False, reason, msg, mr.metadata.generation)
+        else:
+            status = ObjectStatus("ModelRoute", name, True, "Compiled",
+                                  f"{total}/{total} backends usable", mr.metadata.generation)
+        status.summary = {"model": spec.model, "backends": f"{len(backends)}/{total}", "strategy": spec.strategy}
+        statuses[("ModelRoute", name)] = status
+
+    settings = (base or GatewayConfig()).model_dump(by_alias=True, exclude={"routes", "provider_keys"})
+    config = GatewayConfig.model_validate({**settings, "routes": routes, "providerKeys": provider_keys})
+    return CompileResult(config, keys, statuses, errors, referenced)
+
+
+def _origin(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    name = meta.get("name", "<unnamed>") if isinstance(meta, Mapping) else "<unnamed>"
+    ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return f"{body.get('kind', '<no kind>')} {ns + '/' if ns else ''}{name}"
+
+
+def _resolve_keys(
+    pk: ProviderKey, secrets: Mapping[str, Secret], env: Mapping[str, str] | None
+) -> tuple[list[str] | None, str, str]:
+    """The key strings of a ProviderKey, or None with a reason. Never puts a key in a message."""
+    ref = pk.spec.secret_ref
+    if ref is not None and ref.name in secrets:
+        secret = secrets[ref.name]
+        value = _secret_value(secret, ref.key)
+        if value is None:
+            return None, "SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key!r}"
+        found = split_keys(value)
+        if not found:
+            return None, "KeyEmpty", f"Secret {ref.name} key {ref.key!r} holds no API key"
+        return found, "KeysLoaded", f"{len(found)} key(s) from Secret {ref.name}"
+    if env is not None:
+        for var in (env_var_for(pk.metadata.name), *PROVIDER_ENV_VARS[pk.spec.provider]):
+            if env.get(var, "").strip():
+                found = split_keys(env[var])
+                return found, "KeysLoaded", f"{len(found)} key(s) from environment variable {var}"
+    if ref is None:
+        # Self-hosted backends (vLLM, Ollama) need no key: requests go without auth.
+        return [], "NoKeyRequired", "no secretRef: requests are sent without an API key"
+    return None, "SecretNotFound", f"Secret {ref.name} not found"
+
+
+def _secret_value(secret: Secret, key: str) -> str | None:
+    if key in secret.string_data:
+        return secret.string_data[key]
+    if key in secret.data:
+        try:
+            return base64.b64decode(secret.data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return None

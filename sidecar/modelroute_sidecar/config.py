@@ -1,0 +1,115 @@
+"""The compiled sidecar configuration: the contract between operator and sidecar.
+
+The operator (and ``modelroute serve``) compiles ModelRoute/ProviderKey resources into
+one :class:`GatewayConfig`, which holds no secret, and a :data:`Keys` mapping of
+ProviderKey name to its key strings. In a pod they arrive as the ConfigMap
+``modelroute-config`` (file ``config.json``) and the Secret ``modelroute-keys`` (one
+file per ProviderKey, one key per line).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible"]
+Strategy = Literal["failover", "weighted", "latency"]
+
+CONFIG_VERSION = 1
+
+# How the compiled config reaches a pod; the operator writes these, the sidecar reads them.
+CONFIGMAP_NAME = "modelroute-config"
+KEYS_SECRET_NAME = "modelroute-keys"
+CONFIG_FILE = "config.json"  # key in the ConfigMap
+CONFIG_SUBDIR = "config"  # <config-dir>/config/config.json  (ConfigMap volume)
+KEYS_SUBDIR = "keys"  # <config-dir>/keys/<ProviderKey name>  (Secret volume, one key per line)
+DEFAULT_CONFIG_DIR = "/etc/modelroute"
+DEFAULT_PORT = 8700  # API, bound to 127.0.0.1 only
+DEFAULT_METRICS_PORT = 8701  # /metrics, /healthz, /readyz on all interfaces (kubelet probes the pod IP)
+
+# ProviderKey name -> key strings, in rotation order.
+Keys = dict[str, list[str]]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(_Model):
+    """How many attempts a request gets across a route's backends, and how they wait."""
+
+    max_attempts: int = Field(3, ge=1, le=20, alias="maxAttempts")
+    backoff_base_seconds: float = Field(0.1, ge=0, le=30, alias="backoffBaseSeconds")
+    backoff_max_seconds: float = Field(2.0, ge=0, le=120, alias="backoffMaxSeconds")
+    # A Retry-After longer than this is not waited for; the next backend is tried instead.
+    max_retry_after_seconds: float = Field(10.0, ge=0, le=600, alias="maxRetryAfterSeconds")
+
+
+class Timeouts(_Model):
+    connect_seconds: float = Field(5.0, gt=0, le=300, alias="connectSeconds")
+    first_byte_seconds: float = Field(60.0, gt=0, le=3600, alias="firstByteSeconds")
+    between_chunks_seconds: float = Field(60.0, gt=0, le=3600, alias="betweenChunksSeconds")
+    total_seconds: float = Field(600.0, gt=0, le=86400, alias="totalSeconds")
+
+
+class CircuitBreaker(_Model):
+    failure_threshold: int = Field(5, ge=1, le=1000, alias="failureThreshold")
+    open_seconds: float = Field(30.0, gt=0, le=3600, alias="openSeconds")
+
+
+class KeyCooldowns(_Model):
+    """How long a key rests after the upstream refused it."""
+
+    auth_seconds: float = Field(300.0, ge=0, alias="authSeconds")  # 401/403
+    rate_limit_seconds: float = Field(20.0, ge=0, alias="rateLimitSeconds")  # 429 without Retry-After
+
+
+class Price(_Model):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(None, ge=0, alias="cacheRead")
+    cache_write: float | None = Field(None, ge=0, alias="cacheWrite")
+
+
+class ProviderKeyConfig(_Model):
+    name: str
+    provider: ProviderKind
+    base_url: str = Field(alias="baseURL")
+    models: tuple[str, ...] = ()
+    api_version: str | None = Field(None, alias="apiVersion")  # azure-openai
+    headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
+
+
+class BackendConfig(_Model):
+    provider_key: str = Field(alias="providerKey")
+    model: str
+    weight: int = Field(1, ge=0, le=1_000_000)
+
+
+class RouteConfig(_Model):
+    model: str
+    strategy: Strategy = "failover"
+    # May be empty when no backend is usable yet: requests then get a clear 503.
+    backends: tuple[BackendConfig, ...] = ()
+    retries: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts()
+    source: str = ""  # e.g. "ModelRoute default/chat", for logs and status
+
+
+class GatewayConfig(_Model):
+    version: int = CONFIG_VERSION
+    provider_keys: dict[str, ProviderKeyConfig] = Field(default_factory=dict, alias="providerKeys")
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    # Used for pattern-routed models (no ModelRoute): a ProviderKey chain.
+    default_retries: RetryPolicy = Field(RetryPolicy(), alias="defaultRetries")
+    default_timeouts: Timeouts = Field(Timeouts(), alias="defaultTimeouts")
+    circuit_breaker: CircuitBreaker = Field(CircuitBreaker(), alias="circuitBreaker")
+    key_cooldowns: KeyCooldowns = Field(KeyCooldowns(), alias="keyCooldowns")
+    prices: dict[str, Price] = Field(default_factory=dict)  # overrides of the built-in table
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, alias="maxBodyBytes")
+
+    def dump_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_defaults=False, indent=2)

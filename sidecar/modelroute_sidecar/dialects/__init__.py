@@ -1,0 +1,1 @@
+"""Ingress dialects: what callers speak (OpenAI Chat, OpenAI Responses, Anthropic Messages)."""

@@ -1,0 +1,1 @@
+"""Provider adapters: canonical request -> upstream HTTP request -> canonical response."""

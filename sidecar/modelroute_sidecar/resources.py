@@ -1,0 +1,134 @@
+"""pydantic models of the custom resources (group ``modelroute.dev``, ``v1alpha1``).
+
+These mirror the CRD schemas in ``crds/``; the compiler validates every document with
+them so that ``modelroute serve`` and the operator reject the same things with the same
+words.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config import CircuitBreaker, ProviderKind, RetryPolicy, Strategy, Timeouts
+
+GROUP = "modelroute.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+
+DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "openai": ("gpt-*", "o[0-9]*", "chatgpt-*", "text-embedding-*"),
+    "anthropic": ("claude-*",),
+    "gemini": ("gemini-*", "text-embedding-*", "embedding-*"),
+}
+
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+
+
+class SecretKeyRef(_Spec):
+    name: str = Field(min_length=1)
+    key: str = "apiKey"
+
+
+class ProviderKeySpec(_Spec):
+    provider: ProviderKind
+    base_url: str | None = Field(None, alias="baseURL", min_length=1)
+    secret_ref: SecretKeyRef | None = Field(None, alias="secretRef")
+    models: list[str] | None = None
+    api_version: str | None = Field(None, alias="apiVersion", min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _base_url_required(self) -> ProviderKeySpec:
+        if self.base_url is None and self.provider not in DEFAULT_BASE_URLS:
+            raise ValueError(f"baseURL is required for provider {self.provider!r}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("baseURL must start with http:// or https://")
+        return self
+
+    def resolved_base_url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+
+    def resolved_models(self) -> tuple[str, ...]:
+        if self.models is not None:
+            return tuple(self.models)
+        return DEFAULT_MODELS.get(self.provider, ())
+
+
+class BackendSpec(_Spec):
+    provider_key: str = Field(alias="providerKey", min_length=1)
+    model: str | None = Field(None, min_length=1)
+    weight: int = Field(1, ge=0, le=1_000_000)
+
+
+class ModelRouteSpec(_Spec):
+    model: str = Field(min_length=1, max_length=256)
+    strategy: Strategy = "failover"
+    backends: list[BackendSpec] = Field(min_length=1)
+    retries: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelRouteSpec:
+        if self.strategy == "weighted" and not any(b.weight > 0 for b in self.backends):
+            raise ValueError("a weighted route needs at least one backend with weight > 0")
+        return self
+
+
+class ProviderKey(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["modelroute.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ProviderKey"]
+    metadata: Metadata
+    spec: ProviderKeySpec
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["modelroute.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelRoute"]
+    metadata: Metadata
+    spec: ModelRouteSpec
+
+
+class Secret(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    kind: Literal["Secret"]
+    metadata: Metadata
+    data: dict[str, str] = Field(default_factory=dict)  # base64
+    string_data: dict[str, str] = Field(default_factory=dict, alias="stringData")
+
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_AZURE_API_VERSION",
+    "DEFAULT_BASE_URLS",
+    "DEFAULT_MODELS",
+    "BackendSpec",
+    "CircuitBreaker",
+    "ModelRoute",
+    "ModelRouteSpec",
+    "ProviderKey",
+    "ProviderKeySpec",
+    "Secret",
+    "SecretKeyRef",
+]
