@@ -1,0 +1,148 @@
+"""The deterministic 'model' shared by every fake, so tests can compare providers.
+
+Each provider module reduces its request to a `Prompt` and renders the `Reply`
+in its own wire format.  Rules (identical for all providers):
+
+* text reply: ``"echo: " + <text of the last user message>`` (text parts joined,
+  each image part counts as the text ``[image]``);
+* if functions are offered, tool choice allows calling one, and the last message is
+  from the user: ONE call to the first offered (or the forced) function with
+  arguments ``{"echo": "<last user text>"}``;
+* if the last message is a tool result: ``"tool said: <result content>"``;
+* stop sequences cut the reply before the first match (finish = stop_sequence);
+* max tokens below the reply's word count truncates it (finish = length);
+* input tokens = whitespace-separated words over all system/message text and tool
+  results (tool-call arguments and tool definitions are not counted, so the same
+  conversation counts the same in every dialect); min 1;
+* output tokens = words in the reply text, or 5 for a tool call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+IMAGE_TEXT = "[image]"
+TOOL_CALL_TOKENS = 5
+
+# "auto" | "none" | "required" | ("function", name)
+ToolChoice = str | tuple[str, str]
+Finish = Literal["stop", "length", "tool_call", "stop_sequence"]
+
+
+@dataclass
+class Prompt:
+    """A provider-neutral view of the request: only what the behaviour depends on."""
+
+    texts: list[str] = field(default_factory=list)  # every counted text (system, messages, tool results)
+    last_role: Literal["user", "tool", "assistant"] = "user"
+    last_user_text: str = ""
+    tool_results: list[str] = field(default_factory=list)  # trailing tool results, in order
+    tools: list[str] = field(default_factory=list)  # offered function names, in order
+    tool_choice: ToolChoice = "auto"
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        return max(1, sum(len(t.split()) for t in self.texts))
+
+
+@dataclass
+class ToolCall:
+    name: str
+    args: dict[str, str]
+
+    @property
+    def arguments(self) -> str:
+        return orjson.dumps(self.args).decode()
+
+
+@dataclass
+class Reply:
+    text: str  # "" for a tool call
+    pieces: list[str]  # the text split for streaming; "".join(pieces) == text
+    tool_call: ToolCall | None
+    finish: Finish
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+def split_words(text: str) -> list[str]:
+    """Split into word pieces that concatenate back to `text` exactly (one piece = one token)."""
+    pieces = re.findall(r"\s*\S+", text)
+    if not pieces:
+        return [text] if text else []
+    tail = text[len("".join(pieces)) :]
+    pieces[-1] += tail
+    return pieces
+
+
+def respond(prompt: Prompt) -> Reply:
+    wants_tool = prompt.tools and prompt.tool_choice != "none" and prompt.last_role == "user"
+    if wants_tool:
+        if isinstance(prompt.tool_choice, tuple):
+            name = prompt.tool_choice[1]
+        else:
+            name = prompt.tools[0]
+        return Reply(
+            text="",
+            pieces=[],
+            tool_call=ToolCall(name=name, args={"echo": prompt.last_user_text}),
+            finish="tool_call",
+            stop_sequence=None,
+            input_tokens=prompt.input_tokens,
+            output_tokens=TOOL_CALL_TOKENS,
+        )
+    if prompt.last_role == "tool":
+        text = "tool said: " + " ".join(prompt.tool_results)
+    else:
+        text = "echo: " + prompt.last_user_text
+    finish: Finish = "stop"
+    matched: str | None = None
+    cut = [(text.find(s), s) for s in prompt.stop if s and s in text]
+    if cut:
+        index, matched = min(cut)
+        text = text[:index]
+        finish = "stop_sequence"
+    pieces = split_words(text)
+    if prompt.max_tokens is not None and prompt.max_tokens < len(pieces):
+        pieces = pieces[: max(prompt.max_tokens, 0)]
+        text = "".join(pieces)
+        finish = "length"
+        matched = None
+    return Reply(
+        text=text,
+        pieces=pieces,
+        tool_call=None,
+        finish=finish,
+        stop_sequence=matched,
+        input_tokens=prompt.input_tokens,
+        output_tokens=len(pieces),
+    )
+
+
+def fragments(s: str, size: int = 4) -> list[str]:
+    """Split a string (tool-call arguments JSON) into small fragments, as providers stream them."""
+    return [s[i : i + size] for i in range(0, len(s), size)] or [""]
+
+
+def embed(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `text`: equal inputs embed equally, in every provider."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values.extend((b - 127.5) / 127.5 for b in digest)
+        counter += 1
+    values = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    # Round-trip through float32 so base64 and float encodings decode to the same numbers.
+    return [struct.unpack("<f", struct.pack("<f", v / norm))[0] for v in values]
