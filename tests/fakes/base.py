@@ -179,8 +179,15 @@ def retry_after_value(seconds: float) -> str:
 class SseWriter:
     """Writes one SSE stream, applying the stream faults and keeping the counters honest."""
 
-    def __init__(self, upstream: FakeUpstream, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(
+        self,
+        upstream: FakeUpstream,
+        request: web.Request,
+        response: web.StreamResponse,
+        error_frame: Callable[[int], bytes],
+    ) -> None:
         self.upstream = upstream
+        self.error_frame = error_frame
         self.request = request
         self.response = response
         self.sent = 0
@@ -196,7 +203,7 @@ class SseWriter:
             self.upstream.streams_died += 1
             raise StreamAborted
         if faults.error_after is not None and self.sent >= faults.error_after:
-            await self.response.write(self.upstream.stream_error_frame())
+            await self.response.write(self.error_frame(self.sent))
             raise StreamAborted
         if faults.event_delay:
             await asyncio.sleep(faults.event_delay)
@@ -246,8 +253,8 @@ class FakeUpstream:
     def not_found_response(self, request: web.Request) -> web.Response:
         return self.error_response(404, f"Invalid URL ({request.method} {request.path})")
 
-    def stream_error_frame(self) -> bytes:
-        """The provider's in-stream error event (used by `error_mid_stream`)."""
+    def stream_error_frame(self, sent: int) -> bytes:
+        """The provider's in-stream error event after `sent` events (used by `error_mid_stream`)."""
         raise NotImplementedError
 
     # ---- conveniences for tests ------------------------------------------
@@ -403,13 +410,14 @@ class FakeUpstream:
         request: web.Request,
         frames: Iterable[bytes],
         headers: Mapping[str, str] | None = None,
+        error_frame: Callable[[int], bytes] | None = None,
     ) -> web.StreamResponse:
         """Send pre-framed SSE events, honouring the stream faults and counters."""
         resp = web.StreamResponse(status=200, headers=headers)
         resp.content_type = self.stream_content_type
         resp.headers["cache-control"] = "no-cache"
         await resp.prepare(request)
-        writer = SseWriter(self, request, resp)
+        writer = SseWriter(self, request, resp, error_frame or self.stream_error_frame)
         self.active_streams += 1
         self.streams_started += 1
         try:
