@@ -52,6 +52,7 @@ class FakeOpenAI(FakeUpstream):
     """
 
     provider = "openai"
+    azure_dialect = False  # Azure's content-filter fields in chat responses
 
     def __init__(
         self,
@@ -158,12 +159,13 @@ class FakeOpenAI(FakeUpstream):
         body = require_object(self.body_of(request))
         model = require_model(body)
         self.check_model(model)
-        return await self.render_chat(request, body, model, self.served(model), azure=False)
+        return await self.render_chat(request, body, self.served(model), azure=self.azure_dialect)
 
     async def render_chat(
-        self, request: web.Request, body: dict[str, Any], model: str, served: str, *, azure: bool
+        self, request: web.Request, body: dict[str, Any], served: str, *, azure: bool
     ) -> web.StreamResponse:
-        req = parse_chat(body, model, strict_params=self.strict_params)
+        # Validate against the served model: reasoning-model rules follow the real model.
+        req = parse_chat(body, served, strict_params=self.strict_params)
         reply = respond(req.prompt)
         render = ChatRender(
             id=rand_id("chatcmpl-", 29),
