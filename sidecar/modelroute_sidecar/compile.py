@@ -132,9 +132,9 @@ def compile_resources(
         provider_keys[name] = ProviderKeyConfig(
             name=name,
             provider=pk.spec.provider,
-            baseURL=pk.spec.resolved_base_url(),
+            base_url=pk.spec.resolved_base_url(),
             models=pk.spec.resolved_models(),
-            apiVersion=pk.spec.api_version
+            api_version=pk.spec.api_version
             or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
             headers=pk.spec.headers,
         )
@@ -156,7 +156,7 @@ def compile_resources(
         missing: list[str] = []
         for b in spec.backends:
             if b.provider_key in provider_keys:
-                backends.append(BackendConfig(providerKey=b.provider_key, model=b.model or spec.model,
+                backends.append(BackendConfig(provider_key=b.provider_key, model=b.model or spec.model,
                                               weight=b.weight))
             else:
                 state = statuses.get(("ProviderKey", b.provider_key))

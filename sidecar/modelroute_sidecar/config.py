@@ -98,6 +98,9 @@ class RouteConfig(_Model):
     timeouts: Timeouts = Timeouts()
     source: str = ""  # e.g. "ModelRoute default/chat", for logs and status
 
+    def backends_as_pairs(self) -> list[tuple[str, str, int]]:
+        return [(b.provider_key, b.model, b.weight) for b in self.backends]
+
 
 class GatewayConfig(_Model):
     version: int = CONFIG_VERSION

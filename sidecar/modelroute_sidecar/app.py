@@ -1,0 +1,209 @@
+"""The HTTP surface: thin handlers that parse, resolve a route, and hand over to the engine.
+
+Two applications: the API (127.0.0.1 only; the pod's own containers are its callers)
+and the admin one (``/metrics``, ``/healthz``, ``/readyz`` on all interfaces, for kubelet
+probes and Prometheus).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .config import GatewayConfig, Keys
+from .dialects.base import Dialect, Ingress
+from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
+from .engine import Engine, request_id
+from .errors import GatewayError, model_not_found, payload_too_large
+from .metrics import Metrics
+from .router import Runtime, State
+
+log = logging.getLogger("modelroute.gateway")
+
+OPENAI_CHAT = OpenAIChat()
+
+
+class Gateway:
+    """Holds the current Runtime and what outlives reloads (state, metrics, HTTP client)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.state = State()
+        self.runtime: Runtime | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.engine: Engine | None = None
+        self.models_body = b'{"object":"list","data":[]}'
+        self.draining = False
+
+    def apply(self, config: GatewayConfig, keys: Keys) -> None:
+        """Swap in a new config. Requests in flight keep the Runtime they started with."""
+        new = Runtime(config, keys, self.state, self.metrics)
+        if self.runtime is not None:
+            self.runtime.retire()
+        self.runtime = new
+        self.models_body = orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in new.model_names]})
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        # Upstream answers are read as they are; the caller gets them uncompressed.
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=True,
+                                             skip_auto_headers=("User-Agent",))
+        self.engine = Engine(self.session)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None and not self.draining
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) -> web.Response:
+    headers = dict(err.headers)
+    if rid:
+        headers.setdefault("x-request-id", rid)
+    return web.Response(status=err.status, body=dialect.render_error(err), content_type="application/json",
+                        headers=headers)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise payload_too_large(limit) from None
+    if len(body) > limit:
+        raise payload_too_large(limit)
+    return body
+
+
+async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
+                        parse: Callable[[bytes], Ingress] | None = None) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    rt = gw.runtime  # this request's config, whatever reloads happen meanwhile
+    try:
+        if rt is None or gw.engine is None:
+            raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
+        body = await _read_body(request, rt.max_body_bytes)
+        ingress = (parse or dialect.parse)(body)
+        route = rt.resolve(ingress.model)
+        if route is None:
+            raise model_not_found(ingress.model)
+        return await gw.engine.handle(request, rt, route, dialect, ingress, operation)
+    except GatewayError as err:
+        if err.status < 500 and err.code != "rate_limit_exceeded":
+            gw.metrics.unrouted(err.status)
+        return _dialect_error(dialect, err, request.headers.get("x-request-id"))
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise
+    except Exception:
+        rid = request.headers.get("x-request-id") or request_id()
+        log.exception("internal error", extra={"fields": {"request_id": rid}})
+        return _dialect_error(dialect, GatewayError(500, f"Internal gateway error (request {rid})",
+                                                    type="api_error"), rid)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await serve_dialect(request, OPENAI_CHAT)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await serve_dialect(request, OPENAI_CHAT, "embeddings", parse_embeddings)
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[GATEWAY].models_body, content_type="application/json")
+
+
+async def model(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    name = request.match_info["name"]
+    if gw.runtime is None or gw.runtime.resolve(name) is None:
+        return _dialect_error(OPENAI_CHAT, model_not_found(name))
+    return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "modelroute"},
+                             dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[GATEWAY].ready:
+        return web.Response(text="ready")
+    return web.Response(status=503, text="not ready")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    err = GatewayError(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url",
+                       type="not_found_error")
+    return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
+
+
+def _extra_routes() -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
+    """Handlers of the other dialects, when their modules are present."""
+    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
+    try:
+        from .dialects.anthropic_messages import AnthropicMessages
+    except ImportError:
+        pass
+    else:
+        messages_dialect = AnthropicMessages()
+
+        async def messages(request: web.Request) -> web.StreamResponse:
+            return await serve_dialect(request, messages_dialect)
+
+        routes.append(("POST", "/v1/messages", messages))
+    try:
+        from .dialects.openai_responses import OpenAIResponses
+    except ImportError:
+        pass
+    else:
+        responses_dialect = OpenAIResponses()
+
+        async def responses(request: web.Request) -> web.StreamResponse:
+            return await serve_dialect(request, responses_dialect)
+
+        routes.append(("POST", "/v1/responses", responses))
+    return routes
+
+
+def api_app(gateway: Gateway) -> web.Application:
+    # The body limit is enforced per config in _read_body; this is only the hard ceiling.
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app[GATEWAY] = gateway
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{name:.+}", model)
+    for method, path, handler in _extra_routes():
+        app.router.add_route(method, path, handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+def admin_app(gateway: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY] = gateway
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=gateway.metrics.render(),
+                            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,127 @@
+"""``modelroute serve | sidecar | operator``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
+
+log = logging.getLogger("modelroute")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelroute", description="Kubernetes-native gateway to LLM providers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1",
+                        help="API address (default 127.0.0.1: only the pod's own containers may call it)")
+        sp.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+        sp.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
+        sp.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help=f"metrics port (default {DEFAULT_METRICS_PORT}; 0 to disable)")
+        sp.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config checks")
+        sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        sp.add_argument("--log-format", default="json", choices=["json", "text"])
+
+    serve = sub.add_parser("serve", help="run the gateway without a cluster, from ModelRoute/ProviderKey YAML")
+    serve.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
+                       help="YAML with ModelRoute, ProviderKey and Secret documents (repeatable). Keys not in "
+                            "a Secret document come from MODELROUTE_KEY_<PROVIDERKEY_NAME> or the provider's "
+                            "usual variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...)")
+    common(serve)
+    sidecar = sub.add_parser("sidecar", help="the in-pod gateway, reading the mounted ConfigMap and Secret")
+    sidecar.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
+                         help=f"directory with config/ and keys/ (default {DEFAULT_CONFIG_DIR})")
+    common(sidecar)
+    sub.add_parser("operator", help="the Kubernetes operator (kopf); see `modelroute operator --help`",
+                   add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["operator"]:
+        from modelroute_operator.cli import main as operator_main  # kopf only where it is used
+
+        return operator_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    from . import logs
+
+    logs.setup(args.log_level, json=args.log_format == "json")
+    from .loader import ConfigDirSource, ConfigError, FileSource, Source
+
+    source: Source = FileSource(args.filename) if args.command == "serve" else ConfigDirSource(args.config_dir)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(run(source, args, strict=args.command == "serve"))
+    except ConfigError as e:
+        print(f"modelroute: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"modelroute: {e}", file=sys.stderr)
+        return 1
+
+
+async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
+    from aiohttp import web
+
+    from .app import Gateway, admin_app, api_app
+    from .loader import ConfigError, Source, watch
+
+    src: Source = source  # type: ignore[assignment]
+    gateway = Gateway()
+    last_sig = src.signature()
+    try:
+        gateway.apply(*src.load())
+        gateway.metrics.config_reloads.labels("success").inc()
+    except ConfigError as e:
+        if strict:
+            raise
+        # In a pod the volumes may be populated after start: serve "not ready" until they are.
+        log.warning(f"no usable config yet, waiting for it: {e}")
+        last_sig = None
+    await gateway.start()
+    runners: list[web.AppRunner] = []
+    try:
+        api = web.AppRunner(api_app(gateway), handler_cancellation=True, access_log=None)
+        await api.setup()
+        await web.TCPSite(api, args.host, args.port, backlog=1024).start()
+        runners.append(api)
+        if args.metrics_port:
+            admin = web.AppRunner(admin_app(gateway), access_log=None)
+            await admin.setup()
+            await web.TCPSite(admin, args.metrics_host, args.metrics_port).start()
+            runners.append(admin)
+        log.info("modelroute listening", extra={"fields": {
+            "api": f"http://{args.host}:{args.port}/v1", "metrics": args.metrics_port or None,
+            "ready": gateway.ready}})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watcher = asyncio.create_task(watch(
+            src, gateway.apply, lambda r: gateway.metrics.config_reloads.labels(r).inc(),
+            args.reload_interval, last_sig))
+        await stop.wait()
+        gateway.draining = True
+        watcher.cancel()
+    finally:
+        for r in reversed(runners):
+            await r.cleanup()  # waits for requests in flight
+        await gateway.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""What every ingress dialect offers the HTTP handlers and the engine.
+
+A dialect validates the caller's body, translates it to the canonical request, and
+translates canonical responses, streams and errors back. When the chosen upstream
+speaks the same dialect natively, the engine skips translation and uses the
+``native_*`` hooks only to read usage and errors from the pass-through traffic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple
+
+from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ..errors import GatewayError
+from ..providers.base import UpstreamErrorInfo
+from ..sse import SSEEvent
+
+
+class Ingress(NamedTuple):
+    """A validated caller request: the body as a dict, plus what routing needs."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool  # whether the caller wants usage in its stream
+
+
+class StreamEncoder(ABC):
+    """Canonical chunks in, the caller's SSE bytes out."""
+
+    @abstractmethod
+    def chunk(self, chunk: ChatChunk) -> bytes: ...
+
+    @abstractmethod
+    def end(self) -> bytes:
+        """The dialect's proper ending (``[DONE]``, ``message_stop``, ``response.completed``)."""
+
+    @abstractmethod
+    def error(self, err: GatewayError) -> bytes:
+        """A well-formed error event that ends the stream after an upstream failure."""
+
+
+class NativeTap(ABC):
+    """Watches a passed-through stream for usage, in-band errors and its proper end."""
+
+    usage: Usage | None = None
+    done: bool = False
+    error: UpstreamErrorInfo | None = None  # set when the upstream sent an in-band error event
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> bool:
+        """Inspect one event; return False to drop it instead of passing it on."""
+
+
+class Dialect(ABC):
+    name: ClassVar[str]
+    # Caller headers passed on to an upstream that speaks this dialect natively
+    # (e.g. ``anthropic-beta``, which Claude Code uses to switch features on).
+    forward_headers: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def parse(self, body: bytes) -> Ingress:
+        """Validate the raw body; raise GatewayError (4xx) on bad input."""
+
+    @abstractmethod
+    def to_canonical(self, ingress: Ingress) -> ChatRequest: ...
+
+    @abstractmethod
+    def from_canonical(self, resp: ChatResponse, model: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder: ...
+
+    @abstractmethod
+    def render_error(self, err: GatewayError) -> bytes:
+        """The error body in this dialect (the status is ``err.status``)."""
+
+    def native_usage(self, body: dict[str, Any]) -> Usage | None:
+        """Usage of a passed-through non-streaming response."""
+        return None
+
+    def native_tap(self, include_usage: bool) -> NativeTap:
+        raise NotImplementedError

@@ -1,0 +1,252 @@
+"""The OpenAI Chat Completions dialect: ``POST /v1/chat/completions``.
+
+Canonical form is this dialect, so translation is the identity; the work here is
+validating input into clear 400s and framing the stream. Validation and JSON parsing
+happen in one pass in pydantic-core (``validate_json`` into TypedDicts, which yields
+plain dicts and keeps fields the gateway does not know about).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired
+
+import orjson
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
+from ..errors import GatewayError, bad_request
+from ..sse import SSEEvent, frame
+from .base import Dialect, Ingress, NativeTap, StreamEncoder
+
+_OPEN = ConfigDict(extra="allow")
+
+
+class _ImageURL(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    url: str
+
+
+class _TextPart(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["text"]
+    text: str
+
+
+class _ImagePart(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["image_url"]
+    image_url: _ImageURL
+
+
+class _OtherPart(TypedDict):
+    # input_audio, file, refusal, ...: passed through for the upstream to judge.
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["input_audio", "file", "refusal"]
+
+
+_Part = _TextPart | _ImagePart | _OtherPart
+
+
+class _Function(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    name: str
+    arguments: str
+
+
+class _ToolCall(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    id: str
+    type: Literal["function"]
+    function: _Function
+
+
+class _Message(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: NotRequired[str | list[_Part] | None]
+    name: NotRequired[str]
+    tool_calls: NotRequired[list[_ToolCall] | None]
+    tool_call_id: NotRequired[str]
+
+
+class _FunctionDef(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    name: str
+
+
+class _Tool(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["function"]
+    function: _FunctionDef
+
+
+class _StreamOptions(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    include_usage: NotRequired[bool]
+
+
+class ChatRequestModel(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    model: str
+    messages: list[_Message]
+    stream: NotRequired[bool | None]
+    stream_options: NotRequired[_StreamOptions | None]
+    tools: NotRequired[list[_Tool] | None]
+    max_tokens: NotRequired[int | None]
+    max_completion_tokens: NotRequired[int | None]
+    n: NotRequired[int | None]
+    temperature: NotRequired[float | None]
+    top_p: NotRequired[float | None]
+    stop: NotRequired[str | list[str] | None]
+
+
+class EmbeddingsRequestModel(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: NotRequired[Literal["float", "base64"]]
+    dimensions: NotRequired[int]
+
+
+_CHAT = TypeAdapter(ChatRequestModel)
+_EMBEDDINGS = TypeAdapter(EmbeddingsRequestModel)
+
+_MALFORMED = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+)
+
+
+def validation_message(err: ValidationError) -> tuple[str, str | None]:
+    """The first problem, in OpenAI's words where possible, and the parameter it is about."""
+    errors = err.errors(include_url=False)
+    if errors[0]["type"] in ("json_invalid", "json_type"):
+        return _MALFORMED, None
+    # Of a union's alternatives, the error that got deepest names the real problem.
+    first = max(errors, key=lambda e: len(e["loc"]))
+    loc = _param(first["loc"])
+    if not loc:
+        return "The request body must be a JSON object.", None
+    if first["type"] == "missing":
+        return f"Missing required parameter: '{loc}'.", loc
+    if first["type"] in ("literal_error", "union_tag_invalid"):
+        return f"Invalid value for '{loc}': {first['msg']}.", loc
+    return f"Invalid type for '{loc}': {first['msg']}.", loc
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("str", "list[_Part]", "none") or "[" in str(p) or str(p).startswith("_"):
+            continue  # union branch names pydantic inserts
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+def parse_json_object(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    try:
+        parsed: dict[str, Any] = adapter.validate_json(body)
+    except ValidationError as e:
+        message, param = validation_message(e)
+        raise bad_request(message, param) from None
+    return parsed
+
+
+def render_openai_error(err: GatewayError) -> bytes:
+    return orjson.dumps({"error": {"message": err.message, "type": err.type, "param": err.param,
+                                   "code": err.code}})
+
+
+class _ChatEncoder(StreamEncoder):
+    __slots__ = ("include_usage",)
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def chunk(self, chunk: ChatChunk) -> bytes:
+        if not chunk.get("choices") and chunk.get("usage") and not self.include_usage:
+            return b""  # the usage chunk the gateway asked for, not the caller
+        return frame(orjson.dumps(chunk))
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, err: GatewayError) -> bytes:
+        # The openai SDK raises APIError on a data event carrying "error".
+        return frame(render_openai_error(err))
+
+
+class _ChatTap(NativeTap):
+    """Pass-through of an OpenAI stream: spot usage, the error event and [DONE]."""
+
+    __slots__ = ("done", "error", "include_usage", "usage")
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self.done = False
+        self.error = None
+
+    def feed(self, event: SSEEvent) -> bool:
+        data = event.data
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        # Substring checks first: only the one usage chunk (and errors) get parsed twice.
+        if b'"usage":{' in data or b'"usage": {' in data:
+            chunk = orjson.loads(data)
+            if chunk.get("usage"):
+                self.usage = usage_from_openai(chunk["usage"])
+            if not chunk.get("choices"):
+                return self.include_usage
+        elif data.startswith(b'{"error"'):
+            from ..providers.openai import openai_error_info
+
+            self.error = openai_error_info(502, data)
+        return True
+
+
+class OpenAIChat(Dialect):
+    name = "openai-chat"
+
+    def parse(self, body: bytes) -> Ingress:
+        req = parse_json_object(body, _CHAT)
+        if not req["messages"]:
+            raise bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                              "messages", "empty_array")
+        if not req["model"]:
+            raise bad_request("Invalid 'model': empty string.", "model")
+        stream = bool(req.get("stream"))
+        opts = req.get("stream_options") or {}
+        return Ingress(req, req["model"], stream, bool(opts.get("include_usage")))
+
+    def to_canonical(self, ingress: Ingress) -> ChatRequest:
+        return ingress.body
+
+    def from_canonical(self, resp: ChatResponse, model: str) -> dict[str, Any]:
+        return resp
+
+    def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder:
+        return _ChatEncoder(include_usage)
+
+    def render_error(self, err: GatewayError) -> bytes:
+        return render_openai_error(err)
+
+    def native_usage(self, body: dict[str, Any]) -> Usage | None:
+        return usage_from_openai(body.get("usage"))
+
+    def native_tap(self, include_usage: bool) -> NativeTap:
+        return _ChatTap(include_usage)
+
+
+def parse_embeddings(body: bytes) -> Ingress:
+    req = parse_json_object(body, _EMBEDDINGS)
+    if req["input"] == [] or req["input"] == "":
+        raise bad_request("'$.input' is invalid. Please check the API reference: "
+                          "https://platform.openai.com/docs/api-reference.", "input")
+    return Ingress(req, req["model"], False, False)
+

@@ -1,0 +1,479 @@
+"""One request through a route: attempts, failover, retries, streaming, metering.
+
+The loop reads top to bottom: pick the next backend from the route's plan, prepare the
+upstream request (pass-through when the upstream speaks the caller's dialect, else
+through the canonical form), send it, and either answer the caller or record why the
+attempt failed and move on. Nothing reaches the caller before an attempt has produced
+its first byte of output, so every failure before that point can still fail over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .canonical import Usage, usage_from_openai
+from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
+from .errors import ErrorType, GatewayError, bad_request
+from .pricing import cost_usd
+from .providers.base import PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
+from .router import Backend, KeyEntry, Route, Runtime
+from .sse import SSEParser
+
+log = logging.getLogger("modelroute.access")
+
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+JSON = "application/json"
+
+
+def request_id() -> str:
+    return f"mr-{_ID_PREFIX}-{next(_ids):x}"
+
+
+class AttemptFailed(Exception):
+    """Why one attempt did not produce output; the loop decides what comes next."""
+
+    def __init__(self, reason: str, status: str, info: UpstreamErrorInfo, retry_after: float | None = None,
+                 http_status: int = 502) -> None:
+        super().__init__(info.message)
+        self.reason = reason  # failover reason label: connect_error, timeout, rate_limit, auth, server_error...
+        self.status = status  # requests_total status label
+        self.info = info
+        self.retry_after = retry_after
+        self.http_status = http_status
+
+
+class CallerError(Exception):
+    """A 4xx the upstream blamed on the request itself: goes back to the caller as is."""
+
+    def __init__(self, status: int, body: bytes, info: UpstreamErrorInfo, native: bool) -> None:
+        super().__init__(info.message)
+        self.status = status
+        self.body = body
+        self.info = info
+        self.native = native
+
+
+@dataclass(slots=True)
+class Call:
+    """One caller request in flight."""
+
+    rid: str
+    route: Route
+    dialect: Dialect
+    ingress: Ingress
+    operation: str  # "chat" or "embeddings"
+    started: float
+    deadline: float
+    attempts: int = 0
+    canonical: dict[str, Any] | None = None
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        return max(when.timestamp() - time.time(), 0.0) if when else None
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Upstream error text may echo a key (or part of one); never pass that on."""
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, "[redacted]")
+        elif len(s) > 12 and s[-4:] in text and ("key" in text.lower()):
+            text = text.replace(s[-4:], "****")
+    return text
+
+
+class Engine:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def handle(self, request: web.Request, rt: Runtime, route: Route, dialect: Dialect, ingress: Ingress,
+                     operation: str = "chat") -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        call = Call(request.headers.get("x-request-id") or request_id(), route, dialect, ingress, operation,
+                    now, now + route.timeouts.total_seconds)
+        plan = route.plan()
+        if not plan:
+            raise GatewayError(503, f"Route '{route.name}' has no available backend ({route.source})",
+                               type="api_error", code="no_backend")
+        # Every backend once, then around again up to maxAttempts; a key refusal may add
+        # one more try on the same backend with another key.
+        budget = max(route.retries.max_attempts, len(plan))
+        queue = list(plan)
+        tries: dict[str, int] = {}
+        last: AttemptFailed | None = None
+        prev: Backend | None = None
+        i = 0
+        while call.attempts < budget + len(rt.keyrings):
+            if i >= len(queue):
+                if call.attempts >= budget:
+                    break
+                queue.extend(plan)
+            backend = queue[i]
+            i += 1
+            if prev is not None and last is not None:
+                rt.metrics.failovers.labels(route.name, prev.id, backend.id, last.reason).inc()
+                wait = self._wait_before(backend, tries.get(backend.id, 0), last, route)
+                if wait is None or loop.time() + wait >= call.deadline:
+                    if wait is not None and i < len(queue):
+                        continue  # too long to wait here; another backend may answer now
+                    break
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            tries[backend.id] = tries.get(backend.id, 0) + 1
+            call.attempts += 1
+            prev = backend
+            key = backend.keyring.pick()
+            assert key is not None  # every ring has at least a no-key entry
+            try:
+                return await self._attempt(request, rt, call, backend, key)
+            except AttemptFailed as failed:
+                last = failed
+                backend.metrics.attempt(failed.status)
+                if failed.reason in ("auth", "rate_limit"):
+                    cd = rt.config.key_cooldowns
+                    seconds = cd.auth_seconds if failed.reason == "auth" else (failed.retry_after or
+                                                                               cd.rate_limit_seconds)
+                    backend.keyring.cool_down(key, seconds)
+                    if len(backend.keyring.entries) > 1 and backend.keyring.pick_available():
+                        queue.insert(i, backend)  # another key of the same account, right away
+                        failed.retry_after = 0.0
+                if failed.reason not in ("auth",):
+                    backend.failed()
+                self._log_attempt(call, backend, key, failed)
+            except CallerError as err:
+                backend.metrics.attempt(str(err.status))
+                backend.succeeded(loop.time() - call.started)  # the backend is fine; the request is not
+                return self._caller_error(rt, call, backend, err)
+        assert last is not None
+        raise self._exhausted(rt, call, last)
+
+    def _wait_before(self, backend: Backend, tried: int, last: AttemptFailed, route: Route) -> float | None:
+        """Seconds to wait before this attempt, or None to give up on waiting."""
+        if tried == 0:
+            return 0.0  # a different backend: fail over at once
+        policy = route.retries
+        if last.retry_after is not None:
+            return last.retry_after if last.retry_after <= policy.max_retry_after_seconds else None
+        backoff = min(policy.backoff_max_seconds, policy.backoff_base_seconds * (2 ** (tried - 1)))
+        return backoff * random.uniform(0.5, 1.0)
+
+    def _prepare(self, call: Call, backend: Backend) -> tuple[PreparedRequest, bool]:
+        adapter = backend.adapter
+        ingress = call.ingress
+        if call.operation == "embeddings":
+            return adapter.embeddings(ingress.body, backend.model), True
+        if call.dialect.name in adapter.native_dialects:
+            return adapter.native(call.dialect.name, ingress.body, backend.model, ingress.stream), True
+        if call.canonical is None:
+            call.canonical = call.dialect.to_canonical(ingress)
+        return adapter.chat(call.canonical, backend.model, ingress.stream), False
+
+    async def _attempt(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
+                       key: KeyEntry) -> web.StreamResponse:
+        prepared, native = self._prepare(call, backend)
+        headers = {**prepared.headers, **key.headers}
+        if native and call.dialect.forward_headers:
+            for h in call.dialect.forward_headers:
+                v = request.headers.get(h)
+                if v is not None:
+                    headers[h] = v
+        loop = asyncio.get_running_loop()
+        timeouts = call.route.timeouts
+        started = loop.time()
+        first_byte_at = min(call.deadline, started + timeouts.first_byte_seconds)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout_at(first_byte_at):
+                    resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,
+                                                   timeout=call.route.client_timeout)
+                    if resp.status >= 400:
+                        body = await resp.read()
+                        raise self._classify(rt, backend, resp, body, native)
+                    if call.ingress.stream:
+                        first, reader = await self._first_output(resp, call, backend, native)
+            except TimeoutError:
+                raise AttemptFailed("timeout", "timeout", UpstreamErrorInfo(
+                    f"no response from {backend.id} within {timeouts.first_byte_seconds:g}s", "timeout_error",
+                    True), http_status=504) from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+                raise AttemptFailed("connect_error", "connect_error", UpstreamErrorInfo(
+                    f"could not reach {backend.id}: {type(e).__name__}", "api_error", True)) from None
+            backend.succeeded(loop.time() - started)
+            if call.ingress.stream:
+                return await self._stream(request, rt, call, backend, resp, first, reader)
+            return await self._complete(rt, call, backend, resp, native)
+        finally:
+            if resp is not None:
+                resp.close()  # a finished body was already released; an unfinished one must not be reused
+
+    def _classify(self, rt: Runtime, backend: Backend, resp: aiohttp.ClientResponse, body: bytes,
+                  native: bool) -> Exception:
+        status = resp.status
+        info = backend.adapter.error_info(status, body)
+        info = info._replace(message=redact(info.message, rt.secrets))
+        if status in (401, 403):
+            # The gateway's credentials were refused: the caller can do nothing about it.
+            return AttemptFailed("auth", str(status), info._replace(
+                message=f"{backend.id} refused the gateway's credentials (HTTP {status})"), http_status=502)
+        if status == 429:
+            return AttemptFailed("rate_limit", "429", info, parse_retry_after(resp.headers), http_status=429)
+        if status >= 500 or info.retryable:
+            return AttemptFailed("server_error", str(status), info, parse_retry_after(resp.headers),
+                                 http_status=503 if status in (503, 529) else 502)
+        return CallerError(status, body, info, native)
+
+    async def _complete(self, rt: Runtime, call: Call, backend: Backend, resp: aiohttp.ClientResponse,
+                        native: bool) -> web.Response:
+        try:
+            async with asyncio.timeout_at(call.deadline):
+                body = await resp.read()
+        except TimeoutError:
+            raise AttemptFailed("timeout", "timeout", UpstreamErrorInfo(
+                f"{backend.id} did not finish within {call.route.timeouts.total_seconds:g}s", "timeout_error",
+                True), http_status=504) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise AttemptFailed("connect_error", "connect_error", UpstreamErrorInfo(
+                f"{backend.id} broke off its response: {type(e).__name__}", "api_error", True)) from None
+        try:
+            if call.operation == "embeddings":
+                parsed = backend.adapter.parse_embeddings(body, backend.model)
+                u = parsed.get("usage") or {}
+                usage: Usage | None = Usage(int(u.get("prompt_tokens") or 0), 0)
+                out = body if native else orjson.dumps(parsed)
+            elif native:
+                usage = call.dialect.native_usage(orjson.loads(body))
+                out = body
+            else:
+                canon = backend.adapter.parse_chat(body, backend.model)
+                usage = usage_from_openai(canon.get("usage"))
+                out = orjson.dumps(call.dialect.from_canonical(canon, call.ingress.model))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise AttemptFailed("bad_response", "bad_response", UpstreamErrorInfo(
+                f"{backend.id} sent a response that could not be read", "api_error", True)) from None
+        backend.metrics.attempt(str(resp.status))
+        self._finish(rt, call, backend, usage, None)
+        return web.Response(body=out, status=200, content_type=JSON, headers=self._headers(call, backend))
+
+    async def _first_output(self, resp: aiohttp.ClientResponse, call: Call, backend: Backend,
+                            native: bool) -> tuple[bytes, _Reader]:
+        """Read until the stream produces output for the caller; failures here can fail over."""
+        reader = _Reader(call, backend, native)
+        while True:
+            data = await resp.content.readany()
+            if not data:
+                raise AttemptFailed("stream_error", "stream_error", UpstreamErrorInfo(
+                    f"{backend.id} ended its stream before any output", "api_error", True))
+            try:
+                out = reader.process(data)
+            except StreamError as e:
+                raise AttemptFailed("stream_error", "stream_error", e.info, http_status=502) from None
+            if out:
+                return out, reader
+
+    async def _stream(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
+                      resp: aiohttp.ClientResponse, first: bytes, reader: _Reader) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        out = web.StreamResponse(status=200, headers={
+            "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
+            **self._headers(call, backend)})
+        ttft: float | None = None
+        error: GatewayError | None = None
+        between = call.route.timeouts.between_chunks_seconds
+        try:
+            await out.prepare(request)
+            await out.write(first)
+            ttft = loop.time() - call.started
+            backend.metrics.ttft.observe(ttft)
+            try:
+                async with asyncio.timeout_at(min(call.deadline, loop.time() + between)) as cm:
+                    while not reader.finished:
+                        data = await _read_upstream(resp)
+                        if not data:
+                            break
+                        cm.reschedule(min(call.deadline, loop.time() + between))
+                        chunk = reader.process(data)
+                        if chunk:
+                            await out.write(chunk)
+                if not reader.finished:
+                    error = GatewayError(502, f"{backend.id} ended its stream early", type="api_error",
+                                         code="upstream_stream_ended")
+            except TimeoutError:
+                error = GatewayError(504, f"{backend.id} stopped sending for {between:g}s", type="timeout_error",
+                                     code="upstream_timeout")
+            except StreamError as e:
+                error = GatewayError(502, redact(e.info.message, rt.secrets), type=e.info.type,
+                                     code="upstream_error")
+            except _UpstreamBroke as e:
+                error = GatewayError(502, f"{backend.id} broke off its stream: {e}", type="api_error",
+                                     code="upstream_stream_ended")
+            if error is not None:
+                backend.metrics.attempt("stream_error")
+                backend.failed()
+                await out.write(reader.encoder.error(error))
+            else:
+                backend.metrics.attempt("200")
+                tail = reader.end()
+                if tail:
+                    await out.write(tail)
+            await out.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The caller went away: leaving here closes the upstream response (see _attempt).
+            backend.metrics.attempt("client_closed")
+            self._finish(rt, call, backend, reader.usage, "client_closed", ttft)
+            raise
+        self._finish(rt, call, backend, reader.usage, error.code if error else None, ttft)
+        return out
+
+    def _headers(self, call: Call, backend: Backend) -> dict[str, str]:
+        return {"x-modelroute-backend": backend.id, "x-modelroute-attempts": str(call.attempts),
+                "x-request-id": call.rid}
+
+    def _finish(self, rt: Runtime, call: Call, backend: Backend, usage: Usage | None, error: str | None,
+                ttft: float | None = None) -> None:
+        elapsed = asyncio.get_running_loop().time() - call.started
+        m = backend.metrics
+        m.duration.observe(elapsed)
+        cost = 0.0
+        if usage is not None:
+            m.input_tokens.inc(usage.input_tokens)
+            m.output_tokens.inc(usage.output_tokens)
+            cost = cost_usd(backend.price, usage)
+            if cost:
+                m.cost.inc(cost)
+        m.genai(call.operation, elapsed, usage.input_tokens if usage else None,
+                usage.output_tokens if usage else None, error or "")
+        if log.isEnabledFor(logging.INFO):
+            log.info("request", extra={"fields": {
+                "request_id": call.rid, "route": call.route.name, "dialect": call.dialect.name,
+                "backend": backend.id, "attempts": call.attempts, "stream": call.ingress.stream,
+                "latency_ms": round(elapsed * 1000, 2),
+                "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+                "input_tokens": usage.input_tokens if usage else None,
+                "output_tokens": usage.output_tokens if usage else None,
+                "cost_usd": round(cost, 8), "error": error}})
+
+    def _log_attempt(self, call: Call, backend: Backend, key: KeyEntry, failed: AttemptFailed) -> None:
+        log.warning("attempt failed", extra={"fields": {
+            "request_id": call.rid, "route": call.route.name, "backend": backend.id, "key": key.label,
+            "attempt": call.attempts, "reason": failed.reason, "status": failed.status,
+            "error": failed.info.message}})
+
+    def _caller_error(self, rt: Runtime, call: Call, backend: Backend, err: CallerError) -> web.Response:
+        self._finish(rt, call, backend, None, f"http_{err.status}")
+        headers = self._headers(call, backend)
+        if err.native and err.body:
+            try:
+                orjson.loads(err.body)
+                body = redact(err.body.decode("utf-8", "replace"), rt.secrets).encode()
+                return web.Response(body=body, status=err.status, content_type=JSON, headers=headers)
+            except orjson.JSONDecodeError:
+                pass
+        gerr = GatewayError(err.status, err.info.message, type=err.info.type)
+        return web.Response(body=call.dialect.render_error(gerr), status=err.status, content_type=JSON,
+                            headers=headers)
+
+    def _exhausted(self, rt: Runtime, call: Call, last: AttemptFailed) -> GatewayError:
+        log.warning("request failed", extra={"fields": {
+            "request_id": call.rid, "route": call.route.name, "attempts": call.attempts, "reason": last.reason}})
+        kind: ErrorType = last.info.type if last.http_status != 502 else "api_error"
+        err = GatewayError(last.http_status, f"All backends of route '{call.route.name}' failed after "
+                           f"{call.attempts} attempt(s); last: {last.info.message}", type=kind,
+                           code="upstream_unavailable" if last.reason != "rate_limit" else "rate_limit_exceeded")
+        err.headers = {"x-modelroute-attempts": str(call.attempts), "x-request-id": call.rid}
+        if last.retry_after is not None and last.reason == "rate_limit":
+            err.headers["retry-after"] = str(max(1, round(last.retry_after)))
+        return err
+
+
+class _UpstreamBroke(Exception):
+    pass
+
+
+async def _read_upstream(resp: aiohttp.ClientResponse) -> bytes:
+    """Read the next upstream bytes; upstream failures become :class:`_UpstreamBroke`."""
+    try:
+        return await resp.content.readany()
+    except (aiohttp.ClientError, OSError) as e:
+        raise _UpstreamBroke(type(e).__name__) from None
+
+
+class _Reader:
+    """Turns upstream bytes into caller bytes: pass-through with a tap, or decode + encode."""
+
+    __slots__ = ("decoder", "encoder", "finished", "native", "parser", "tap", "usage")
+
+    def __init__(self, call: Call, backend: Backend, native: bool) -> None:
+        self.parser = SSEParser()
+        self.native = native
+        self.usage: Usage | None = None
+        self.finished = False
+        self.tap: NativeTap | None = None
+        self.decoder: StreamDecoder | None = None
+        self.encoder: StreamEncoder = call.dialect.stream_encoder(call.ingress.model, call.ingress.include_usage)
+        if native:
+            self.tap = call.dialect.native_tap(call.ingress.include_usage)
+        else:
+            self.decoder = backend.adapter.stream_decoder(backend.model)
+
+    def process(self, data: bytes) -> bytes:
+        events = self.parser.feed(data)
+        if not events:
+            return b""
+        if self.tap is not None:
+            tap = self.tap
+            out = b"".join([ev.raw for ev in events if tap.feed(ev)])
+            if tap.error is not None:
+                raise StreamError(tap.error)
+            self.usage = tap.usage
+            self.finished = tap.done
+            return out
+        decoder = self.decoder
+        assert decoder is not None
+        parts = []
+        encode = self.encoder.chunk
+        for ev in events:
+            for chunk in decoder.feed(ev):
+                parts.append(encode(chunk))
+        self.usage = decoder.usage
+        if decoder.done:
+            self.finished = True
+        return b"".join(parts)
+
+    def end(self) -> bytes:
+        if self.native:
+            return b""  # the upstream's own ending was passed through
+        assert self.decoder is not None
+        tail = b"".join(self.encoder.chunk(c) for c in self.decoder.finish())
+        return tail + self.encoder.end()
+
+
+
+__all__ = ["Engine", "bad_request"]

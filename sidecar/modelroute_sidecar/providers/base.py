@@ -1,0 +1,98 @@
+"""What every provider adapter offers the engine.
+
+An adapter is built once per ProviderKey at config load (URLs and static headers
+precomputed), and then turns canonical requests into upstream HTTP requests and
+upstream answers back into canonical ones. Translation lives in pure functions in each
+provider's module; the adapter class only binds them to a ProviderKey.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ..config import ProviderKeyConfig
+from ..errors import ErrorType
+from ..sse import SSEEvent
+
+
+class PreparedRequest(NamedTuple):
+    url: str
+    body: bytes
+    headers: Mapping[str, str]  # without authentication; see ProviderAdapter.auth_headers
+
+
+class UpstreamErrorInfo(NamedTuple):
+    """An upstream error, read from its body, in gateway terms."""
+
+    message: str
+    type: ErrorType
+    retryable: bool  # worth another backend or key (overloaded, rate limit, server error)
+
+
+class StreamError(Exception):
+    """An upstream reported an error inside a stream (e.g. Anthropic's ``error`` event)."""
+
+    def __init__(self, info: UpstreamErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class StreamDecoder(ABC):
+    """Turns one upstream stream's SSE events into canonical chunks.
+
+    ``feed`` returns the chunks an event yields (often none) and raises
+    :class:`StreamError` for an in-band error event. ``usage`` is set once known.
+    ``done`` becomes True when the upstream signalled a proper end.
+    """
+
+    usage: Usage | None = None
+    done: bool = False
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> list[ChatChunk]: ...
+
+    def finish(self) -> list[ChatChunk]:
+        """Chunks to flush when the upstream's byte stream ends."""
+        return []
+
+
+class ProviderAdapter(ABC):
+    kind: ClassVar[str]
+    # Ingress dialects this upstream speaks natively: requests in them are passed through
+    # with only the model replaced, which keeps every field the caller sent.
+    native_dialects: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, pk: ProviderKeyConfig) -> None:
+        self.pk = pk
+        self.base_url = pk.base_url
+
+    @abstractmethod
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """Headers that authenticate with ``key`` (computed once per key at load)."""
+
+    @abstractmethod
+    def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest: ...
+
+    @abstractmethod
+    def parse_chat(self, body: bytes, model: str) -> ChatResponse: ...
+
+    @abstractmethod
+    def stream_decoder(self, model: str) -> StreamDecoder: ...
+
+    def embeddings(self, req: dict[str, Any], model: str) -> PreparedRequest:
+        from ..errors import bad_request
+
+        raise bad_request(f"provider {self.kind} does not serve embeddings", "model", "unsupported_operation")
+
+    def parse_embeddings(self, body: bytes, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
+        """Pass-through request for a dialect in :attr:`native_dialects`."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def error_info(self, status: int, body: bytes) -> UpstreamErrorInfo: ...

@@ -1,0 +1,280 @@
+"""From a compiled config to what requests use: routes, backends, keys, circuit state.
+
+A :class:`Runtime` is built once per config load and never mutated by requests except
+for health state (breakers, key cooldowns, latency), which lives in :class:`State`
+and outlives reloads, so a reload neither forgets a failing backend nor resets key
+rotation. A request takes the Runtime current at its start and keeps it to the end:
+a reload never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import ClientTimeout
+
+from .config import CircuitBreaker as BreakerSettings
+from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
+from .metrics import BackendMetrics, Metrics
+from .pricing import find_price
+from .providers import ADAPTERS
+from .providers.base import ProviderAdapter
+
+_PATTERN_CACHE_MAX = 4096
+_now = time.monotonic
+
+
+@dataclass(slots=True)
+class KeyState:
+    cooldown_until: float = 0.0
+
+
+@dataclass(slots=True)
+class BreakerState:
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+
+
+@dataclass(slots=True)
+class LatencyState:
+    ewma: float | None = None
+
+
+@dataclass
+class State:
+    """Health that survives reloads, keyed by stable identities (never by key value)."""
+
+    keys: dict[str, KeyState] = field(default_factory=dict)
+    breakers: dict[str, BreakerState] = field(default_factory=dict)
+    latency: dict[str, LatencyState] = field(default_factory=dict)
+    rotation: dict[str, int] = field(default_factory=dict)
+
+
+class KeyEntry:
+    __slots__ = ("headers", "label", "state")
+
+    def __init__(self, headers: dict[str, str], label: str, state: KeyState) -> None:
+        self.headers = headers
+        self.label = label  # "openai#2": safe to log, never the key
+        self.state = state
+
+
+class KeyRing:
+    """A ProviderKey's keys, used in turn; a refused key rests while the others work."""
+
+    __slots__ = ("_next", "cooldowns", "entries", "name")
+
+    def __init__(self, name: str, entries: list[KeyEntry], cooldowns: KeyCooldowns, start: int) -> None:
+        self.name = name
+        self.entries = entries
+        self.cooldowns = cooldowns
+        self._next = start
+
+    def pick(self) -> KeyEntry | None:
+        entries = self.entries
+        n = len(entries)
+        if n == 0:
+            return None
+        now = _now()
+        i = self._next
+        self._next = i + 1
+        for k in range(n):
+            e = entries[(i + k) % n]
+            if e.state.cooldown_until <= now:
+                return e
+        # Every key is resting: the one that comes back first beats failing outright.
+        return min(entries, key=lambda e: e.state.cooldown_until)
+
+    def pick_available(self) -> bool:
+        """Whether some key is not resting now."""
+        now = _now()
+        return any(e.state.cooldown_until <= now for e in self.entries)
+
+    def cool_down(self, entry: KeyEntry, seconds: float) -> None:
+        entry.state.cooldown_until = _now() + seconds
+
+    @property
+    def position(self) -> int:
+        return self._next
+
+
+class Backend:
+    """One backend of one route: adapter, model, keys, breaker, metrics."""
+
+    __slots__ = ("adapter", "breaker", "id", "keyring", "latency", "metrics", "model", "price", "provider",
+                 "provider_key", "settings", "weight")
+
+    def __init__(self, route: str, adapter: ProviderAdapter, keyring: KeyRing, model: str, weight: int,
+                 state: State, metrics: Metrics, settings: BreakerSettings, cfg: GatewayConfig) -> None:
+        self.adapter = adapter
+        self.provider_key = adapter.pk.name
+        self.provider = adapter.kind
+        self.model = model
+        self.weight = weight
+        self.id = f"{self.provider_key}/{model}"
+        self.keyring = keyring
+        self.settings = settings
+        self.breaker = state.breakers.setdefault(f"{route}|{self.id}", BreakerState())
+        self.latency = state.latency.setdefault(self.id, LatencyState())
+        self.metrics = BackendMetrics(metrics, route, self.provider, model, self.id)
+        self.metrics.up.set(0 if self.breaker.open_until > _now() else 1)
+        self.price = find_price(model, cfg.prices)
+
+    def available(self, now: float) -> bool:
+        b = self.breaker
+        return b.open_until <= now and not b.probing
+
+    def start_attempt(self) -> None:
+        if self.breaker.open_until:  # half-open: this attempt is the probe
+            self.breaker.probing = True
+
+    def succeeded(self, first_byte_seconds: float) -> None:
+        b = self.breaker
+        if b.failures or b.open_until:
+            b.failures = 0
+            b.open_until = 0.0
+            b.probing = False
+            self.metrics.up.set(1)
+        lat = self.latency
+        lat.ewma = first_byte_seconds if lat.ewma is None else 0.8 * lat.ewma + 0.2 * first_byte_seconds
+
+    def failed(self) -> None:
+        b = self.breaker
+        b.failures += 1
+        b.probing = False
+        if b.failures >= self.settings.failure_threshold or b.open_until:
+            b.open_until = _now() + self.settings.open_seconds
+            self.metrics.up.set(0)
+
+
+class Route:
+    __slots__ = ("backends", "client_timeout", "name", "order", "retries", "source", "timeouts")
+
+    def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
+                 timeouts: Timeouts, source: str) -> None:
+        self.name = name
+        self.backends = backends
+        self.retries = retries
+        self.timeouts = timeouts
+        self.source = source
+        self.order: Callable[[], list[Backend]] = _STRATEGIES[strategy](backends)
+        self.client_timeout = ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
+
+    def plan(self) -> list[Backend]:
+        """Backends in the order to try: strategy order, open circuits last."""
+        ordered = self.order()
+        if len(ordered) < 2:
+            return ordered
+        now = _now()
+        healthy = [b for b in ordered if b.available(now)]
+        if len(healthy) == len(ordered):
+            return ordered
+        return healthy + [b for b in ordered if not b.available(now)]
+
+
+def _failover(backends: list[Backend]) -> Callable[[], list[Backend]]:
+    return lambda: backends
+
+
+def _weighted(backends: list[Backend]) -> Callable[[], list[Backend]]:
+    def order() -> list[Backend]:
+        # Weighted shuffle (Efraimidis-Spirakis): first pick by weight, the rest as failover.
+        rnd = random.random
+        return sorted(backends, key=lambda b: rnd() ** (1.0 / b.weight) if b.weight > 0 else -1.0, reverse=True)
+    return order
+
+
+def _latency(backends: list[Backend]) -> Callable[[], list[Backend]]:
+    def order() -> list[Backend]:
+        # Unmeasured backends first so each gets measured; then fastest first. A small
+        # chance of shuffling keeps measurements of slower backends fresh.
+        if random.random() < 0.05:
+            return random.sample(backends, len(backends))
+        return sorted(backends, key=lambda b: -1.0 if b.latency.ewma is None else b.latency.ewma)
+    return order
+
+
+_STRATEGIES: dict[str, Callable[[list[Backend]], Callable[[], list[Backend]]]] = {
+    "failover": _failover, "weighted": _weighted, "latency": _latency,
+}
+
+
+def _key_id(provider_key: str, key: str) -> str:
+    return provider_key + ":" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class Runtime:
+    """Everything a request needs, derived once from (config, keys)."""
+
+    def __init__(self, config: GatewayConfig, keys: Keys, state: State, metrics: Metrics) -> None:
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.max_body_bytes = config.max_body_bytes
+        self.adapters: dict[str, ProviderAdapter] = {}
+        self.keyrings: dict[str, KeyRing] = {}
+        self.secrets: list[str] = []  # every key value, for redacting upstream error text
+        for name, pk in config.provider_keys.items():
+            adapter = ADAPTERS[pk.provider](pk)
+            self.adapters[name] = adapter
+            entries = []
+            for i, key in enumerate(keys.get(name, [])):
+                kid = _key_id(name, key)
+                entries.append(KeyEntry(adapter.auth_headers(key), f"{name}#{i + 1}",
+                                        state.keys.setdefault(kid, KeyState())))
+                self.secrets.append(key)
+            if not entries:
+                entries.append(KeyEntry({}, f"{name}#none", KeyState()))
+            self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0))
+        # Forget health of keys that are gone, so the state cannot grow without bound.
+        live = {_key_id(n, k) for n, ks in keys.items() for k in ks}
+        for kid in [k for k in state.keys if k not in live]:
+            del state.keys[kid]
+        self.routes: dict[str, Route] = {
+            model: self._route(model, rc.backends_as_pairs(), rc) for model, rc in config.routes.items()
+        }
+        self._patterns = [(name, [re.compile(fnmatch.translate(p)) for p in pk.models])
+                          for name, pk in sorted(config.provider_keys.items()) if pk.models]
+        self._pattern_routes: dict[str, Route | None] = {}
+        self.model_names = sorted(set(self.routes) | self._literal_models())
+
+    def _route(self, model: str, pairs: list[tuple[str, str, int]], rc: RouteConfig | None) -> Route:
+        cfg = self.config
+        backends = [Backend(model, self.adapters[pk], self.keyrings[pk], m, w, self.state, self.metrics,
+                            cfg.circuit_breaker, cfg) for pk, m, w in pairs]
+        if rc is None:
+            return Route(model, backends, "failover", cfg.default_retries, cfg.default_timeouts,
+                         "ProviderKey pattern")
+        return Route(model, backends, rc.strategy, rc.retries, rc.timeouts, rc.source)
+
+    def resolve(self, model: str) -> Route | None:
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        if model in self._pattern_routes:
+            return self._pattern_routes[model]
+        matched = [(name, model, 1) for name, pats in self._patterns if any(p.match(model) for p in pats)]
+        found = self._route(model, matched, None) if matched else None
+        if len(self._pattern_routes) < _PATTERN_CACHE_MAX:
+            self._pattern_routes[model] = found
+        return found
+
+    def _literal_models(self) -> set[str]:
+        """Pattern entries without wildcards are routable names too; globs are not listable."""
+        out: set[str] = set()
+        for pk in self.config.provider_keys.values():
+            out.update(p for p in pk.models if not any(c in p for c in "*?["))
+        return out
+
+    def retire(self) -> None:
+        """Hand key rotation positions to the next Runtime."""
+        for name, ring in self.keyrings.items():
+            self.state.rotation[name] = ring.position
+
