@@ -6,9 +6,10 @@ binds them to a ProviderKey.
 
 API version: the adapter sends ``anthropic-version: 2026-10-21``, the current one. That
 version rejects ``temperature``, ``top_p`` and ``top_k`` with a 400 even at their
-defaults, so they are dropped from translated and passed-through requests alike. A
-ProviderKey with ``apiVersion: 2023-06-01`` keeps the old version and the sampling
-parameters.
+defaults, so translated requests drop them; a ProviderKey with ``apiVersion: 2023-06-01``
+keeps the old version and the sampling parameters. Pass-through requests (Claude Code to
+an Anthropic backend) go out with the caller's own ``anthropic-version`` and
+``anthropic-beta`` headers.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ from .base import PreparedRequest, ProviderAdapter, StreamDecoder, StreamError, 
 
 API_VERSION = "2026-10-21"
 LEGACY_API_VERSION = "2023-06-01"
-_SAMPLING = ("temperature", "top_p", "top_k")
-# Top-level fields only the beta Messages API takes; without the caller's anthropic-beta
-# header they are a 400, so a pass-through drops them (the request still works).
-_BETA_ONLY = ("context_management", "mcp_servers", "compaction", "fallbacks", "fallback_credit_token",
-              "billing_policy", "output_format", "betas")
 
 # Anthropic tool_use ids must match this; OpenAI-compatible upstreams sometimes produce
 # ids like "functions.get_weather:0", which Anthropic would reject.
@@ -474,17 +470,14 @@ class AnthropicAdapter(ProviderAdapter):
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
         if dialect != "anthropic-messages":
             raise NotImplementedError(dialect)
+        # The dialect forwards the caller's anthropic-version and anthropic-beta headers, so
+        # the body is valid upstream exactly when it would be sent there directly.
         body = dict(req)  # shallow: only top-level keys change, the caller's blocks pass untouched
         body["model"] = model
         if stream:
             body["stream"] = True
         else:
             body.pop("stream", None)
-        if not self._sampling:
-            for k in _SAMPLING:
-                body.pop(k, None)
-        for k in _BETA_ONLY:
-            body.pop(k, None)
         return PreparedRequest(self.url, orjson.dumps(body), self.headers)
 
     def error_info(self, status: int, body: bytes) -> UpstreamErrorInfo:
