@@ -141,7 +141,5 @@ class FakeAnthropic(FakeUpstream):
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         self.check_headers(request)
         names = self.models if self.models is not None else list(DEFAULT_MODELS)
-        data = [
-            {"type": "model", "id": n, "display_name": n, "created_at": "2025-09-29T00:00:00Z"} for n in names
-        ]
+        data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-09-29T00:00:00Z"} for n in names]
         return json_response({"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]})

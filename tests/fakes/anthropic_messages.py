@@ -18,15 +18,47 @@ from .behaviour import IMAGE_TEXT, Prompt, Reply, ToolChoice, fragments, split_w
 from .openai_wire import FUNCTION_NAME
 
 MESSAGE_PARAMS = frozenset(
-    """model messages max_tokens system metadata stop_sequences stream temperature top_k top_p tools
-    tool_choice thinking service_tier container mcp_servers context_management output_config
-    output_format inference_geo""".split()
+    [
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "output_format",
+        "inference_geo",
+    ]
 )
-COUNT_PARAMS = frozenset("model messages system tools tool_choice thinking mcp_servers context_management".split())
-BLOCK_TYPES = (
-    "text image document search_result thinking redacted_thinking tool_use tool_result server_tool_use "
-    "web_search_tool_result web_fetch_tool_result code_execution_tool_result container_upload"
-).split()
+COUNT_PARAMS = frozenset(
+    ["model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", "context_management"]
+)
+BLOCK_TYPES = [
+    "text",
+    "image",
+    "document",
+    "search_result",
+    "thinking",
+    "redacted_thinking",
+    "tool_use",
+    "tool_result",
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "container_upload",
+]
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 THINKING_TEXT = "I will echo the user."
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_call": "tool_use", "stop_sequence": "stop_sequence"}

@@ -151,7 +151,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interv
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met within %.1fs" % timeout)
+            raise TimeoutError(f"condition not met within {timeout:.1f}s")
         await asyncio.sleep(interval)
 
 
@@ -160,7 +160,7 @@ def wait_until_sync(predicate: Callable[[], bool], timeout: float = 5.0, interva
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met within %.1fs" % timeout)
+            raise TimeoutError(f"condition not met within {timeout:.1f}s")
         time.sleep(interval)
 
 
@@ -281,9 +281,7 @@ class FakeUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def close(self) -> None:

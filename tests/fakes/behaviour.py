@@ -88,10 +88,7 @@ def split_words(text: str) -> list[str]:
 def respond(prompt: Prompt) -> Reply:
     wants_tool = prompt.tools and prompt.tool_choice != "none" and prompt.last_role == "user"
     if wants_tool:
-        if isinstance(prompt.tool_choice, tuple):
-            name = prompt.tool_choice[1]
-        else:
-            name = prompt.tools[0]
+        name = prompt.tool_choice[1] if isinstance(prompt.tool_choice, tuple) else prompt.tools[0]
         return Reply(
             text="",
             pieces=[],

@@ -86,16 +86,16 @@ class FakeGemini(FakeUpstream):
         details = None
         if status == 429 and retry_after is not None:
             # Gemini says when to retry in the body (google.rpc.RetryInfo), not only in a header.
-            details = [
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(retry_after)}s"}
-            ]
+            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(retry_after)}s"}]
         return self.error(status, message or STATUS.get(status, ("", f"HTTP {status}"))[1], details)
 
     def not_found_response(self, request: web.Request) -> web.Response:
         return self.error(404, f"Method not found: {request.method} {request.path}")
 
     def stream_error_frame(self, sent: int) -> bytes:
-        return b"data: " + dumps({"error": {"code": 500, "message": STATUS[500][1], "status": "INTERNAL"}}) + b"\r\n\r\n"
+        return (
+            b"data: " + dumps({"error": {"code": 500, "message": STATUS[500][1], "status": "INTERNAL"}}) + b"\r\n\r\n"
+        )
 
     # ---- checks -------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> None:
@@ -129,7 +129,7 @@ class FakeGemini(FakeUpstream):
     def body(self, request: web.Request) -> dict[str, Any]:
         body = self.body_of(request)
         if not isinstance(body, dict):
-            raise GeminiError('Invalid JSON payload received. Expected an object key or }.\n')
+            raise GeminiError("Invalid JSON payload received. Expected an object key or }.\n")
         return body
 
     # ---- routes -----------------------------------------------------------------------------
@@ -181,9 +181,7 @@ class FakeGemini(FakeUpstream):
         inner = {k: v for k, v in inner.items() if k != "model"}
         req = parse_generate(inner)
         total = req.prompt.input_tokens
-        return json_response(
-            {"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}
-        )
+        return json_response({"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]})
 
     def _embedding(self, request_body: dict[str, Any], where: str) -> dict[str, Any]:
         content = request_body.get("content")

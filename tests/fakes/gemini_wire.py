@@ -20,23 +20,77 @@ import orjson
 from .behaviour import IMAGE_TEXT, Prompt, Reply, ToolChoice
 
 REQUEST_FIELDS = frozenset(
-    "contents systemInstruction tools toolConfig safetySettings generationConfig cachedContent labels "
-    "model serviceTier store".split()
+    [
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "generationConfig",
+        "cachedContent",
+        "labels",
+        "model",
+        "serviceTier",
+        "store",
+    ]
 )
 GENERATION_FIELDS = frozenset(
-    """stopSequences responseMimeType responseSchema responseJsonSchema _responseJsonSchema
-    responseModalities candidateCount maxOutputTokens temperature topP topK seed presencePenalty
-    frequencyPenalty responseLogprobs logprobs enableEnhancedCivicAnswers speechConfig thinkingConfig
-    imageConfig mediaResolution routingConfig audioTimestamp enableAffectiveDialog
-    modelSelectionConfig""".split()
+    [
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "_responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "speechConfig",
+        "thinkingConfig",
+        "imageConfig",
+        "mediaResolution",
+        "routingConfig",
+        "audioTimestamp",
+        "enableAffectiveDialog",
+        "modelSelectionConfig",
+    ]
 )
-PART_DATA = (
-    "text inlineData fileData functionCall functionResponse executableCode codeExecutionResult "
-    "thought thoughtSignature videoMetadata partMetadata mediaResolution"
-).split()
+PART_DATA = [
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+    "thought",
+    "thoughtSignature",
+    "videoMetadata",
+    "partMetadata",
+    "mediaResolution",
+]
 # Free-form values (user-named keys) that must not be camel-cased.
-FREE_FORM = frozenset("args response parameters parametersJsonSchema responseSchema responseJsonSchema "
-                      "_responseJsonSchema labels properties".split())
+FREE_FORM = frozenset(
+    [
+        "args",
+        "response",
+        "parameters",
+        "parametersJsonSchema",
+        "responseSchema",
+        "responseJsonSchema",
+        "_responseJsonSchema",
+        "labels",
+        "properties",
+    ]
+)
 FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_call": "STOP", "stop_sequence": "STOP"}
 
@@ -65,8 +119,10 @@ def camelize(value: Any) -> Any:
 def _unknown(name: str, where: str | None) -> GeminiError:
     at = f" at '{where}'" if where else ""
     text = f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.'
-    violation = {"@type": "type.googleapis.com/google.rpc.BadRequest",
-                 "fieldViolations": [{"field": where or "", "description": text}]}
+    violation = {
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"field": where or "", "description": text}],
+    }
     return GeminiError(text, details=[violation])
 
 
@@ -86,9 +142,11 @@ def parse_generate(raw: dict[str, Any]) -> GenerateRequest:
     body = camelize(raw)
     config = body.get("generationConfig") or {}
     if not isinstance(config, dict):
-        raise GeminiError('Invalid value at \'generation_config\' (type.googleapis.com/google.ai.generativelanguage.'
-                          'v1beta.GenerationConfig), "%s"' % config)
-    for name in (raw.get("generationConfig") or raw.get("generation_config") or {}):
+        raise GeminiError(
+            "Invalid value at 'generation_config' (type.googleapis.com/google.ai.generativelanguage."
+            f'v1beta.GenerationConfig), "{config}"'
+        )
+    for name in raw.get("generationConfig") or raw.get("generation_config") or {}:
         if camel(name) not in GENERATION_FIELDS:
             raise _unknown(name, "generation_config")
     prompt = Prompt()
@@ -98,7 +156,7 @@ def parse_generate(raw: dict[str, Any]) -> GenerateRequest:
     limit = config.get("maxOutputTokens")
     if limit is not None:
         if not isinstance(limit, int):
-            raise GeminiError("Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32), %s" % limit)
+            raise GeminiError(f"Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32), {limit}")
         if limit > 0:
             prompt.max_tokens = limit
     stops = config.get("stopSequences")
@@ -143,7 +201,9 @@ def _read_contents(contents: Any, prompt: Prompt) -> None:
     if not contents:
         raise _field("contents", "contents is not specified")
     if not isinstance(contents, list):
-        raise GeminiError("Invalid value at 'contents' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content)")
+        raise GeminiError(
+            "Invalid value at 'contents' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content)"
+        )
     calls_in_previous = 0
     for i, content in enumerate(contents):
         if not isinstance(content, dict):
@@ -156,8 +216,9 @@ def _read_contents(contents: Any, prompt: Prompt) -> None:
             raise _field(f"contents[{i}].parts", "contents.parts must not be empty.")
         for j, part in enumerate(parts):
             if not isinstance(part, dict) or not any(k in part for k in PART_DATA):
-                raise _field(f"contents[{i}].parts[{j}].data",
-                             "required oneof field 'data' must have one initialized field")
+                raise _field(
+                    f"contents[{i}].parts[{j}].data", "required oneof field 'data' must have one initialized field"
+                )
         responses = [p["functionResponse"] for p in parts if isinstance(p.get("functionResponse"), dict)]
         if responses:
             if calls_in_previous == 0:
@@ -195,8 +256,11 @@ def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
             if not name:
                 raise _field(at, "Name cannot be empty.")
             if not FUNCTION_NAME.match(str(name)):
-                raise _field(at, "Invalid function name. Must start with a letter or an underscore. Must be a-z, "
-                             "A-Z, 0-9, or contain underscores, dots, colons and dashes, with a maximum length of 128.")
+                raise _field(
+                    at,
+                    "Invalid function name. Must start with a letter or an underscore. Must be a-z, "
+                    "A-Z, 0-9, or contain underscores, dots, colons and dashes, with a maximum length of 128.",
+                )
             names.append(str(name))
     config = ((body.get("toolConfig") or {}).get("functionCallingConfig")) or {}
     mode = config.get("mode", "AUTO")
@@ -204,11 +268,13 @@ def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
     if mode not in ("AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED"):
         raise GeminiError(
             f"Invalid value at 'tool_config.function_calling_config.mode' "
-            f"(type.googleapis.com/google.ai.generativelanguage.v1beta.FunctionCallingConfig.Mode), \"{mode}\""
+            f'(type.googleapis.com/google.ai.generativelanguage.v1beta.FunctionCallingConfig.Mode), "{mode}"'
         )
     if allowed and mode != "ANY":
-        raise _field("tool_config.function_calling_config.allowed_function_names",
-                     "allowed_function_names can only be set when mode is ANY.")
+        raise _field(
+            "tool_config.function_calling_config.allowed_function_names",
+            "allowed_function_names can only be set when mode is ANY.",
+        )
     choice: ToolChoice = "auto"
     if mode == "NONE":
         choice = "none"
@@ -241,13 +307,15 @@ class GenerateRender:
     def usage(self, final: bool) -> dict[str, Any]:
         candidates = self.reply.output_tokens if final else 0
         thoughts = self.thoughts_tokens if final else 0
-        usage = nonzero({
-            "promptTokenCount": self.prompt_tokens,
-            "candidatesTokenCount": candidates,
-            "totalTokenCount": self.prompt_tokens + candidates + thoughts,
-            "cachedContentTokenCount": self.cached_tokens,
-            "thoughtsTokenCount": thoughts,
-        })
+        usage = nonzero(
+            {
+                "promptTokenCount": self.prompt_tokens,
+                "candidatesTokenCount": candidates,
+                "totalTokenCount": self.prompt_tokens + candidates + thoughts,
+                "cachedContentTokenCount": self.cached_tokens,
+                "thoughtsTokenCount": thoughts,
+            }
+        )
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.prompt_tokens}]
         return usage
 
@@ -258,8 +326,9 @@ class GenerateRender:
         return [{"text": self.reply.text}]
 
     def _wrap(self, parts: list[dict[str, Any]] | None, final: bool) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}} if parts else {
-            "content": {"role": "model"}}
+        candidate: dict[str, Any] = (
+            {"content": {"parts": parts, "role": "model"}} if parts else {"content": {"role": "model"}}
+        )
         if final:
             candidate["finishReason"] = FINISH[self.reply.finish]
             candidate["index"] = 0

@@ -235,7 +235,7 @@ class FakeOpenAI(FakeUpstream):
         return json_response(self.embedding_result(body, self.served(model)), headers=self.response_headers())
 
     def embedding_result(self, body: dict[str, Any], model: str) -> dict[str, Any]:
-        texts, tokens = _embedding_inputs(body.get("input", None) if "input" in body else _MISSING)
+        texts, tokens = _embedding_inputs(body.get("input") if "input" in body else _MISSING)
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise invalid_value("encoding_format", fmt, ("float", "base64"))
@@ -275,9 +275,7 @@ class FakeOpenAI(FakeUpstream):
         name = request.match_info["model"]
         names = self.models if self.models is not None else list(DEFAULT_MODELS)
         if name not in names:
-            raise OpenAIError(
-                f"The model '{name}' does not exist", status=404, param="model", code="model_not_found"
-            )
+            raise OpenAIError(f"The model '{name}' does not exist", status=404, param="model", code="model_not_found")
         return json_response(self.model_object(name))
 
 

@@ -25,11 +25,43 @@ from .openai_wire import (
 )
 
 CHAT_PARAMS = frozenset(
-    """model messages audio frequency_penalty function_call functions logit_bias logprobs
-    max_completion_tokens max_tokens metadata modalities n parallel_tool_calls prediction
-    presence_penalty prompt_cache_key prompt_cache_retention reasoning_effort response_format
-    safety_identifier seed service_tier stop store stream stream_options temperature tool_choice
-    tools top_logprobs top_p user verbosity web_search_options""".split()
+    [
+        "model",
+        "messages",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    ]
 )
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 USER_PARTS = ("text", "image_url", "input_audio", "file")
@@ -59,8 +91,7 @@ def parse_chat(body: dict[str, Any], model: str, *, strict_params: bool = True) 
         raise invalid_type("messages", "an array of objects", messages)
     if not messages:
         raise OpenAIError(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-            "but got an empty array instead.",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
             param="messages",
             code="empty_array",
         )
@@ -143,8 +174,7 @@ def _read_messages(messages: list[Any], prompt: Prompt) -> None:
 def _unanswered(i: int, pending: list[str]) -> OpenAIError:
     return OpenAIError(
         "An assistant message with 'tool_calls' must be followed by tool messages responding to "
-        "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
-        + ", ".join(pending),
+        "each 'tool_call_id'. The following tool_call_ids did not have response messages: " + ", ".join(pending),
         param=f"messages.[{i}].role",
     )
 
@@ -315,9 +345,7 @@ class ChatRender:
     azure: bool = False
 
 
-def usage_block(
-    reply: Reply, *, cached_tokens: int = 0, reasoning_tokens: int = 0
-) -> dict[str, Any]:
+def usage_block(reply: Reply, *, cached_tokens: int = 0, reasoning_tokens: int = 0) -> dict[str, Any]:
     # The prompt's cached part is inside prompt_tokens, and reasoning is inside completion_tokens.
     prompt_tokens = reply.input_tokens + cached_tokens
     completion = reply.output_tokens + reasoning_tokens

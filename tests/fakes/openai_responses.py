@@ -25,10 +25,37 @@ from .openai_wire import (
 )
 
 RESPONSES_PARAMS = frozenset(
-    """background context_management conversation include input instructions max_output_tokens
-    max_tool_calls metadata model parallel_tool_calls previous_response_id prompt prompt_cache_key
-    prompt_cache_retention reasoning safety_identifier service_tier store stream stream_options
-    temperature text tool_choice tools top_logprobs top_p truncation user""".split()
+    [
+        "background",
+        "context_management",
+        "conversation",
+        "include",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "model",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    ]
 )
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 INPUT_PARTS = ("input_text", "input_image", "input_file", "input_audio", "output_text", "refusal")

@@ -30,9 +30,7 @@ class OpenAIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body: dict[str, Any] = {
-            "error": {"message": message, "type": type, "param": param, "code": code}
-        }
+        self.body: dict[str, Any] = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def type_name(value: Any) -> str:
@@ -53,9 +51,7 @@ def type_name(value: Any) -> str:
 
 
 def missing(param: str) -> OpenAIError:
-    return OpenAIError(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
+    return OpenAIError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
 def invalid_type(param: str, expected: str, value: Any) -> OpenAIError:
@@ -69,9 +65,7 @@ def invalid_type(param: str, expected: str, value: Any) -> OpenAIError:
 def invalid_value(param: str, value: Any, supported: Iterable[str]) -> OpenAIError:
     options = [f"'{s}'" for s in supported]
     listed = options[0] if len(options) == 1 else ", ".join(options[:-1]) + f", and {options[-1]}"
-    return OpenAIError(
-        f"Invalid value: '{value}'. Supported values are: {listed}.", param=param, code="invalid_value"
-    )
+    return OpenAIError(f"Invalid value: '{value}'. Supported values are: {listed}.", param=param, code="invalid_value")
 
 
 def unknown_parameter(name: str) -> OpenAIError:
@@ -80,8 +74,7 @@ def unknown_parameter(name: str) -> OpenAIError:
 
 def below_minimum(param: str, minimum: int, value: Any) -> OpenAIError:
     return OpenAIError(
-        f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, "
-        f"but got {value} instead.",
+        f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, but got {value} instead.",
         param=param,
         code="integer_below_min_value",
     )
@@ -128,7 +121,9 @@ def content_text(content: Any, param: str, allowed: tuple[str, ...]) -> str:
         if kind in ("text", "refusal"):
             value = part.get(kind)
             if not isinstance(value, str):
-                raise (missing(f"{where}.{kind}") if value is None else invalid_type(f"{where}.{kind}", "a string", value))
+                raise (
+                    missing(f"{where}.{kind}") if value is None else invalid_type(f"{where}.{kind}", "a string", value)
+                )
             texts.append(value)
         elif kind == "image_url":
             image = part.get("image_url")
@@ -150,8 +145,7 @@ def status_error(status: int, message: str | None = None) -> dict[str, Any]:
     table: dict[int, tuple[str, str, str | int | None]] = {
         400: ("Bad request.", "invalid_request_error", None),
         401: (
-            "Incorrect API key provided. You can find your API key at "
-            "https://platform.openai.com/account/api-keys.",
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
             "invalid_request_error",
             "invalid_api_key",
         ),
@@ -159,8 +153,7 @@ def status_error(status: int, message: str | None = None) -> dict[str, Any]:
         404: ("The model does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
         409: ("The request conflicted with another request.", "invalid_request_error", None),
         429: (
-            "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. "
-            "Please try again in 20s.",
+            "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
             "requests",
             "rate_limit_exceeded",
         ),
