@@ -146,21 +146,21 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0, interval: float = 0.01) -> None:
     """Poll `predicate` until true or raise TimeoutError at the deadline (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout:.1f}s")
+            raise TimeoutError(f"condition not met within {within:.1f}s")
         await asyncio.sleep(interval)
 
 
-def wait_until_sync(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
+def wait_until_sync(predicate: Callable[[], bool], within: float = 5.0, interval: float = 0.01) -> None:
     """Thread-blocking twin of `wait_until` for sync tests."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout:.1f}s")
+            raise TimeoutError(f"condition not met within {within:.1f}s")
         time.sleep(interval)
 
 
