@@ -122,15 +122,16 @@ class Engine:
         if not plan:
             raise GatewayError(503, f"Route '{route.name}' has no available backend ({route.source})",
                                type="api_error", code="no_backend")
-        # Every backend once, then around again up to maxAttempts; a key refusal may add
-        # one more try on the same backend with another key.
+        # Every backend once, then around again up to maxAttempts; a key refusal adds one
+        # more try on the same backend with its next key (at most once per key).
         budget = max(route.retries.max_attempts, len(plan))
+        key_budget = {b.id: len(b.keyring.entries) - 1 for b in plan}
         queue = list(plan)
         tries: dict[str, int] = {}
         last: AttemptFailed | None = None
         prev: Backend | None = None
         i = 0
-        while call.attempts < budget + len(rt.keyrings):
+        while call.attempts < budget:
             if i >= len(queue):
                 if call.attempts >= budget:
                     break
@@ -161,7 +162,9 @@ class Engine:
                     seconds = cd.auth_seconds if failed.reason == "auth" else (failed.retry_after or
                                                                                cd.rate_limit_seconds)
                     backend.keyring.cool_down(key, seconds)
-                    if len(backend.keyring.entries) > 1 and backend.keyring.pick_available():
+                    if key_budget[backend.id] > 0 and backend.keyring.pick_available():
+                        key_budget[backend.id] -= 1
+                        budget += 1
                         queue.insert(i, backend)  # another key of the same account, right away
                         failed.retry_after = 0.0
                 if failed.reason not in ("auth",):

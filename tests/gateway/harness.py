@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import openai
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
-
 from modelroute_sidecar.app import Gateway, admin_app, api_app
 from modelroute_sidecar.compile import compile_resources
+from modelroute_sidecar.config import GatewayConfig
+from prometheus_client.parser import text_string_to_metric_families
 
 API = "modelroute.dev/v1alpha1"
 
@@ -72,8 +72,8 @@ class RunningGateway:
     def client(self, **kw: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url, api_key="modelroute-placeholder", max_retries=0, **kw)
 
-    def apply(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        result = compile_resources(list(docs))
+    def apply(self, docs: Iterable[Mapping[str, Any]], base: GatewayConfig | None = None) -> None:
+        result = compile_resources(list(docs), base=base)
         assert not result.errors, result.errors
         self.gateway.apply(result.config, result.keys)
 
@@ -98,9 +98,10 @@ class RunningGateway:
 
 
 @asynccontextmanager
-async def running_gateway(docs: Iterable[Mapping[str, Any]]) -> AsyncIterator[RunningGateway]:
+async def running_gateway(docs: Iterable[Mapping[str, Any]],
+                          base: GatewayConfig | None = None) -> AsyncIterator[RunningGateway]:
     gw = Gateway()
-    result = compile_resources(list(docs))
+    result = compile_resources(list(docs), base=base)
     assert not result.errors, result.errors
     gw.apply(result.config, result.keys)
     await gw.start()
