@@ -377,7 +377,7 @@ class AnthropicStreamDecoder(StreamDecoder):
                 "model": self._model, "choices": [], "usage": openai_usage(self.usage),
             }]
         if etype == "error":
-            raise StreamError(_info_from_error(data.get("error") or {}, 200))
+            raise StreamError(info_from_error(data.get("error") or {}, 200))
         return []  # ping, content_block_stop, and event types added later
 
 
@@ -416,7 +416,7 @@ def _type_for_status(status: int) -> ErrorType:
     return "invalid_request_error"
 
 
-def _info_from_error(err: dict[str, Any], status: int) -> UpstreamErrorInfo:
+def info_from_error(err: dict[str, Any], status: int) -> UpstreamErrorInfo:
     raw_type = err.get("type") or ""
     etype = _ERROR_TYPES.get(raw_type) or _type_for_status(status)
     retryable = status in (408, 429) or status >= 500 or raw_type in _RETRYABLE_TYPES
@@ -432,7 +432,7 @@ def error_info(status: int, body: bytes) -> UpstreamErrorInfo:
     if not isinstance(err, dict):
         text = body[:300].decode("utf-8", "replace").strip()
         err = {"message": text or f"Anthropic returned HTTP {status}"}
-    return _info_from_error(err, status)
+    return info_from_error(err, status)
 
 
 # --------------------------------------------------------------------------- adapter
