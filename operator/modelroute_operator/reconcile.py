@@ -1,0 +1,223 @@
+"""Reconciling a namespace: read its sources, compile, write what changed.
+
+A namespace is the unit: the sidecar's config is per namespace, so any change to a
+ModelRoute, a ProviderKey or a Secret they reference re-compiles the whole namespace
+from what the API server holds now. That makes a reconcile idempotent and a restart
+harmless: nothing depends on which events were seen before.
+
+:class:`Reconciler` coalesces triggers: a namespace is reconciled by at most one task
+at a time; triggers that arrive meanwhile cause exactly one more pass. Failures are
+retried with backoff; one namespace failing never holds up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelroute_sidecar.compile import compile_resources
+from modelroute_sidecar.config import CONFIGMAP_NAME, KEYS_SECRET_NAME, GatewayConfig
+
+from . import objects
+from .kube import ApiError, Kube, core_path, custom_path
+
+logger = logging.getLogger("modelroute.operator")
+
+PLURALS = {"ModelRoute": "modelroutes", "ProviderKey": "providerkeys"}
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class Report:
+    """What one reconcile did; for logs and tests (never holds key material)."""
+
+    namespace: str
+    routes: int = 0
+    provider_keys: int = 0
+    ready: int = 0
+    wrote: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+async def reconcile_namespace(
+    kube: Kube, namespace: str, *, base: GatewayConfig | None = None, instance: str | None = None
+) -> Report:
+    report = Report(namespace)
+    routes, keys = await asyncio.gather(
+        kube.list(custom_path("modelroutes", namespace)), kube.list(custom_path("providerkeys", namespace))
+    )
+    for body in routes:
+        body.setdefault("kind", "ModelRoute")
+    for body in keys:
+        body.setdefault("kind", "ProviderKey")
+    sources = keys + routes
+    report.routes, report.provider_keys = len(routes), len(keys)
+
+    if not sources:
+        generated = (core_path("configmaps", namespace, CONFIGMAP_NAME),
+                     core_path("secrets", namespace, KEYS_SECRET_NAME))
+        for path in generated:
+            existing = await kube.get(path)
+            if existing is not None and objects.is_ours(existing):
+                await kube.delete(path, resource_version=existing["metadata"].get("resourceVersion"))
+                report.wrote.append(f"deleted {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}")
+        return report
+
+    names = sorted(objects.referenced_secret_names(keys))
+    fetched = await asyncio.gather(*(kube.get(core_path("secrets", namespace, n)) for n in names))
+    secrets = [s for s in fetched if s is not None]
+    result = compile_resources(objects.source_docs(sources, secrets), base=base)
+    del secrets, fetched  # key material stays in `result.keys` only
+
+    owners = objects.owner_references(sources)
+    for desired in (objects.desired_configmap(namespace, result, owners),
+                    objects.desired_keys_secret(namespace, result, owners)):
+        if await _apply(kube, desired):
+            report.wrote.append(f"{desired['kind']}/{desired['metadata']['name']}")
+
+    statuses = objects.all_statuses(result, sources)
+    now = utcnow()
+    for body in sources:
+        meta = body.get("metadata") or {}
+        status = statuses.get((body["kind"], str(meta.get("name"))))
+        if status is None:
+            continue
+        report.ready += status.ready
+        try:
+            await _write_status(kube, body, status, now, instance or socket.gethostname())
+        except ApiError as e:
+            if e.status != 404:  # 404: deleted meanwhile, and its deletion triggers another pass
+                report.failures.append(f"{body['kind']}/{meta.get('name')}: {e}")
+    if report.failures:
+        # The other objects got their status; a retry of the namespace will finish these.
+        raise ReconcileIncomplete("; ".join(report.failures))
+    return report
+
+
+class ReconcileIncomplete(Exception):
+    """Some objects' status could not be written."""
+
+
+async def _write_status(kube: Kube, body: dict[str, Any], status: Any, now: str, instance: str) -> None:
+    meta = body["metadata"]
+    old = body.get("status")
+    patch = objects.status_patch(status, old, now)
+    if patch is None:
+        return
+    await kube.merge_patch(custom_path(PLURALS[body["kind"]], meta["namespace"], meta["name"], "status"), patch)
+    event = objects.event_for(status, old)
+    if event is not None:
+        try:
+            await kube.create(core_path("events", meta["namespace"]), objects.event_body(body, event, now,
+                                                                                       instance=instance))
+        except ApiError as e:  # an Event is a courtesy: never fail the reconcile for one
+            logger.warning("could not post event %s on %s/%s: %s", event.reason, body["kind"], meta["name"], e)
+
+
+async def _apply(kube: Kube, desired: dict[str, Any]) -> bool:
+    """Create or update ``desired``; False when it was already so. Raises on conflict
+    (someone else wrote it meanwhile): the caller's retry re-reads and re-compiles."""
+    meta = desired["metadata"]
+    plural = "configmaps" if desired["kind"] == "ConfigMap" else "secrets"
+    path = core_path(plural, meta["namespace"], meta["name"])
+    existing = await kube.get(path)
+    if existing is None:
+        await kube.create(core_path(plural, meta["namespace"]), desired)
+        return True
+    update = objects.merged_for_update(existing, desired)
+    if update is None:
+        return False
+    await kube.replace(path, update)
+    return True
+
+
+ReconcileFn = Callable[[str], Awaitable[object]]
+
+
+class Reconciler:
+    """Runs ``fn(namespace)`` for triggered namespaces: coalesced, retried, bounded."""
+
+    def __init__(
+        self,
+        fn: ReconcileFn,
+        *,
+        concurrency: int = 8,
+        settle_seconds: float = 0.05,
+        backoff_seconds: tuple[float, float] = (0.5, 60.0),
+    ) -> None:
+        self._fn = fn
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._settle = settle_seconds
+        self._backoff = backoff_seconds
+        self._dirty: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.seen: set[str] = set()
+        self.passes = 0
+        self.failures = 0
+
+    def trigger(self, namespace: str) -> None:
+        self.seen.add(namespace)
+        self._dirty.add(namespace)
+        if namespace not in self._tasks:
+            self._tasks[namespace] = asyncio.create_task(self._run(namespace), name=f"reconcile:{namespace}")
+
+    def trigger_all(self) -> None:
+        for namespace in sorted(self.seen):
+            self.trigger(namespace)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    async def _run(self, namespace: str) -> None:
+        delay = self._backoff[0]
+        try:
+            while namespace in self._dirty:
+                # A burst (e.g. `kubectl apply -f` of a dozen objects) becomes one pass.
+                await asyncio.sleep(self._settle)
+                self._dirty.discard(namespace)
+                async with self._semaphore:
+                    try:
+                        await self._fn(namespace)
+                        self.passes += 1
+                        delay = self._backoff[0]
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        self.failures += 1
+                        logger.warning("reconciling namespace %s failed, retrying in %.1fs: %s",
+                                       namespace, delay, _describe(e))
+                        self._dirty.add(namespace)
+                        failed = True
+                    else:
+                        failed = False
+                if failed:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._backoff[1])
+        finally:
+            self._tasks.pop(namespace, None)
+
+    async def resync_forever(self, interval: float) -> None:
+        """Re-reconcile every namespace seen, now and then: a safety net, not the mechanism."""
+        while True:
+            await asyncio.sleep(interval)
+            self.trigger_all()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _describe(e: BaseException) -> str:
+    # ApiError messages come from the API server (names and reasons, no object bodies).
+    return str(e) if isinstance(e, ApiError) else f"{type(e).__name__}: {e}"

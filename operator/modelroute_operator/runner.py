@@ -1,0 +1,78 @@
+"""Wiring: settings -> API client, reconciler, kopf registry and settings -> kopf.operator()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+import kopf
+
+from .admission import RegisteringWebhookServer, unregister
+from .certs import ensure_certs, service_hosts
+from .handlers import build_registry, configure
+from .kube import Kube
+from .reconcile import Reconciler, reconcile_namespace
+from .settings import InjectionSettings, OperatorSettings, WebhookSettings
+
+logger = logging.getLogger("modelroute.operator")
+
+NATIVE_SIDECAR_MIN = (1, 29)  # SidecarContainers on by default (beta) since 1.29, GA 1.33
+
+
+def webhook_hosts(settings: WebhookSettings) -> list[str]:
+    if settings.service is not None:
+        return service_hosts(*settings.service)
+    host = settings.address[0] if settings.address is not None else "127.0.0.1"
+    return list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
+
+
+async def injection_settings(kube: Kube, settings: OperatorSettings) -> InjectionSettings:
+    """The injection settings, with native sidecars decided once, from the server's version."""
+    native = settings.native_sidecars
+    if native is None:
+        version = await kube.server_version()
+        native = version >= NATIVE_SIDECAR_MIN
+        logger.info("API server %d.%d: injecting the sidecar as a %s", *version,
+                    "native sidecar (initContainer, restartPolicy: Always)" if native else "regular container")
+    return settings.injection.model_copy(update={"native_sidecar": native})
+
+
+async def run(settings: OperatorSettings) -> None:
+    kube = await Kube.connect(settings.kubeconfig)
+    resync: asyncio.Task[None] | None = None
+    reconciler = Reconciler(lambda ns: reconcile_namespace(kube, ns), concurrency=settings.concurrency)
+    try:
+        kopf_settings = kopf.OperatorSettings()
+        configure(kopf_settings)
+        injection = None
+        if settings.webhook.enabled:
+            injection = await injection_settings(kube, settings)
+            cert_dir = settings.webhook.cert_dir or Path(tempfile.mkdtemp(prefix="modelroute-webhook-"))
+            certs = ensure_certs(cert_dir, webhook_hosts(settings.webhook))
+            kopf_settings.admission.server = RegisteringWebhookServer(
+                kube=kube, settings=settings.webhook, certs=certs, namespaces=settings.namespaces)
+        registry = build_registry(reconciler, injection)
+        if settings.resync_seconds > 0:
+            resync = asyncio.create_task(reconciler.resync_forever(settings.resync_seconds))
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            standalone=settings.standalone,
+            peering_name=settings.peering_name,
+            liveness_endpoint=settings.liveness_endpoint,
+        )
+    finally:
+        if resync is not None:
+            resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resync
+        await reconciler.close()
+        if settings.webhook.enabled and settings.webhook.removes_on_exit:
+            await unregister(kube)
+            logger.info("webhook configuration removed")
+        await kube.close()

@@ -1,0 +1,115 @@
+"""The operator's settings: what the CLI (and the chart, through it) can change.
+
+Everything here is a pydantic model, so a bad value fails at start-up with the name of
+the setting, never later in a handler.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from modelroute_sidecar.config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A Kubernetes resource quantity (the forms people write: 100m, 0.5, 64Mi, 1G, 1e3).
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("modelroute")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "latest"
+
+
+DEFAULT_IMAGE = os.environ.get("MODELROUTE_SIDECAR_IMAGE") or f"ghcr.io/modelroute/modelroute:{_version()}"
+
+
+def check_quantity(value: str | None) -> str | None:
+    if value is not None and not QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a resource quantity (e.g. 100m, 64Mi, 1Gi)")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InjectionSettings(_Model):
+    """How the webhook builds the sidecar. Pod annotations can override some of it."""
+
+    image: str = Field(DEFAULT_IMAGE, min_length=1, pattern=r"^\S+$")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535)
+    config_dir: str = DEFAULT_CONFIG_DIR
+    cpu_request: str | None = "50m"
+    memory_request: str | None = "64Mi"
+    cpu_limit: str | None = None
+    memory_limit: str | None = "256Mi"
+    # Native sidecar (initContainer with restartPolicy: Always), Kubernetes >= 1.29.
+    native_sidecar: bool = True
+    run_as_user: int = Field(65532, ge=1)
+
+    @field_validator("cpu_request", "memory_request", "cpu_limit", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        return check_quantity(value)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> InjectionSettings:
+        if self.port == self.metrics_port:
+            raise ValueError(f"port and metrics port must differ (both are {self.port})")
+        return self
+
+
+class WebhookSettings(_Model):
+    """Where the admission webhook listens and how the API server reaches it."""
+
+    # Out of cluster: listen on this address and register https://<address>/inject.
+    address: tuple[str, int] | None = None
+    # In cluster: register Service <name>.<namespace>:<service_port>, listen on `listen`.
+    service: tuple[str, str] | None = None
+    service_port: int = Field(443, ge=1, le=65535)
+    listen: tuple[str, int] = ("0.0.0.0", 9443)
+    cert_dir: Path | None = None
+    # Only pods that opted in reach the webhook, so refusing them while it is down is the
+    # safe default: a pod never starts without the gateway it asked for.
+    failure_policy: Literal["Fail", "Ignore"] = "Fail"
+    timeout_seconds: int = Field(10, ge=1, le=30)
+    # Remove the MutatingWebhookConfiguration on a graceful exit. Default: yes out of
+    # cluster (a developer's operator going away must not block pods), no in cluster (a
+    # rolling update must not let pods through uninjected).
+    remove_on_exit: bool | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None or self.service is not None
+
+    @property
+    def removes_on_exit(self) -> bool:
+        return self.remove_on_exit if self.remove_on_exit is not None else self.service is None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> WebhookSettings:
+        if self.address is not None and self.service is not None:
+            raise ValueError("--webhook-address and --webhook-service are exclusive")
+        return self
+
+
+class OperatorSettings(_Model):
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    injection: InjectionSettings = InjectionSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    # None: decide from the server's version at start-up.
+    native_sidecars: bool | None = None
+    standalone: bool = True
+    peering_name: str | None = None
+    liveness_endpoint: str | None = None
+    resync_seconds: float = Field(300.0, ge=0)  # 0 disables the periodic resync
+    concurrency: int = Field(8, ge=1, le=256)  # namespaces reconciled at once
+    kubeconfig: str | None = None

@@ -1,0 +1,303 @@
+"""Sidecar injection as pure functions of (pod, settings), and the webhook configuration.
+
+Who reaches the webhook is decided by the API server, from the configuration built by
+:func:`webhook_configuration` (so unrelated pods never wait on the operator):
+
+* ``pods.inject.modelroute.dev``: pods annotated ``modelroute.dev/inject: "true"``, in
+  namespaces *not* labelled ``modelroute.dev/injection: enabled``. Annotations cannot be
+  selected by an objectSelector, so a CEL ``matchCondition`` (GA in Kubernetes 1.30)
+  tests the annotation in the API server.
+* ``namespaces.inject.modelroute.dev``: every pod of a namespace labelled
+  ``modelroute.dev/injection: enabled``, unless annotated ``modelroute.dev/inject: "false"``.
+
+:func:`mutate_pod` itself injects whatever reaches it, except a pod that opted out.
+It is idempotent: ``mutate_pod(mutate_pod(p)) == mutate_pod(p)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jsonpatch
+from modelroute_sidecar.config import CONFIG_SUBDIR, CONFIGMAP_NAME, KEYS_SECRET_NAME, KEYS_SUBDIR
+
+from . import names
+from .settings import InjectionSettings, WebhookSettings, check_quantity
+
+Pod = dict[str, Any]
+JSONPatch = list[dict[str, Any]]
+
+
+class InjectionError(ValueError):
+    """The pod asks for something the webhook cannot do (e.g. a bad override annotation)."""
+
+
+# --- selection ----------------------------------------------------------------------------
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, str]:
+    return (pod.get("metadata") or {}).get("annotations") or {}
+
+
+def opted_out(pod: Mapping[str, Any]) -> bool:
+    return _annotations(pod).get(names.INJECT_ANNOTATION) == "false"
+
+
+def should_inject(pod: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> bool:
+    """The selection rule the webhook configuration gives the API server, as a function."""
+    value = _annotations(pod).get(names.INJECT_ANNOTATION)
+    if namespace_labels.get(names.INJECTION_NAMESPACE_LABEL) == names.INJECTION_NAMESPACE_VALUE:
+        return value != "false"
+    return value == "true"
+
+
+# --- per-pod overrides ----------------------------------------------------------------------
+
+
+def _port(value: str, annotation: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise InjectionError(f"annotation {annotation}: {value!r} is not a port number (1-65535)")
+    return port
+
+
+def _quantity(value: str, annotation: str) -> str:
+    try:
+        check_quantity(value)
+    except ValueError as e:
+        raise InjectionError(f"annotation {annotation}: {e}") from None
+    return value
+
+
+def effective_settings(pod: Mapping[str, Any], settings: InjectionSettings) -> InjectionSettings:
+    """The settings with the pod's ``modelroute.dev/*`` override annotations applied."""
+    ann = _annotations(pod)
+    update: dict[str, Any] = {}
+    if (image := ann.get(names.IMAGE_ANNOTATION)) is not None:
+        if not image.strip() or any(c.isspace() for c in image):
+            raise InjectionError(f"annotation {names.IMAGE_ANNOTATION}: {image!r} is not an image reference")
+        update["image"] = image
+    if (port := ann.get(names.PORT_ANNOTATION)) is not None:
+        update["port"] = _port(port, names.PORT_ANNOTATION)
+    if (mport := ann.get(names.METRICS_PORT_ANNOTATION)) is not None:
+        update["metrics_port"] = _port(mport, names.METRICS_PORT_ANNOTATION)
+    for annotation, field in (
+        (names.CPU_REQUEST_ANNOTATION, "cpu_request"),
+        (names.CPU_LIMIT_ANNOTATION, "cpu_limit"),
+        (names.MEMORY_REQUEST_ANNOTATION, "memory_request"),
+        (names.MEMORY_LIMIT_ANNOTATION, "memory_limit"),
+    ):
+        if (value := ann.get(annotation)) is not None:
+            update[field] = _quantity(value, annotation)
+    if (native := ann.get(names.NATIVE_SIDECAR_ANNOTATION)) is not None:
+        if native not in ("true", "false"):
+            raise InjectionError(f"annotation {names.NATIVE_SIDECAR_ANNOTATION}: {native!r} is not true or false")
+        update["native_sidecar"] = native == "true"
+    if not update:
+        return settings
+    port, mport = update.get("port", settings.port), update.get("metrics_port", settings.metrics_port)
+    if port == mport:
+        raise InjectionError(f"annotations {names.PORT_ANNOTATION} and {names.METRICS_PORT_ANNOTATION}: "
+                             f"the API port and the metrics port must differ (both are {port})")
+    return settings.model_copy(update=update)
+
+
+# --- what is injected ---------------------------------------------------------------------
+
+
+def sidecar_container(s: InjectionSettings) -> dict[str, Any]:
+    """The ``modelroute-sidecar`` container (without ``restartPolicy``)."""
+    requests = {k: v for k, v in (("cpu", s.cpu_request), ("memory", s.memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", s.cpu_limit), ("memory", s.memory_limit)) if v}
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+
+    def probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": s.metrics_port, "scheme": "HTTP"}, **timing}
+
+    container: dict[str, Any] = {
+        "name": names.SIDECAR_CONTAINER,
+        "image": s.image,
+        "args": ["sidecar", "--config-dir", s.config_dir, "--port", str(s.port),
+                 "--metrics-port", str(s.metrics_port)],
+        "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": s.metrics_port, "protocol": "TCP"}],
+        # /healthz: the process serves; the app may start. /readyz: the config is loaded.
+        "startupProbe": probe("/healthz", periodSeconds=1, failureThreshold=120, timeoutSeconds=1),
+        "readinessProbe": probe("/readyz", periodSeconds=5, failureThreshold=2, timeoutSeconds=2),
+        "livenessProbe": probe("/healthz", periodSeconds=10, failureThreshold=3, timeoutSeconds=2),
+        "resources": resources,
+        "volumeMounts": [
+            {"name": names.CONFIG_VOLUME, "mountPath": f"{s.config_dir}/{CONFIG_SUBDIR}", "readOnly": True},
+            {"name": names.KEYS_VOLUME, "mountPath": f"{s.config_dir}/{KEYS_SUBDIR}", "readOnly": True},
+            {"name": names.TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": s.run_as_user,
+            "runAsGroup": s.run_as_user,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if s.image_pull_policy:
+        container["imagePullPolicy"] = s.image_pull_policy
+    return container
+
+
+def sidecar_volumes() -> list[dict[str, Any]]:
+    # optional: a pod may start before the operator's first compile of its namespace;
+    # kubelet fills the volumes in when the objects appear.
+    return [
+        {"name": names.CONFIG_VOLUME, "configMap": {"name": CONFIGMAP_NAME, "optional": True}},
+        {"name": names.KEYS_VOLUME, "secret": {"secretName": KEYS_SECRET_NAME, "optional": True}},
+        {"name": names.TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+
+
+def app_env(s: InjectionSettings) -> list[dict[str, str]]:
+    """What every app container gets, unless it already sets the variable."""
+    return [
+        {"name": "OPENAI_BASE_URL", "value": f"http://127.0.0.1:{s.port}/v1"},
+        {"name": "OPENAI_API_KEY", "value": names.PLACEHOLDER_API_KEY},
+        {"name": "ANTHROPIC_BASE_URL", "value": f"http://127.0.0.1:{s.port}"},
+        {"name": "ANTHROPIC_API_KEY", "value": names.PLACEHOLDER_API_KEY},
+    ]
+
+
+def scrape_annotations(s: InjectionSettings) -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(s.metrics_port),
+            "prometheus.io/path": "/metrics"}
+
+
+_OUR_VOLUMES = frozenset({names.CONFIG_VOLUME, names.KEYS_VOLUME, names.TMP_VOLUME})
+
+
+def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
+    """The pod with the sidecar injected (a new dict; the argument is not modified).
+
+    Idempotent: a pod already injected comes out the same, with its sidecar container
+    and volumes rebuilt in place and app env that is already set left alone.
+    Raises :class:`InjectionError` for override annotations that make no sense.
+    """
+    out: Pod = copy.deepcopy(dict(pod))
+    if opted_out(out):
+        return out
+    s = effective_settings(out, settings)
+    spec = out.setdefault("spec", {})
+    meta = out.setdefault("metadata", {})
+
+    containers = [c for c in spec.get("containers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
+    inits = [c for c in spec.get("initContainers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
+    sidecar = sidecar_container(s)
+    if s.native_sidecar:
+        # First, so it runs (and is started) before any other init container.
+        inits.insert(0, {**sidecar, "restartPolicy": "Always"})
+    else:
+        containers.append(sidecar)
+
+    env_add = app_env(s)
+    for c in containers:
+        if c.get("name") == names.SIDECAR_CONTAINER:
+            continue
+        env = list(c.get("env") or [])
+        present = {e.get("name") for e in env}
+        env.extend(copy.deepcopy(e) for e in env_add if e["name"] not in present)
+        c["env"] = env
+
+    spec["containers"] = containers
+    if inits:
+        spec["initContainers"] = inits
+    else:
+        spec.pop("initContainers", None)
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in _OUR_VOLUMES]
+    spec["volumes"] = volumes + sidecar_volumes()
+
+    annotations = dict(meta.get("annotations") or {})
+    if not any(k in annotations for k in ("prometheus.io/scrape", "prometheus.io/port")):
+        annotations.update(scrape_annotations(s))
+    if not s.native_sidecar and "kubectl.kubernetes.io/default-container" not in annotations:
+        first_app = next((c.get("name") for c in containers if c.get("name") != names.SIDECAR_CONTAINER), None)
+        if first_app:
+            annotations["kubectl.kubernetes.io/default-container"] = first_app
+    annotations[names.INJECTED_ANNOTATION] = "true"
+    meta["annotations"] = annotations
+    return out
+
+
+def pod_patch(pod: Mapping[str, Any], settings: InjectionSettings) -> JSONPatch:
+    """The JSON patch (RFC 6902) the webhook answers with: from ``pod`` to the injected pod."""
+    ops: JSONPatch = jsonpatch.JsonPatch.from_diff(dict(pod), mutate_pod(pod, settings)).patch
+    return ops
+
+
+# --- the MutatingWebhookConfiguration -------------------------------------------------------
+
+
+def _annotation_cel(value: str) -> str:
+    key = names.INJECT_ANNOTATION
+    return (f"has(object.metadata.annotations) && '{key}' in object.metadata.annotations && "
+            f"object.metadata.annotations['{key}'] == '{value}'")
+
+
+def webhook_configuration(
+    client_config: Mapping[str, Any],
+    settings: WebhookSettings,
+    *,
+    namespaces: Sequence[str] = (),
+    name: str = names.WEBHOOK_CONFIGURATION,
+) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration: two webhooks, one per way of opting in, disjoint.
+
+    ``client_config`` is ``{"url": ...}`` or ``{"service": {...}}``, with ``caBundle``; the
+    handler path is the caller's. ``namespaces`` restricts injection to the namespaces the
+    operator compiles (empty: all).
+    """
+    label = names.INJECTION_NAMESPACE_LABEL
+    scope = [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(namespaces)}] \
+        if namespaces else []
+    common: dict[str, Any] = {
+        "clientConfig": dict(client_config),
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                   "operations": ["CREATE"], "scope": "Namespaced"}],
+        "failurePolicy": settings.failure_policy,
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": settings.timeout_seconds,
+        "admissionReviewVersions": ["v1"],
+        # Webhooks after ours may add containers: run again so they get the env too.
+        "reinvocationPolicy": "IfNeeded",
+        "objectSelector": {},
+    }
+    pods = {
+        **common,
+        "name": names.POD_WEBHOOK,
+        "namespaceSelector": {"matchExpressions": [
+            {"key": label, "operator": "NotIn", "values": [names.INJECTION_NAMESPACE_VALUE]}, *scope]},
+        "matchConditions": [{"name": "pod-opted-in", "expression": _annotation_cel("true")}],
+    }
+    in_namespace = {
+        **common,
+        "name": names.NAMESPACE_WEBHOOK,
+        "namespaceSelector": {"matchExpressions": [
+            {"key": label, "operator": "In", "values": [names.INJECTION_NAMESPACE_VALUE]}, *scope]},
+        "matchConditions": [{"name": "pod-not-opted-out", "expression": f"!({_annotation_cel('false')})"}],
+    }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE,
+                                              names.PART_OF_LABEL: names.PART_OF_VALUE}},
+        "webhooks": [pods, in_namespace],
+    }
