@@ -86,7 +86,7 @@ class OpenAIStreamDecoder(StreamDecoder):
 
 class OpenAIAdapter(ProviderAdapter):
     kind: ClassVar[str] = "openai"
-    native_dialects: ClassVar[frozenset[str]] = frozenset({"openai-chat"})
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"openai-chat", "openai-responses"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)
@@ -109,6 +109,8 @@ class OpenAIAdapter(ProviderAdapter):
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
         if dialect == "openai-chat":
             return self.chat(req, model, stream)
+        if dialect == "openai-responses":
+            return self._prepare("responses", {**req, "model": model}, model, stream)
         raise NotImplementedError(dialect)
 
     def parse_chat(self, body: bytes, model: str) -> ChatResponse:
@@ -141,6 +143,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     """
 
     kind: ClassVar[str] = "azure-openai"
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"openai-chat"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)
