@@ -17,7 +17,7 @@ from .anthropic_messages import AnthropicError, new_message_render, parse_messag
 from .base import FakeUpstream, Rejected, dumps, json_response
 from .behaviour import respond
 
-DEFAULT_MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
+DEFAULT_MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-7")
 STATUS_ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request."),
     401: ("authentication_error", "invalid x-api-key"),

@@ -33,6 +33,7 @@ class _BadJson:
 
 
 BAD_JSON: Any = _BadJson()
+JSON_BODY = web.RequestKey("fake_json_body", object)  # the body parsed once by the middleware
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ class FakeUpstream:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 body = BAD_JSON
-        request["json"] = body
+        request[JSON_BODY] = body
         self.requests.append(
             RecordedRequest(
                 method=request.method,
@@ -400,7 +401,7 @@ class FakeUpstream:
         return resp
 
     def body_of(self, request: web.Request) -> Any:
-        return request["json"]
+        return request[JSON_BODY]
 
     # ---- streaming ------------------------------------------------------------
     async def stream(
