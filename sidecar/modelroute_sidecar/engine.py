@@ -79,6 +79,7 @@ class Call:
     deadline: float
     attempts: int = 0
     canonical: dict[str, Any] | None = None
+    finished: bool = False  # metrics and the access log written
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -154,6 +155,13 @@ class Engine:
             assert key is not None  # every ring has at least a no-key entry
             try:
                 return await self._attempt(request, rt, call, backend, key)
+            except asyncio.CancelledError:
+                # The caller went away (aiohttp cancels the handler): the upstream request
+                # is closed on the way out; count it once.
+                if not call.finished:
+                    backend.metrics.attempt("client_closed")
+                    self._finish(rt, call, backend, None, "client_closed")
+                raise
             except AttemptFailed as failed:
                 last = failed
                 backend.metrics.attempt(failed.status)
@@ -361,6 +369,7 @@ class Engine:
 
     def _finish(self, rt: Runtime, call: Call, backend: Backend, usage: Usage | None, error: str | None,
                 ttft: float | None = None) -> None:
+        call.finished = True
         elapsed = asyncio.get_running_loop().time() - call.started
         m = backend.metrics
         m.duration.observe(elapsed)

@@ -62,13 +62,14 @@ class Metrics:
 class BackendMetrics:
     """The label children of one (route, backend) pair, resolved on first use."""
 
-    __slots__ = ("_m", "_status", "cost", "duration", "genai_labels", "input_tokens", "labels", "output_tokens",
+    __slots__ = ("_genai", "_m", "_status", "cost", "duration", "genai_labels", "input_tokens", "labels", "output_tokens",
                  "ttft", "up")
 
     def __init__(self, m: Metrics, route: str, provider: str, model: str, backend: str) -> None:
         self._m = m
         self.labels = (route, provider, model)
         self._status: dict[str, Counter] = {}
+        self._genai: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
         self.input_tokens = m.tokens.labels(route, provider, model, "input")
         self.output_tokens = m.tokens.labels(route, provider, model, "output")
         self.cost = m.cost.labels(route, provider, model)
@@ -86,11 +87,18 @@ class BackendMetrics:
 
     def genai(self, operation: str, seconds: float, input_tokens: int | None, output_tokens: int | None,
               error: str = "") -> None:
-        provider, request_model, response_model = self.genai_labels
-        self._m.genai_duration.labels(operation, provider, request_model, response_model, error).observe(seconds)
+        children = self._genai.get((operation, error))
+        if children is None:
+            provider, request_model, response_model = self.genai_labels
+            m = self._m
+            children = self._genai[(operation, error)] = (
+                m.genai_duration.labels(operation, provider, request_model, response_model, error),
+                m.genai_tokens.labels(operation, provider, request_model, response_model, "input"),
+                m.genai_tokens.labels(operation, provider, request_model, response_model, "output"),
+            )
+        duration, inp, out = children
+        duration.observe(seconds)
         if input_tokens is not None:
-            self._m.genai_tokens.labels(operation, provider, request_model, response_model, "input").observe(
-                input_tokens)
+            inp.observe(input_tokens)
         if output_tokens is not None:
-            self._m.genai_tokens.labels(operation, provider, request_model, response_model, "output").observe(
-                output_tokens)
+            out.observe(output_tokens)
