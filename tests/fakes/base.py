@@ -80,6 +80,7 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failures: list[Failure] = []
+        self._drops = 0
         self.first_byte_delay = 0.0
         self.event_delay = 0.0
         self.die_after: int | None = None
@@ -99,6 +100,11 @@ class Faults:
         failure = Failure(status=status, retry_after=retry_after, message=message, body=body)
         with self._lock:
             self._failures.extend([failure] * n)
+
+    def drop_next(self, n: int = 1) -> None:
+        """The next `n` requests get no response at all: the TCP connection is aborted."""
+        with self._lock:
+            self._drops += n
 
     def slow_first_byte(self, seconds: float) -> None:
         """Delay every response (headers included) by `seconds`."""
@@ -123,6 +129,7 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._failures.clear()
+            self._drops = 0
         self.first_byte_delay = 0.0
         self.event_delay = 0.0
         self.die_after = None
@@ -133,6 +140,13 @@ class Faults:
     def pending_failures(self) -> int:
         with self._lock:
             return len(self._failures)
+
+    def take_drop(self) -> bool:
+        with self._lock:
+            if self._drops:
+                self._drops -= 1
+                return True
+            return False
 
     def take_failure(self) -> Failure | None:
         with self._lock:
@@ -267,6 +281,12 @@ class FakeUpstream:
     def last_request(self) -> RecordedRequest:
         return self.requests[-1]
 
+    def reset(self) -> None:
+        """Forget recorded requests, zero the counters and clear every fault."""
+        self.requests.clear()
+        self.faults.clear()
+        self.streams_started = self.streams_completed = self.streams_died = self.cancelled = 0
+
     def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith(path_suffix)]
 
@@ -367,6 +387,10 @@ class FakeUpstream:
                 await self._hang(request)
             if self.faults.first_byte_delay:
                 await asyncio.sleep(self.faults.first_byte_delay)
+            if self.faults.take_drop():
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=599)  # never reaches the client: the socket is gone
             failure = self.faults.take_failure()
             if failure is not None:
                 return self._failure_response(failure)

@@ -1061,6 +1061,18 @@ async def test_client_disconnect_is_counted(gem: FakeGemini) -> None:
     assert gem.streams_completed == 0 and gem.streams_started == 1
 
 
+async def test_drop_next_and_reset(oai: FakeOpenAI) -> None:
+    body, _ = VALID[FakeOpenAI]
+    oai.faults.drop_next(1)
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await post(oai.base_url + "/chat/completions", body, {"authorization": "Bearer sk-a"})
+    assert (await post(oai.base_url + "/chat/completions", body, {"authorization": "Bearer sk-a"})).status == 200
+    assert len(oai.requests) == 2
+    oai.faults.fail_next(3)
+    oai.reset()
+    assert oai.requests == [] and oai.faults.pending_failures == 0
+
+
 async def test_closed_port_refuses() -> None:
     port = closed_port()
     async with aiohttp.ClientSession() as s:
