@@ -71,6 +71,7 @@ class FakeOpenAI(FakeUpstream):
         self.strict_params = strict_params  # reject unknown top-level fields, as the real API does
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        self.require_auth = True
 
     @property
     def base_url(self) -> str:
@@ -124,6 +125,8 @@ class FakeOpenAI(FakeUpstream):
     # ---- shared checks -----------------------------------------------------------
     def authenticate(self, request: web.Request) -> None:
         auth = request.headers.get("Authorization", "")
+        if not self.require_auth:
+            return  # a self-hosted server (vLLM, Ollama) started without an API key
         if not auth:
             raise OpenAIError(
                 "You didn't provide an API key. You need to provide your API key in an Authorization "

@@ -24,14 +24,10 @@ from tests.fakes.base import FakeUpstream, closed_port, wait_until, wait_until_s
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
 
-try:
-    from google import genai
-    from google.genai import errors as genai_errors
-    from google.genai import types as genai_types
-except ImportError:  # pragma: no cover - google-genai is an optional test extra
-    genai = None  # type: ignore[assignment]
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
-needs_genai = pytest.mark.skipif(genai is None, reason="google-genai not installed")
 ANTHROPIC_HEADERS = {"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"}
 USER_HELLO: Any = [{"role": "user", "content": "hello there world"}]
 
@@ -730,7 +726,6 @@ def gemini_client(up: FakeGemini, key: str = "g-key") -> Any:
     return genai.Client(api_key=key, http_options=genai_types.HttpOptions(base_url=up.base_url))
 
 
-@needs_genai
 async def test_gemini_generate_with_sdk(gem: FakeGemini) -> None:
     c = gemini_client(gem)
     cfg = genai_types.GenerateContentConfig(system_instruction="be brief", max_output_tokens=100)
@@ -749,7 +744,6 @@ async def test_gemini_generate_with_sdk(gem: FakeGemini) -> None:
     assert r.text == "echo: hello" and r.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
 
 
-@needs_genai
 async def test_gemini_stream_with_sdk_and_wire(gem: FakeGemini) -> None:
     c = gemini_client(gem)
     chunks = [ch async for ch in await c.aio.models.generate_content_stream(model="m", contents="hello there world")]
@@ -769,7 +763,6 @@ async def test_gemini_stream_with_sdk_and_wire(gem: FakeGemini) -> None:
     assert frames[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
-@needs_genai
 async def test_gemini_function_calling_with_sdk(gem: FakeGemini) -> None:
     c = gemini_client(gem)
     decl = genai_types.FunctionDeclaration(name="get_weather", parameters={"type": "object", "properties": {}})
@@ -790,7 +783,6 @@ async def test_gemini_function_calling_with_sdk(gem: FakeGemini) -> None:
     assert r2.text == "tool said: hail"
 
 
-@needs_genai
 async def test_gemini_embeddings_match_openai(gem: FakeGemini, oai: FakeOpenAI) -> None:
     c = gemini_client(gem)
     cfg = genai_types.EmbedContentConfig(output_dimensionality=4)
@@ -805,7 +797,6 @@ async def test_gemini_embeddings_match_openai(gem: FakeGemini, oai: FakeOpenAI) 
     assert o.data[0].embedding == pytest.approx(r.embeddings[0].values)
 
 
-@needs_genai
 async def test_gemini_auth_errors_with_sdk(gem: FakeGemini) -> None:
     with pytest.raises(genai_errors.ClientError) as bad:
         await gemini_client(gem, "nope").aio.models.generate_content(model="m", contents="x")
