@@ -78,13 +78,16 @@ def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise payload_too_large(limit)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise payload_too_large(limit) from None
-    if len(body) > limit:
-        raise payload_too_large(limit)
-    return body
+    # Read in pieces and stop at the limit: a chunked body (no Content-Length) must not be
+    # buffered whole before it is judged too large.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise payload_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
