@@ -19,7 +19,9 @@ from ..errors import GatewayError, bad_request
 from ..sse import SSEEvent, frame
 from .base import Dialect, Ingress, NativeTap, StreamEncoder
 
-_OPEN = ConfigDict(extra="allow")
+# strict: a wrong JSON type is the caller's mistake to hear about, not to have coerced
+# ("10" into 10, "yes" into true); NaN and infinities are not numbers an upstream takes.
+_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class _ImageURL(TypedDict):
@@ -122,7 +124,9 @@ def validation_message(err: ValidationError) -> tuple[str, str | None]:
     """The first problem, in OpenAI's words where possible, and the parameter it is about."""
     errors = err.errors(include_url=False)
     if errors[0]["type"] in ("json_invalid", "json_type"):
-        return _MALFORMED, None
+        # Say where and why ("EOF while parsing a list at line 1 column 31", "recursion
+        # limit exceeded ..."): the HINT alone sends a developer looking in the wrong place.
+        return f"{_MALFORMED} {errors[0]['msg']}.", None
     # Of a union's alternatives, the error that got deepest names the real problem.
     first = max(errors, key=lambda e: len(e["loc"]))
     loc = _param(first["loc"])
