@@ -196,6 +196,13 @@ class Engine:
         return backoff * random.uniform(0.5, 1.0)
 
     def _prepare(self, call: Call, backend: Backend) -> tuple[PreparedRequest, bool]:
+        try:
+            return self._prepare_request(call, backend)
+        except orjson.JSONEncodeError as e:
+            # e.g. an integer beyond 64 bits, which JSON allows and no upstream takes.
+            raise bad_request(f"The request holds a value that cannot be forwarded: {e}.") from None
+
+    def _prepare_request(self, call: Call, backend: Backend) -> tuple[PreparedRequest, bool]:
         adapter = backend.adapter
         ingress = call.ingress
         if call.operation == "embeddings":
