@@ -10,7 +10,8 @@ import anthropic
 import httpx2
 import openai
 import orjson
-from modelroute_sidecar.canonical import ChatChunk, Usage, usage_chunk, usage_from_openai
+from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
+from modelroute_sidecar.providers.anthropic import openai_usage
 from modelroute_sidecar.providers.base import StreamDecoder
 from modelroute_sidecar.sse import SSEParser
 
@@ -68,7 +69,9 @@ def canonical_stream(text_pieces: list[str], tools: list[tuple[str, str, list[st
                                           "function": {"name": name, "arguments": ""}}]}))
         out += [chunk({"tool_calls": [{"index": i, "function": {"arguments": f}}]}) for f in frags if f]
     out.append(chunk({}, finish))
-    out.append(usage_chunk("chatcmpl-1", 1, "m", usage))
+    # openai_usage rather than Usage.to_openai: it keeps cache writes too.
+    out.append({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                "usage": openai_usage(usage)})
     return out
 
 
