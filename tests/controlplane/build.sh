@@ -60,7 +60,7 @@ helm_version="$(required_version helm.sh/helm/v3)"
     die "could not read the pinned versions from $mod_dir/go.mod"
 
 cache_root="${MODELROUTE_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/controlplane}"
-dest="$cache_root/${k8s_version}-etcd${etcd_version}-helm${helm_version}"
+dest="$cache_root/${k8s_version}-etcd${etcd_version#v}-helm${helm_version#v}"
 
 if has_all_binaries "$dest"; then
     log "cached: $dest"
@@ -114,6 +114,7 @@ start=$SECONDS
 mv "$tmp/server" "$tmp/etcd"
 has_all_binaries "$tmp" || die "build finished without: $(missing_binaries "$tmp")"
 
+chmod 755 "$tmp"  # mktemp made it private
 rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -191,9 +192,7 @@ class Component:
                 env=dict(env),
                 start_new_session=True,  # its own process group: killpg reaches everything
                 # PDEATHSIG follows the *thread* that forked; only safe from the main thread.
-                preexec_fn=_die_with_parent
-                if threading.current_thread() is threading.main_thread()
-                else None,
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
 
     def alive(self) -> bool:
@@ -304,15 +303,16 @@ class ControlPlane:
     def start(self, attempts: int = 3) -> ControlPlane:
         """Start all three and wait until they are ready; on failure nothing is left running."""
         self._write_pki()
-        atexit.register(self.stop)
         for attempt in range(1, attempts + 1):
+            atexit.register(self.stop)  # stop() unregisters it
             try:
                 self._start_once()
                 return self
-            except ControlPlaneError as e:
+            except BaseException as e:  # interrupted or timed out too: leave nothing running
                 self.stop()
                 # Another process took a port between free_port() and the bind: new ports.
-                if attempt == attempts or "address already in use" not in str(e):
+                port_taken = isinstance(e, ControlPlaneError) and "address already in use" in str(e)
+                if attempt == attempts or not port_taken:
                     raise
                 self._ports = _Ports()
         raise AssertionError("unreachable")
@@ -328,6 +328,7 @@ class ControlPlane:
         self.server = f"https://127.0.0.1:{self._ports.apiserver}"
         self._write_kubeconfigs()
         self.env = self._make_env()
+        shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)  # a failed attempt's member
         self._launch(self._etcd())
         self._wait_ready("etcd", self._etcd_healthy)
         self._launch(self._apiserver())
@@ -341,11 +342,13 @@ class ControlPlane:
 
     def _wait_ready(self, what: str, probe: Callable[[], bool]) -> None:
         def ready_or_dead() -> bool:
-            dead = [c for c in self.components if not c.alive()]
-            if dead:
-                raise ControlPlaneError(
-                    f"{dead[0].name} exited while waiting for {what}\n{self.describe_logs(60)}"
-                )
+            for c in self.components:
+                if not c.alive():
+                    code = c.process.returncode if c.process else None
+                    raise ControlPlaneError(
+                        f"{c.name} exited ({code}) while waiting for {what}; logs in {self.log_dir}\n"
+                        f"--- {c.log_path}, last 40 lines ---\n{c.tail(40)}"
+                    )
             return probe()
 
         try:
@@ -446,6 +449,9 @@ class ControlPlane:
                 f"--secure-port={self._ports.apiserver}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # Loopback may not back the `kubernetes` Service's endpoints; nothing runs in
+                # pods here, so no reconciler is needed.
+                "--endpoint-reconciler-type=none",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
@@ -463,9 +469,9 @@ class ControlPlane:
         return self._component(
             "kube-controller-manager",
             [
+                # No authentication/authorization kubeconfig: only its /healthz is used, which
+                # is always allowed, and delegated auth would spam the log about request-header CAs.
                 f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
                 f"--controllers={','.join(self.controllers)}",
                 # Each controller acts as its own ServiceAccount, with the bootstrap RBAC roles.
                 "--use-service-account-credentials=true",
@@ -509,9 +515,7 @@ class ControlPlane:
     # -- logs
 
     def log_files(self) -> dict[str, Path]:
-        return {c.name: c.log_path for c in self.components} or {
-            p.stem: p for p in sorted(self.log_dir.glob("*.log"))
-        }
+        return {c.name: c.log_path for c in self.components} or {p.stem: p for p in sorted(self.log_dir.glob("*.log"))}
 
     def describe_logs(self, lines: int = 40) -> str:
         parts = []
@@ -556,9 +560,7 @@ class ControlPlane:
         with a token from the TokenRequest API: exactly what that account's RBAC grants."""
         from kubernetes import client
 
-        spec = client.V1TokenRequestSpec(
-            audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds
-        )
+        spec = client.V1TokenRequestSpec(audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds)
         with self.api_client() as api:
             response = client.CoreV1Api(api).create_namespaced_service_account_token(
                 name, namespace, client.AuthenticationV1TokenRequest(spec=spec)

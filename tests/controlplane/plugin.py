@@ -43,7 +43,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only if a selected test needs it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if any(FIXTURE in getattr(item, "fixturenames", ()) for item in items):
-        _bin_dir(config)
+        _resolve(config)  # an error is kept and raised by the fixture, in each test
 
 
 def _stderr() -> IO[str]:
@@ -56,7 +56,7 @@ def _stderr() -> IO[str]:
         return sys.__stderr__ or sys.stderr
 
 
-def _bin_dir(config: pytest.Config) -> Path:
+def _resolve(config: pytest.Config) -> Path | ControlPlaneError:
     found = config.stash.get(_BIN_DIR, None)
     if found is None:
         try:
@@ -64,15 +64,18 @@ def _bin_dir(config: pytest.Config) -> Path:
         except ControlPlaneError as e:
             found = e
         config.stash[_BIN_DIR] = found
+    return found
+
+
+def _bin_dir(config: pytest.Config) -> Path:
+    found = _resolve(config)
     if isinstance(found, ControlPlaneError):
         pytest.fail(f"control-plane binaries unavailable: {found}", pytrace=False)
     return found
 
 
 @pytest.fixture(scope="session")
-def control_plane(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ControlPlane]:
+def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager, started once per session (per
     xdist worker), stopped at its end. See ControlPlane for what it offers."""
     cp = ControlPlane(_bin_dir(request.config), tmp_path_factory.mktemp("controlplane"))

@@ -108,9 +108,7 @@ def test_versions_are_the_pinned_release(control_plane: ControlPlane) -> None:
     assert helm_version.startswith("v3.")
 
 
-def test_watch_sees_added_modified_deleted(
-    control_plane: ControlPlane, widget_crd: str, namespace: str
-) -> None:
+def test_watch_sees_added_modified_deleted(control_plane: ControlPlane, widget_crd: str, namespace: str) -> None:
     with control_plane.api_client() as api:
         custom = client.CustomObjectsApi(api)
         listing: dict[str, Any] = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)  # type: ignore[assignment]
@@ -179,15 +177,11 @@ def test_rbac_refuses_a_service_account_until_a_role_binding_allows_it(
     kubeconfig = control_plane.service_account_kubeconfig(namespace, "reader")
 
     assert not _can_list_configmaps(kubeconfig, namespace)
-    denied = control_plane.kubectl(
-        "--kubeconfig", str(kubeconfig), "get", "configmaps", "-n", namespace, check=False
-    )
+    denied = control_plane.kubectl("--kubeconfig", str(kubeconfig), "get", "configmaps", "-n", namespace, check=False)
     assert denied.returncode != 0
     assert f'"system:serviceaccount:{namespace}:reader" cannot list resource "configmaps"' in denied.stderr
 
-    control_plane.kubectl(
-        "create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps", "-n", namespace
-    )
+    control_plane.kubectl("create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps", "-n", namespace)
     control_plane.kubectl(
         "create",
         "rolebinding",
@@ -248,23 +242,17 @@ spec:
     return chart
 
 
-def test_helm_template_applies_with_server_dry_run(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> None:
+def test_helm_template_applies_with_server_dry_run(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     rendered = control_plane.helm("template", "demo", _tiny_chart(tmp_path), "--namespace", namespace).stdout
     assert "kind: Deployment" in rendered
 
-    out = control_plane.kubectl(
-        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered
-    ).stdout
+    out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered).stdout
     assert "configmap/demo-config created (server dry run)" in out
     assert "deployment.apps/demo created (server dry run)" in out
     assert is_gone(control_plane, "deployment/demo", "-n", namespace)
 
 
-def test_deleting_a_namespace_removes_it_and_its_objects(
-    control_plane: ControlPlane, widget_crd: str
-) -> None:
+def test_deleting_a_namespace_removes_it_and_its_objects(control_plane: ControlPlane, widget_crd: str) -> None:
     name = f"cp-doomed-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", name)
     control_plane.kubectl("create", "configmap", "cm", "-n", name, "--from-literal=a=b")
@@ -273,9 +261,7 @@ def test_deleting_a_namespace_removes_it_and_its_objects(
     control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
     # The namespace controller empties it (custom resources included), then it goes.
-    wait_for(
-        lambda: is_gone(control_plane, "namespace", name), timeout=DEADLINE, what=f"namespace {name} to go"
-    )
+    wait_for(lambda: is_gone(control_plane, "namespace", name), timeout=DEADLINE, what=f"namespace {name} to go")
     assert is_gone(control_plane, f"{PLURAL}.{GROUP}", "-A", "--field-selector", f"metadata.namespace={name}")
 
 
