@@ -8,6 +8,8 @@ plain dicts and keeps fields the gateway does not know about).
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal, NotRequired
 
 import orjson
@@ -127,15 +129,30 @@ def validation_message(err: ValidationError) -> tuple[str, str | None]:
         # Say where and why ("EOF while parsing a list at line 1 column 31", "recursion
         # limit exceeded ..."): the HINT alone sends a developer looking in the wrong place.
         return f"{_MALFORMED} {errors[0]['msg']}.", None
-    # Of a union's alternatives, the error that got deepest names the real problem.
-    first = max(errors, key=lambda e: len(e["loc"]))
+    # A union branch (content part "_TextPart", ...) whose "type" did not match is the wrong
+    # branch: its other complaints are noise. Of the rest, the deepest error is the problem.
+    wrong = [e for e in errors if e["type"] == "literal_error" and len(e["loc"]) > 1
+             and e["loc"][-1] == "type" and str(e["loc"][-2]).startswith("_")]
+    branches = {e["loc"][:-1] for e in wrong}
+    errors = [e for e in errors if not any(e["loc"][:len(b)] == b for b in branches)] + wrong
+    first = max(errors, key=lambda e: (len(e["loc"]), e not in wrong))
     loc = _param(first["loc"])
     if not loc:
         return "The request body must be a JSON object.", None
     if first["type"] == "missing":
         return f"Missing required parameter: '{loc}'.", loc
-    if first["type"] in ("literal_error", "union_tag_invalid"):
+    # Every alternative a union offered for this parameter, not just the first one tried.
+    same = [e for e in errors if e["type"] == first["type"] and _param(e["loc"]) == loc]
+    if first["type"] == "literal_error":
+        values = dict.fromkeys(v for e in same for v in re.findall(r"'[^']*'", e.get("ctx", {}).get("expected", "")))
+        got = json.dumps(first["input"])[:100]  # not orjson: the value may be an int beyond 64 bits
+        return f"Invalid value for '{loc}': {got}. Supported values are: {', '.join(values)}.", loc
+    if first["type"] == "union_tag_invalid":
         return f"Invalid value for '{loc}': {first['msg']}.", loc
+    expected = dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in errors if _param(e["loc"]) == loc
+                             and e["type"].endswith("_type"))
+    if len(expected) > 1:
+        return f"Invalid type for '{loc}': expected {' or '.join(expected)}.", loc
     return f"Invalid type for '{loc}': {first['msg']}.", loc
 
 
