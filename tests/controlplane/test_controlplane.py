@@ -7,6 +7,8 @@ Uses a throw-away CRD of its own (group test.modelroute.dev), not the project's.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +108,16 @@ def test_versions_are_the_pinned_release(control_plane: ControlPlane) -> None:
     assert versions["serverVersion"]["minor"] == client_version.split(".")[1]
     helm_version = control_plane.helm("version", "--template", "{{.Version}}").stdout
     assert helm_version.startswith("v3.")
+
+
+def test_env_points_subprocesses_at_this_cluster(control_plane: ControlPlane) -> None:
+    env = control_plane.env
+    assert shutil.which("kubectl", path=env["PATH"]) == str(control_plane.bin_dir / "kubectl")
+    out = subprocess.run(
+        ["kubectl", "get", "namespace", "default", "-o", "name"], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "namespace/default"
+    assert control_plane.helm("list", "--all-namespaces", "-q").stdout == ""
 
 
 def test_watch_sees_added_modified_deleted(control_plane: ControlPlane, widget_crd: str, namespace: str) -> None:
