@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-
 from modelroute_operator.certs import covers, ensure_certs, make_ca, make_serving_cert, service_hosts
 
 

@@ -152,8 +152,8 @@ def test_referenced_secret_names_is_lenient() -> None:
 
 def test_event_body_names_the_object_and_never_the_key() -> None:
     body = pk("openai")
-    ev = objects.event_body(body, objects.EventSpec("Warning", "KeyEmpty", "Secret openai key 'apiKey' holds no API key"),
-                            "T", instance="host-1")
+    spec = objects.EventSpec("Warning", "KeyEmpty", "Secret openai key 'apiKey' holds no API key")
+    ev = objects.event_body(body, spec, "T", instance="host-1")
     assert ev["involvedObject"] == {"apiVersion": "modelroute.dev/v1alpha1", "kind": "ProviderKey",
                                     "name": "openai", "namespace": NS, "uid": "u-pk-openai", "resourceVersion": None}
     assert ev["type"] == "Warning" and ev["reason"] == "KeyEmpty"

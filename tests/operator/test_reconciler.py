@@ -7,11 +7,11 @@ import asyncio
 from modelroute_operator.handlers import needs_reconcile
 from modelroute_operator.reconcile import Reconciler
 
+from tests.fakes.base import wait_until
 
-async def wait_idle(r: Reconciler, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while r.busy:
-            await asyncio.sleep(0.01)
+
+async def wait_idle(r: Reconciler) -> None:
+    await wait_until(lambda: not r.busy, within=5)
 
 
 async def test_a_burst_of_triggers_is_coalesced() -> None:
@@ -25,9 +25,7 @@ async def test_a_burst_of_triggers_is_coalesced() -> None:
     r = Reconciler(fn, settle_seconds=0.01)
     for _ in range(50):
         r.trigger("a")
-    async with asyncio.timeout(5):
-        while not calls:
-            await asyncio.sleep(0.005)
+    await wait_until(lambda: bool(calls), within=5)
     for _ in range(50):  # while the first pass runs: exactly one more pass
         r.trigger("a")
     gate.set()

@@ -1,0 +1,146 @@
+"""The CRDs on a real API server: schema, defaults, CEL rules, printer columns, names.
+
+Every invalid case is also fed to the pydantic models in resources.py, so the CRD and
+`modelroute serve` refuse the same documents; the few rules only the CRD has (it can be
+stricter than the compiler, never laxer) are marked.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from modelroute_sidecar.resources import ModelRoute, ProviderKey
+from pydantic import ValidationError
+
+from tests.operator.conftest import Cluster, model_route, provider_key
+
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def with_spec(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    for path, value in changes.items():
+        node = out["spec"]
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is ...:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return out
+
+
+PK = provider_key("acct", "acct-key")
+MR = model_route("chat", "chat-default", "acct")
+
+# (id, document, words the server says, whether resources.py refuses it too)
+INVALID: list[tuple[str, dict[str, Any], str, bool]] = [
+    ("provider-enum", with_spec(PK, provider="bogus"), 'Unsupported value: "bogus"', True),
+    ("provider-required", with_spec(PK, provider=...), "spec.provider: Required value", True),
+    ("compatible-needs-baseURL", with_spec(PK, provider="openai-compatible"),
+     "baseURL is required for provider openai-compatible and azure-openai", True),
+    ("azure-needs-baseURL", with_spec(PK, provider="azure-openai"),
+     "baseURL is required for provider openai-compatible and azure-openai", True),
+    ("baseURL-scheme", with_spec(PK, baseURL="ftp://example.com"), "baseURL must start with http:// or https://", True),
+    ("secretRef-name", with_spec(PK, secretRef={"key": "k"}), "spec.secretRef.name: Required value", True),
+    ("credential-header", with_spec(PK, headers={"Authorization": "Bearer x"}),
+     "headers must not carry credentials", False),
+    ("model-required", with_spec(MR, model=...), "spec.model: Required value", True),
+    ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value", True),
+    ("backends-required", with_spec(MR, backends=...), "spec.backends: Required value", True),
+    ("backends-empty", with_spec(MR, backends=[]), "spec.backends: Invalid value", True),
+    ("strategy-enum", with_spec(MR, strategy="random"), 'Unsupported value: "random"', True),
+    ("weighted-needs-weight", with_spec(MR, strategy="weighted", backends=[{"providerKey": "a", "weight": 0}]),
+     "a weighted route needs at least one backend with weight > 0", True),
+    ("weight-negative", with_spec(MR, backends=[{"providerKey": "a", "weight": -1}]),
+     "should be greater than or equal to 0", True),
+    ("maxAttempts-low", with_spec(MR, retries={"maxAttempts": 0}), "should be greater than or equal to 1", True),
+    ("maxAttempts-high", with_spec(MR, retries={"maxAttempts": 21}), "should be less than or equal to 20", True),
+    ("backoff-order", with_spec(MR, retries={"backoffBaseSeconds": 5, "backoffMaxSeconds": 1}),
+     "backoffBaseSeconds must not exceed backoffMaxSeconds", False),
+    ("connect-zero", with_spec(MR, timeouts={"connectSeconds": 0}), "should be greater than 0", True),
+    ("total-high", with_spec(MR, timeouts={"totalSeconds": 86401}), "should be less than or equal to 86400", True),
+    ("first-byte-after-total", with_spec(MR, timeouts={"firstByteSeconds": 100, "totalSeconds": 50}),
+     "firstByteSeconds must not exceed totalSeconds", False),
+    ("unknown-field", with_spec(MR, retry={"maxAttempts": 2}), 'unknown field "spec.retry"', True),
+]
+
+
+@pytest.mark.parametrize(("doc", "words", "pydantic_too"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, namespace: str, doc: dict[str, Any],
+                                                         words: str, pydantic_too: bool) -> None:
+    result = cluster.apply(doc, namespace, check=False)
+    assert result.returncode != 0, f"accepted: {doc}"
+    assert words in result.stderr, result.stderr
+    model = ProviderKey if doc["kind"] == "ProviderKey" else ModelRoute
+    if pydantic_too:
+        with pytest.raises(ValidationError):
+            model.model_validate(doc)
+
+
+def test_server_applies_the_defaults(cluster: Cluster, namespace: str) -> None:
+    cluster.apply([PK, with_spec(MR, backends=[{"providerKey": "acct"}])], namespace)
+    pk = cluster.get("providerkey", "acct", namespace)
+    mr = cluster.get("modelroute", "chat", namespace)
+    assert pk is not None and mr is not None
+    assert pk["spec"]["secretRef"] == {"name": "acct-key", "key": "apiKey"}
+    assert mr["spec"]["strategy"] == "failover"
+    assert mr["spec"]["backends"] == [{"providerKey": "acct", "weight": 1}]
+    # What the server stores, the compiler reads.
+    ProviderKey.model_validate(pk)
+    ModelRoute.model_validate(mr)
+
+
+def test_a_full_valid_object_is_accepted_by_both(cluster: Cluster, namespace: str) -> None:
+    pk = with_spec(PK, provider="azure-openai", baseURL="https://r.openai.azure.com", apiVersion="2024-10-21",
+                   models=["gpt-4o*"], headers={"OpenAI-Organization": "org-1"}, secretRef={"name": "s", "key": "k"})
+    mr = with_spec(MR, strategy="weighted",
+                   backends=[{"providerKey": "acct", "model": "gpt-4o", "weight": 3},
+                             {"providerKey": "b", "weight": 0}],
+                   retries={"maxAttempts": 5, "backoffBaseSeconds": 0.2, "backoffMaxSeconds": 4,
+                            "maxRetryAfterSeconds": 30},
+                   timeouts={"connectSeconds": 2.5, "firstByteSeconds": 30, "betweenChunksSeconds": 20,
+                             "totalSeconds": 300})
+    cluster.apply([pk, mr], namespace)
+    ProviderKey.model_validate(cluster.get("providerkey", "acct", namespace))
+    ModelRoute.model_validate(cluster.get("modelroute", "chat", namespace))
+
+
+def test_names_categories_and_printer_columns(cluster: Cluster, namespace: str) -> None:
+    cluster.apply([PK, MR], namespace)
+    by_short = cluster.kubectl("get", "mr,pk", "-n", namespace).stdout
+    assert "modelroute.modelroute.dev/chat" in by_short and "providerkey.modelroute.dev/acct" in by_short
+    # Category `llm`: both kinds at once. (Not `modelroute`: kubectl would expand that
+    # category in `kubectl get modelroute NAME`, ModelRoute's own singular name.)
+    by_category = cluster.kubectl("get", "llm", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(by_category) == ["modelroute.modelroute.dev/chat", "providerkey.modelroute.dev/acct"]
+    for kind in ("modelroute", "modelroutes", "mr"):
+        assert cluster.get(kind, "chat", namespace) is not None
+    for kind in ("providerkey", "providerkeys", "pk"):
+        assert cluster.get(kind, "acct", namespace) is not None
+    mr_header = cluster.kubectl("get", "modelroutes", "-n", namespace).stdout.splitlines()[0].split()
+    assert mr_header == ["NAME", "MODEL", "STRATEGY", "BACKENDS", "READY", "REASON", "AGE"]
+    pk_header = cluster.kubectl("get", "providerkeys", "-n", namespace).stdout.splitlines()[0].split()
+    assert pk_header == ["NAME", "PROVIDER", "KEYS", "READY", "REASON", "AGE"]
+    wide = cluster.kubectl("get", "providerkeys", "-n", namespace, "-o", "wide").stdout.splitlines()[0]
+    assert "BASE URL" in wide and "MESSAGE" in wide
+
+
+def test_status_is_a_subresource(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(MR, namespace)
+    # A user's write of .status through the main resource is dropped by the server.
+    cluster.kubectl("patch", "modelroute", "chat", "-n", namespace, "--type=merge",
+                    "-p", '{"status": {"backends": "9/9"}}')
+    assert (cluster.get("modelroute", "chat", namespace) or {}).get("status", {}).get("backends") != "9/9"
+
+
+def test_kubectl_explain_is_useful(cluster: Cluster) -> None:
+    mr = cluster.kubectl("explain", "modelroute.spec").stdout
+    assert "strategy" in mr and "failover (backends in list order" in mr
+    pk = cluster.kubectl("explain", "providerkey.spec.secretRef").stdout
+    assert "one per line" in pk
+    timeouts = cluster.kubectl("explain", "mr.spec.timeouts.firstByteSeconds").stdout
+    assert "default 60" in timeouts
