@@ -245,8 +245,8 @@ def test_error_info(status: int, body: bytes, etype: str, retryable: bool) -> No
 
 
 def _pk(**kw: Any) -> ProviderKeyConfig:
-    return ProviderKeyConfig(name="a", provider="anthropic", baseURL=kw.pop("base", "https://api.anthropic.com"),
-                             **kw)
+    return ProviderKeyConfig.model_validate({"name": "a", "provider": "anthropic",
+                                             "baseURL": kw.pop("base", "https://api.anthropic.com"), **kw})
 
 
 def test_adapter_request() -> None:

@@ -111,7 +111,7 @@ def test_build_request(name: str, req: dict[str, Any], expect: dict[str, Any]) -
             assert body.get(key) == value, key
 
 
-SCHEMA_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+SCHEMA_CASES: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("keys Gemini rejects are dropped",
      {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
       "properties": {"a": {"type": "integer", "exclusiveMinimum": 0, "minimum": 1}}, "required": ["a"]},
@@ -273,7 +273,7 @@ def test_parse_embeddings() -> None:
     assert many["object"] == "list" and many["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
 
 
-ERROR_CASES: list[tuple[int, dict[str, Any] | bytes, str, bool]] = [
+ERROR_CASES: list[tuple[int, Any, str, bool]] = [
     (400, {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}, "invalid_request_error", False),
     (400, {"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
                      "status": "INVALID_ARGUMENT", "details": [{"reason": "API_KEY_INVALID"}]}},
@@ -297,7 +297,8 @@ def test_error_info(status: int, body: Any, etype: str, retryable: bool) -> None
 
 
 def test_adapter_urls_and_headers() -> None:
-    pk = ProviderKeyConfig(name="g", provider="gemini", baseURL="https://generativelanguage.googleapis.com")
+    pk = ProviderKeyConfig.model_validate({"name": "g", "provider": "gemini",
+                                           "baseURL": "https://generativelanguage.googleapis.com"})
     ad = GeminiAdapter(pk)
     assert ad.chat({"messages": [U]}, "gemini-2.5-pro", False).url == (
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:generateContent")

@@ -22,7 +22,7 @@ D = OpenAIResponses()
 STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
 # What Codex sends, give or take.
-CODEX = {
+CODEX: dict[str, Any] = {
     "model": "gpt-5-codex",
     "instructions": "You are Codex.",
     "input": [
@@ -263,7 +263,7 @@ def test_native_tap() -> None:
 
 
 def test_openai_backends_pass_responses_through() -> None:
-    pk = ProviderKeyConfig(name="o", provider="openai", baseURL="https://api.openai.com/v1")
+    pk = ProviderKeyConfig.model_validate({"name": "o", "provider": "openai", "baseURL": "https://api.openai.com/v1"})
     prep = OpenAIAdapter(pk).native("openai-responses", {"model": "alias", "input": "x", "store": False},
                                     "gpt-5", True)
     assert prep.url == "https://api.openai.com/v1/responses"
