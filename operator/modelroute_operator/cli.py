@@ -136,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     kopf.configure(debug=args.verbose, verbose=args.verbose, quiet=args.quiet)
     logging.getLogger().setLevel(level)
+    if not args.verbose:  # kopf says "Handler ... succeeded" for every watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         from .runner import run
 

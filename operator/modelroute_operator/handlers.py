@@ -69,23 +69,23 @@ def build_registry(reconciler: Reconciler, injection: InjectionSettings | None) 
     """Handlers for a reconciler; with ``injection``, the pod webhook too."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    @kopf.index(names.GROUP, names.VERSION, "providerkeys", registry=registry)
+    @kopf.index(names.GROUP, names.VERSION, "providerkeys", id="secret_refs", registry=registry)
     def secret_refs(namespace: str | None, name: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any] | None:
         ref = spec.get("secretRef")
         secret = ref.get("name") if isinstance(ref, Mapping) else None
         return {(namespace, secret): name} if namespace and isinstance(secret, str) else None
 
-    @kopf.on.event(names.GROUP, names.VERSION, "modelroutes", registry=registry)
-    @kopf.on.event(names.GROUP, names.VERSION, "providerkeys", registry=registry)
+    @kopf.on.event(names.GROUP, names.VERSION, "modelroutes", id="modelroute", registry=registry)
+    @kopf.on.event(names.GROUP, names.VERSION, "providerkeys", id="providerkey", registry=registry)
     async def source_changed(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace and needs_reconcile(type, body):
             reconciler.trigger(namespace)
 
-    @kopf.on.event("v1", "secrets", registry=registry)
+    @kopf.on.event("v1", "secrets", id="secret", registry=registry)
     async def secret_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
         refs: kopf.Index[tuple[str, str], str] = kwargs["secret_refs"]  # the index above
         if namespace and (namespace, name) in refs:

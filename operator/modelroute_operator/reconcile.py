@@ -68,7 +68,7 @@ async def reconcile_namespace(
             existing = await kube.get(path)
             if existing is not None and objects.is_ours(existing):
                 await kube.delete(path, resource_version=existing["metadata"].get("resourceVersion"))
-                report.wrote.append(f"deleted {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}")
+                report.wrote.append(f"deleted {path.rsplit('/', 1)[-1]} (no sources left)")
         return report
 
     names = sorted(objects.referenced_secret_names(keys))
@@ -81,7 +81,7 @@ async def reconcile_namespace(
     for desired in (objects.desired_configmap(namespace, result, owners),
                     objects.desired_keys_secret(namespace, result, owners)):
         if await _apply(kube, desired):
-            report.wrote.append(f"{desired['kind']}/{desired['metadata']['name']}")
+            report.wrote.append(f"{desired['kind']} {desired['metadata']['name']}")
 
     statuses = objects.all_statuses(result, sources)
     now = utcnow()
@@ -104,6 +104,16 @@ async def reconcile_namespace(
 
 class ReconcileIncomplete(Exception):
     """Some objects' status could not be written."""
+
+
+async def reconcile_and_log(kube: Kube, namespace: str) -> Report:
+    report = await reconcile_namespace(kube, namespace)
+    if report.wrote:
+        logger.info("namespace %s: %d ProviderKey(s), %d ModelRoute(s), %d ready; wrote %s", namespace,
+                    report.provider_keys, report.routes, report.ready, ", ".join(report.wrote))
+    else:
+        logger.debug("namespace %s: up to date", namespace)
+    return report
 
 
 async def _write_status(kube: Kube, body: dict[str, Any], status: Any, now: str, instance: str) -> None:

@@ -14,7 +14,7 @@ from .admission import RegisteringWebhookServer, unregister
 from .certs import ensure_certs, service_hosts
 from .handlers import build_registry, configure
 from .kube import Kube
-from .reconcile import Reconciler, reconcile_namespace
+from .reconcile import Reconciler, reconcile_and_log
 from .settings import InjectionSettings, OperatorSettings, WebhookSettings
 
 logger = logging.getLogger("modelroute.operator")
@@ -43,7 +43,7 @@ async def injection_settings(kube: Kube, settings: OperatorSettings) -> Injectio
 async def run(settings: OperatorSettings) -> None:
     kube = await Kube.connect(settings.kubeconfig)
     resync: asyncio.Task[None] | None = None
-    reconciler = Reconciler(lambda ns: reconcile_namespace(kube, ns), concurrency=settings.concurrency)
+    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns), concurrency=settings.concurrency)
     try:
         kopf_settings = kopf.OperatorSettings()
         configure(kopf_settings)
