@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -57,7 +58,7 @@ def read_documents(paths: Sequence[str | Path]) -> list[SourceDoc]:
         try:
             loaded = list(yaml.safe_load_all(f.read_text()))
         except yaml.YAMLError as e:
-            raise ConfigError(f"{f}: invalid YAML: {e}") from None
+            raise ConfigError(f"{f}: invalid YAML: {_yaml_problem(e)}") from None
         for i, body in enumerate(loaded):
             if body is None:
                 continue
@@ -70,6 +71,20 @@ def read_documents(paths: Sequence[str | Path]) -> list[SourceDoc]:
                 where = f"{f}: document {i + 1}" + (f" item {j + 1}" if items else "")
                 docs.append(SourceDoc(f"{where} ({item.get('kind', '?')} {name})", item))
     return docs
+
+
+def _yaml_problem(e: Exception) -> str:
+    """What is wrong and where, without PyYAML's quote of the offending line: in a Secret
+    document that line is an API key, and this message goes to stderr and the log."""
+    import yaml
+
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return type(e).__name__
+    mark = e.problem_mark or e.context_mark
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    text = "; ".join(p for p in (e.context, e.problem) if p)
+    # Some problems quote a scalar ("found undefined alias 'sk-...'"); keep only token names.
+    return re.sub(r"'(?!<)[^'\s]{3,}'", "'...'", text) + where
 
 
 class FileSource:
