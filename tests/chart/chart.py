@@ -92,8 +92,8 @@ def apply_crds(cp: ControlPlane, *paths: Path) -> None:
     """Apply CRD files and wait until the API server serves them."""
     for path in paths:
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        names = [d["metadata"]["name"] for d in docs_of(path.read_text()) if d.get("kind") == "CustomResourceDefinition"]
-        for name in names:
+        docs = docs_of(path.read_text())
+        for name in [d["metadata"]["name"] for d in docs if d.get("kind") == "CustomResourceDefinition"]:
             cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 

@@ -31,7 +31,8 @@ _TOKEN = re.compile(r"""
   | (?P<op>==|!=|<=|>=|=~|!~|[-+*/%^<>@=])
 """, re.VERBOSE)
 
-_MATCHER = re.compile(r"""\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)\s*,?""")
+_MATCHER = re.compile(
+    r"""\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)\s*,?""")
 
 
 class PromQLError(ValueError):

@@ -113,8 +113,12 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
 
     # -- uninstall: the release's objects go, the CRDs (and users' resources) stay
     cp.helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s")
-    for args_ in (("deployment", "-n", ns, name), ("clusterrole", name), ("clusterrolebinding", name),
-                  ("service", "-n", ns, "modelroute-webhook")):
-        wait_for(lambda a=args_: not exists(cp, *a), timeout=30, what=f"{args_} to be deleted")
+    owned = [("deployment", "-n", ns, name), ("clusterrole", name), ("clusterrolebinding", name),
+             ("service", "-n", ns, "modelroute-webhook")]
+
+    def all_gone() -> bool:
+        return not any(exists(cp, *a) for a in owned)
+
+    wait_for(all_gone, timeout=30, what="the release's objects to be deleted")
     assert exists(cp, "crd", "modelroutes.modelroute.dev")
 

@@ -281,4 +281,4 @@ def test_dockerfile_is_slim_non_root_and_runs_both_commands(control_plane: Contr
 def test_kind_config() -> None:
     config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
-    assert [n["role"] for n in config["nodes"]][0] == "control-plane"
+    assert config["nodes"][0]["role"] == "control-plane"

@@ -115,10 +115,11 @@ async def drive_traffic(tmp_path: Path) -> str:
     failover and a stream; returns the scrape of /metrics."""
     async with FakeOpenAI(keys=["k-a"]) as a, FakeOpenAI(keys=["k-b"]) as b:
         cfg = tmp_path / "routes.yaml"
+        fast: dict[str, Any] = dict(FAST)
         cfg.write_text(yaml.safe_dump_all([
             *provider_key("primary", "openai", a.base_url, ["k-a"]),
             *provider_key("secondary", "openai", b.base_url, ["k-b"]),
-            model_route("chat", ("primary", "gpt-4o-mini"), ("secondary", "gpt-4o"), **FAST),
+            model_route("chat", ("primary", "gpt-4o-mini"), ("secondary", "gpt-4o"), **fast),
         ]))
         with modelroute(tmp_path, "serve", "-f", str(cfg)) as gp:
             client = openai.AsyncOpenAI(base_url=gp.url, api_key="placeholder", max_retries=0)
