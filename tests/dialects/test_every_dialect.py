@@ -384,3 +384,37 @@ async def test_tokens_and_cost_whatever_the_dialects(caller: str, kind: str) -> 
               "gemini": 3 * 0.30 + 100 * 0.075 + 4 * 2.50,  # gemini-2.5-flash
               "openai": 3 * 2.50 + 100 * 1.25 + 4 * 10.0}[kind]  # gpt-4o
     assert cost == pytest.approx(expect / 1e6)
+
+
+# ----------------------------------------------------------- failures after the first byte
+
+LONG = "one two three four five six seven eight"
+
+
+@pytest.mark.parametrize("fault", ["error", "die"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+async def test_messages_stream_failing_midway_ends_with_an_error_event(w: World, kind: str, fault: str) -> None:
+    up = w.up[kind]
+    up.faults.slow_stream(0.02)  # events in separate reads: the first one reaches the caller
+    (up.faults.error_mid_stream if fault == "error" else up.faults.die_mid_stream)(after_chunks=3)
+    text = ""
+    with pytest.raises(anthropic.APIStatusError):
+        async with w.anthropic().messages.stream(model=f"via-{kind}", max_tokens=100,
+                                                 messages=[{"role": "user", "content": LONG}]) as s:
+            async for t in s.text_stream:
+                text += t
+    assert "echo: one two three four five six seven eight".startswith(text)
+    assert await w.gw.metric("modelroute_requests_total", route=f"via-{kind}", status="stream_error") == 1
+
+
+@pytest.mark.parametrize("fault", ["error", "die"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+async def test_responses_stream_failing_midway_ends_with_failed(w: World, kind: str, fault: str) -> None:
+    up = w.up[kind]
+    up.faults.slow_stream(0.02)  # events in separate reads: the first one reaches the caller
+    (up.faults.error_mid_stream if fault == "error" else up.faults.die_mid_stream)(after_chunks=3)
+    stream = await w.openai().responses.create(model=f"via-{kind}", input=LONG, stream=True)
+    types = [e.type async for e in stream]
+    assert types[0] == "response.created"
+    assert types[-2:] == ["error", "response.failed"] or types[-1] == "error"
+    assert "response.completed" not in types
