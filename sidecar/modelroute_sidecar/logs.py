@@ -31,9 +31,26 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One line for people: the message, then the same fields as the JSON format, as k=v."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += "".join(f" {k}={_text_value(v)}" for k, v in fields.items() if v is not None)
+        return line
+
+
+def _text_value(v: Any) -> str:
+    if isinstance(v, bool | int | float) or (isinstance(v, str) and v and not any(c in v for c in ' "=')):
+        return str(v)
+    return orjson.dumps(v, default=str).decode()
+
+
 def setup(level: str = "info", json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    plain = TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(JSONFormatter() if json else plain)
     root = logging.getLogger()
     root.handlers[:] = [handler]
