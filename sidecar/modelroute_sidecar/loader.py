@@ -169,7 +169,13 @@ def _dir_signature(d: Path) -> object:
 
 async def watch(source: Source, apply: Callable[[GatewayConfig, Keys], None], on_result: Callable[[str], None],
                 interval: float = 1.0, last: object = None) -> None:
-    """Poll ``source`` and apply changes until cancelled. A failed load keeps the old config."""
+    """Poll ``source`` and apply changes until cancelled. A failed load keeps the old config.
+
+    A change is loaded once the files have held still for one interval: an editor saving in
+    place (truncate, then write) or a slow `cat > file` must not get its empty or half-written
+    file applied, which would drop routes until the next good edit.
+    """
+    seen = last
     while True:
         await asyncio.sleep(interval)
         try:
@@ -177,7 +183,8 @@ async def watch(source: Source, apply: Callable[[GatewayConfig, Keys], None], on
         except (ConfigError, OSError) as e:
             log.warning(f"config source unreadable: {e}")
             continue
-        if sig == last:
+        if sig == last or sig != seen:
+            seen = sig
             continue
         try:
             config, keys = source.load()
