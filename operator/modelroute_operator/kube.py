@@ -23,11 +23,17 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str,
+                 causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # details.causes[].reason, e.g. NamespaceTerminating
+
+    @property
+    def namespace_terminating(self) -> bool:
+        return "NamespaceTerminating" in self.causes
 
 
 def custom_path(plural: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
@@ -85,12 +91,14 @@ class Kube:
         response = await self._api.call_api(*params, _request_timeout=request_timeout)
         data = await response.read()
         if not 200 <= response.status < 300:
+            causes: tuple[str, ...] = ()
             try:
                 status = json.loads(data)
                 message, reason = status.get("message", ""), status.get("reason", "")
-            except ValueError:
+                causes = tuple(str(c.get("reason")) for c in (status.get("details") or {}).get("causes") or [])
+            except (ValueError, AttributeError):
                 message, reason = data.decode("utf-8", "replace")[:500], ""
-            raise ApiError(response.status, reason or str(response.reason), message, method, path)
+            raise ApiError(response.status, reason or str(response.reason), message, method, path, causes)
         return json.loads(data) if data else None
 
     async def get(self, path: str) -> JSON | None:

@@ -80,7 +80,14 @@ async def reconcile_namespace(
     owners = objects.owner_references(sources)
     for desired in (objects.desired_configmap(namespace, result, owners),
                     objects.desired_keys_secret(namespace, result, owners)):
-        if await _apply(kube, desired):
+        try:
+            changed = await _apply(kube, desired)
+        except ApiError as e:
+            if e.namespace_terminating:  # it is going, and everything in it: nothing to do
+                logger.debug("namespace %s is being deleted; not reconciling it", namespace)
+                return report
+            raise
+        if changed:
             report.wrote.append(f"{desired['kind']} {desired['metadata']['name']}")
 
     statuses = objects.all_statuses(result, sources)
