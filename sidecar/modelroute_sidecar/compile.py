@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from .config import BackendConfig, GatewayConfig, Keys, ProviderKeyConfig, RouteConfig
-from .resources import DEFAULT_AZURE_API_VERSION, ModelRoute, ProviderKey, Secret
+from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelRoute, ProviderKey, Secret
 
 Kind = Literal["ProviderKey", "ModelRoute"]
 
@@ -100,7 +100,11 @@ def compile_resources(
     secrets: dict[str, Secret] = {}
 
     for doc in docs:
-        src = doc if isinstance(doc, SourceDoc) else SourceDoc(_origin(doc), doc)
+        src = doc if isinstance(doc, SourceDoc) else SourceDoc(
+            _origin(doc) if isinstance(doc, Mapping) else f"document of type {type(doc).__name__}", doc)
+        if not isinstance(src.body, Mapping):
+            errors.append(f"{src.origin}: not a mapping")
+            continue
         kind = src.body.get("kind")
         try:
             if kind == "ProviderKey":
@@ -110,6 +114,10 @@ def compile_resources(
             elif kind == "Secret":
                 s = Secret.model_validate(src.body)
                 secrets[s.metadata.name] = s
+            elif str(src.body.get("apiVersion", "")).startswith(GROUP + "/"):
+                # Ours, but a kind we do not know: a typo ("Modelroute") must not vanish silently.
+                errors.append(f"{src.origin}: kind: unknown kind {kind!r} in {GROUP} "
+                              "(expected ModelRoute or ProviderKey)")
             # Anything else (a Deployment in the same file, say) is not ours to judge.
         except ValidationError as e:
             errors.append(format_validation_error(src.origin, e))
@@ -198,6 +206,9 @@ def _resolve_keys(
         value = _secret_value(secret, ref.key)
         if value is None:
             return None, "SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key!r}"
+        if value is _NOT_BASE64:
+            return None, "KeyInvalid", (f"Secret {ref.name} key {ref.key!r} is not valid base64 (a Secret's data "
+                                        "holds base64; put a plain key under stringData)")
         found = split_keys(value)
         if not found:
             return None, "KeyEmpty", f"Secret {ref.name} key {ref.key!r} holds no API key"
@@ -213,6 +224,9 @@ def _resolve_keys(
     return None, "SecretNotFound", f"Secret {ref.name} not found"
 
 
+_NOT_BASE64 = "\0not base64"  # a marker no decoded key can equal (split_keys never yields it)
+
+
 def _secret_value(secret: Secret, key: str) -> str | None:
     if key in secret.string_data:
         return secret.string_data[key]
@@ -220,5 +234,5 @@ def _secret_value(secret: Secret, key: str) -> str | None:
         try:
             return base64.b64decode(secret.data[key], validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            return ""
+            return _NOT_BASE64
     return None
