@@ -64,8 +64,13 @@ def read_documents(paths: Sequence[str | Path]) -> list[SourceDoc]:
                 continue
             if not isinstance(body, dict):
                 raise ConfigError(f"{f}: document {i + 1} is not a mapping")
-            items = body.get("items") if body.get("kind", "").endswith("List") else None
+            kind = body.get("kind")
+            items = body.get("items") if isinstance(kind, str) and kind.endswith("List") else None
+            if items is not None and not isinstance(items, list):
+                raise ConfigError(f"{f}: document {i + 1} ({kind}): items is not a list")
             for j, item in enumerate(items or [body]):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{f}: document {i + 1} item {j + 1} is not a mapping")
                 meta = item.get("metadata") or {}
                 name = meta.get("name", "?") if isinstance(meta, dict) else "?"
                 where = f"{f}: document {i + 1}" + (f" item {j + 1}" if items else "")
