@@ -122,6 +122,11 @@ def compile_resources(
         except ValidationError as e:
             errors.append(format_validation_error(src.origin, e))
 
+    # The same object twice (two files of `serve -f dir/`): the last one wins, as with
+    # `kubectl apply`, for every kind alike; it is one object, not a conflict with itself.
+    keys_docs = list({d.metadata.name: d for d in keys_docs}.values())
+    route_docs = list({d.metadata.name: d for d in route_docs}.values())
+
     statuses: dict[tuple[Kind, str], ObjectStatus] = {}
     provider_keys: dict[str, ProviderKeyConfig] = {}
     keys: Keys = {}

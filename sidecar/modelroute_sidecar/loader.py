@@ -102,7 +102,9 @@ class FileSource:
         self.base = base
 
     def load(self) -> tuple[GatewayConfig, Keys]:
-        result = compile_resources(read_documents(self.paths), env=self.env, base=self.base)
+        docs = read_documents(self.paths)
+        _warn_redefined(docs)
+        result = compile_resources(docs, env=self.env, base=self.base)
         if result.errors:
             raise ConfigError("\n".join(result.errors))
         for status in result.statuses.values():
@@ -120,6 +122,20 @@ class FileSource:
                 continue
             sig.append((str(f), st.st_mtime_ns, st.st_size))
         return tuple(sig)
+
+
+def _warn_redefined(docs: Sequence[SourceDoc]) -> None:
+    """Say so when two documents define the same object; the compiler keeps the last."""
+    first: dict[tuple[str, str], str] = {}
+    for d in docs:
+        kind, meta = d.body.get("kind"), d.body.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if kind not in ("ModelRoute", "ProviderKey", "Secret") or not isinstance(name, str):
+            continue
+        if (kind, name) in first:
+            log.warning(f"{d.origin} redefines {kind} {name} of {first[(kind, name)]}; the last definition is used")
+        else:
+            first[(kind, name)] = d.origin
 
 
 class ConfigDirSource:
