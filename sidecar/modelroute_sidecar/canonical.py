@@ -37,7 +37,8 @@ class Usage:
             "prompt_tokens": self.input_tokens,
             "completion_tokens": self.output_tokens,
             "total_tokens": self.input_tokens + self.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read_tokens},
+            "prompt_tokens_details": {"cached_tokens": self.cache_read_tokens,
+                                      "cache_write_tokens": self.cache_write_tokens},
         }
 
 
@@ -49,7 +50,7 @@ def usage_from_openai(u: dict[str, Any] | None) -> Usage | None:
         input_tokens=int(u.get("prompt_tokens") or 0),
         output_tokens=int(u.get("completion_tokens") or 0),
         cache_read_tokens=int(details.get("cached_tokens") or 0),
-        cache_write_tokens=int(u.get("cache_creation_input_tokens") or 0),
+        cache_write_tokens=int(details.get("cache_write_tokens") or u.get("cache_creation_input_tokens") or 0),
     )
 
 

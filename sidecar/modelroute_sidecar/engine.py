@@ -206,7 +206,8 @@ class Engine:
         adapter = backend.adapter
         ingress = call.ingress
         if call.operation == "embeddings":
-            return adapter.embeddings(ingress.body, backend.model), True
+            # The caller speaks OpenAI embeddings; only OpenAI-shaped upstreams pass through.
+            return adapter.embeddings(ingress.body, backend.model), call.dialect.name in adapter.native_dialects
         if call.dialect.name in adapter.native_dialects:
             return adapter.native(call.dialect.name, ingress.body, backend.model, ingress.stream), True
         if call.canonical is None:
@@ -257,7 +258,7 @@ class Engine:
         status = resp.status
         info = backend.adapter.error_info(status, body)
         info = info._replace(message=redact(info.message, rt.secrets))
-        if status in (401, 403):
+        if status in (401, 403) or info.type == "authentication_error":  # Gemini: 400 API_KEY_INVALID
             # The gateway's credentials were refused: the caller can do nothing about it.
             return AttemptFailed("auth", str(status), info._replace(
                 message=f"{backend.id} refused the gateway's credentials (HTTP {status})"), http_status=502)

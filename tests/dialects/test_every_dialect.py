@@ -241,8 +241,6 @@ async def test_chat_images_reach_other_providers(w: World, kind: str) -> None:
     assert resp.choices[0].message.content == "echo: what is [image]"
 
 
-@pytest.mark.xfail(reason="engine: embeddings are treated as native for every adapter, so Gemini's "
-                          "embedContent body reaches the caller untranslated (reported to the lead)")
 async def test_embeddings_on_gemini() -> None:
     extra = [model_route("embed", ("gemini", "gemini-embedding-001"), **FAST)]  # type: ignore[arg-type]
     async with world(extra) as x:

@@ -250,3 +250,18 @@ async def test_latency_strategy_prefers_the_faster_backend() -> None:
         for _ in range(40):
             await client.chat.completions.create(model="fast", messages=MSG)
         assert len(b.requests) > 30
+
+
+async def test_gemini_bad_key_400_counts_as_a_refused_key() -> None:
+    """Gemini answers a bad key with 400 API_KEY_INVALID, not 401: still a key problem, rotated."""
+    from tests.fakes.gemini import FakeGemini
+
+    async with FakeGemini(keys=["g-good"]) as g, running_gateway([
+        *provider_key("gemini", "gemini", g.url, ["g-bad", "g-good"]),
+        model_route("chat", ("gemini", "gemini-2.5-flash"), **FAST),
+    ]) as gw:
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert raw.parse().choices[0].message.content == "echo: ping"
+        assert raw.headers["x-modelroute-attempts"] == "2"
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert raw.headers["x-modelroute-attempts"] == "1"
