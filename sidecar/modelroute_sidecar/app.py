@@ -153,6 +153,28 @@ async def not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
 
 
+async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Response:
+    """Anthropic's ``count_tokens``, which Claude Code calls to size its context.
+
+    Routes may lead to any provider, so this is an estimate (about four characters a
+    token, the usual rule of thumb), marked as such in ``x-modelroute-estimate``.
+    """
+    gw = request.app[GATEWAY]
+    try:
+        body = await _read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024)
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise GatewayError(400, "The request body is not valid JSON") from None
+        if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
+            raise GatewayError(400, "messages: Field required", param="messages")
+        text = orjson.dumps([req.get("system"), req["messages"], req.get("tools")])
+        return web.json_response({"input_tokens": max(1, len(text) // 4)},
+                                 headers={"x-modelroute-estimate": "true"})
+    except GatewayError as err:
+        return _dialect_error(dialect, err)
+
+
 def _extra_routes() -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
     """Handlers of the other dialects, when their modules are present."""
     routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
@@ -166,7 +188,11 @@ def _extra_routes() -> list[tuple[str, str, Callable[[web.Request], Awaitable[we
         async def messages(request: web.Request) -> web.StreamResponse:
             return await serve_dialect(request, messages_dialect)
 
+        async def count_tokens(request: web.Request) -> web.StreamResponse:
+            return await count_message_tokens(request, messages_dialect)
+
         routes.append(("POST", "/v1/messages", messages))
+        routes.append(("POST", "/v1/messages/count_tokens", count_tokens))
     try:
         from .dialects.openai_responses import OpenAIResponses
     except ImportError:

@@ -416,3 +416,11 @@ async def test_responses_stream_failing_midway_ends_with_failed(w: World, kind: 
     assert types[0] == "response.created"
     assert types[-2:] == ["error", "response.failed"] or types[-1] == "error"
     assert "response.completed" not in types
+
+
+async def test_count_tokens_for_claude_code_is_an_estimate_never_an_error() -> None:
+    async with world([]) as x:
+        client = x.anthropic()
+        counted = await client.messages.count_tokens(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hello " * 40}])
+        assert 40 <= counted.input_tokens <= 200
