@@ -14,6 +14,24 @@ from .config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
 log = logging.getLogger("modelroute")
 
 
+def _port(text: str) -> int:
+    # Checked here: uvloop wraps an out-of-range port (99999 listens on 34463) without a word.
+    port = int(text) if text.strip().lstrip("-").isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # 0 would poll the config in a busy loop
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelroute", description="Kubernetes-native gateway to LLM providers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -21,11 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--host", default="127.0.0.1",
                         help="API address (default 127.0.0.1: only the pod's own containers may call it)")
-        sp.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+        sp.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
         sp.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics, /healthz, /readyz")
-        sp.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+        sp.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
                         help=f"metrics port (default {DEFAULT_METRICS_PORT}; 0 to disable)")
-        sp.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config checks")
+        sp.add_argument("--reload-interval", type=_seconds, default=1.0, help="seconds between config checks")
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         sp.add_argument("--log-format", default="json", choices=["json", "text"])
 
