@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelroute_sidecar.compile import compile_resources
+from modelroute_sidecar.compile import ObjectStatus, compile_resources
 from modelroute_sidecar.config import CONFIGMAP_NAME, KEYS_SECRET_NAME, GatewayConfig
 
 from . import objects
@@ -29,6 +29,7 @@ from .kube import ApiError, Kube, core_path, custom_path
 logger = logging.getLogger("modelroute.operator")
 
 PLURALS = {"ModelRoute": "modelroutes", "ProviderKey": "providerkeys"}
+STATUS_WRITES_IN_FLIGHT = 8  # per namespace
 
 
 def utcnow() -> str:
@@ -45,6 +46,7 @@ class Report:
     ready: int = 0
     wrote: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    terminating: bool = False  # the namespace is being deleted: nothing was done
 
 
 async def reconcile_namespace(
@@ -78,31 +80,36 @@ async def reconcile_namespace(
     del secrets, fetched  # key material stays in `result.keys` only
 
     owners = objects.owner_references(sources)
-    for desired in (objects.desired_configmap(namespace, result, owners),
-                    objects.desired_keys_secret(namespace, result, owners)):
-        try:
-            changed = await _apply(kube, desired)
-        except ApiError as e:
-            if e.namespace_terminating:  # it is going, and everything in it: nothing to do
-                logger.debug("namespace %s is being deleted; not reconciling it", namespace)
-                return report
-            raise
-        if changed:
-            report.wrote.append(f"{desired['kind']} {desired['metadata']['name']}")
+    outputs = (objects.desired_configmap(namespace, result, owners),
+               objects.desired_keys_secret(namespace, result, owners))
+    try:
+        changed = await asyncio.gather(*(_apply(kube, desired) for desired in outputs))
+    except ApiError as e:
+        if e.namespace_terminating:  # it is going, and everything in it: nothing to do
+            report.terminating = True
+            return report
+        raise
+    report.wrote += [f"{d['kind']} {d['metadata']['name']}" for d, c in zip(outputs, changed, strict=True) if c]
 
     statuses = objects.all_statuses(result, sources)
     now = utcnow()
+    writes = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
+
+    async def write_status(body: dict[str, Any], status: ObjectStatus) -> None:
+        async with writes:
+            try:
+                await _write_status(kube, body, status, now, instance or socket.gethostname())
+            except ApiError as e:
+                if e.status != 404:  # 404: deleted meanwhile, and its deletion triggers another pass
+                    report.failures.append(f"{body['kind']}/{body['metadata'].get('name')}: {e}")
+
+    pending = []
     for body in sources:
-        meta = body.get("metadata") or {}
-        status = statuses.get((body["kind"], str(meta.get("name"))))
-        if status is None:
-            continue
-        report.ready += status.ready
-        try:
-            await _write_status(kube, body, status, now, instance or socket.gethostname())
-        except ApiError as e:
-            if e.status != 404:  # 404: deleted meanwhile, and its deletion triggers another pass
-                report.failures.append(f"{body['kind']}/{meta.get('name')}: {e}")
+        status = statuses.get((body["kind"], str((body.get("metadata") or {}).get("name"))))
+        if status is not None:
+            report.ready += status.ready
+            pending.append(write_status(body, status))
+    await asyncio.gather(*pending)
     if report.failures:
         # The other objects got their status; a retry of the namespace will finish these.
         raise ReconcileIncomplete("; ".join(report.failures))
@@ -115,7 +122,9 @@ class ReconcileIncomplete(Exception):
 
 async def reconcile_and_log(kube: Kube, namespace: str) -> Report:
     report = await reconcile_namespace(kube, namespace)
-    if report.wrote:
+    if report.terminating:
+        logger.debug("namespace %s is being deleted; not reconciling it", namespace)
+    elif report.wrote:
         logger.info("namespace %s: %d ProviderKey(s), %d ModelRoute(s), %d ready; wrote %s", namespace,
                     report.provider_keys, report.routes, report.ready, ", ".join(report.wrote))
     else:
@@ -123,7 +132,7 @@ async def reconcile_and_log(kube: Kube, namespace: str) -> Report:
     return report
 
 
-async def _write_status(kube: Kube, body: dict[str, Any], status: Any, now: str, instance: str) -> None:
+async def _write_status(kube: Kube, body: dict[str, Any], status: ObjectStatus, now: str, instance: str) -> None:
     meta = body["metadata"]
     old = body.get("status")
     patch = objects.status_patch(status, old, now)
