@@ -52,8 +52,10 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: ControlPlane, 
 def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, tmp_path: Path) -> None:
     cp = control_plane
     ns = unique("mr-install")
-    release = "modelroute"
-    name = "modelroute-operator"  # release "modelroute": the names of deploy/clusterrole.yaml
+    # A release name with "modelroute" in it names objects <release>-operator, <release>-webhook...
+    # (not "modelroute" itself: the operator's tests bind deploy/clusterrole.yaml under that name).
+    release = unique("modelroute")
+    name = f"{release}-operator"
 
     # -- install, default values
     out = cp.helm("install", release, str(CHART), "--namespace", ns, "--create-namespace").stdout
@@ -69,7 +71,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert role["rules"] == clusterrole_rules()
     binding = get_json(cp, "clusterrolebinding", name)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
-    service = get_json(cp, "service", "-n", ns, "modelroute-webhook")
+    service = get_json(cp, "service", "-n", ns, f"{release}-webhook")
     assert service["spec"]["ports"][0]["port"] == 443 and service["spec"]["ports"][0]["targetPort"] == "webhook"
     for crd in ("modelroutes.modelroute.dev", "providerkeys.modelroute.dev"):
         assert exists(cp, "crd", crd)
@@ -86,26 +88,26 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert "--sidecar-image=registry.example.com/modelroute-sidecar:9.9.9" in args
     assert "--namespace=team-a" in args and "--failure-policy=Ignore" in args
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["webhook-certs"]["secret"]["secretName"] == "modelroute-webhook-tls"
-    pm = get_json(cp, "podmonitor", "-n", ns, "modelroute-sidecars")
+    assert volumes["webhook-certs"]["secret"]["secretName"] == f"{release}-webhook-tls"
+    pm = get_json(cp, "podmonitor", "-n", ns, f"{release}-sidecars")
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "mr-metrics"
     assert pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
     assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     sm = get_json(cp, "servicemonitor", "-n", ns, name)
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
-    cm = get_json(cp, "configmap", "-n", ns, "modelroute-dashboard")
+    cm = get_json(cp, "configmap", "-n", ns, f"{release}-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["modelroute.json"]) == json.loads(DASHBOARD.read_text())
-    cert = get_json(cp, "certificate", "-n", ns, "modelroute-webhook")
-    assert cert["spec"]["secretName"] == "modelroute-webhook-tls"
-    assert f"modelroute-webhook.{ns}.svc" in cert["spec"]["dnsNames"]
-    assert exists(cp, "issuer", "-n", ns, "modelroute-webhook-ca")
+    cert = get_json(cp, "certificate", "-n", ns, f"{release}-webhook")
+    assert cert["spec"]["secretName"] == f"{release}-webhook-tls"
+    assert f"{release}-webhook.{ns}.svc" in cert["spec"]["dnsNames"]
+    assert exists(cp, "issuer", "-n", ns, f"{release}-webhook-ca")
 
     # -- upgrade back to the defaults: the optional objects go away
     cp.helm("upgrade", release, str(CHART), "--namespace", ns, "--reset-values")
     assert get_json(cp, "deployment", "-n", ns, name)["spec"]["replicas"] == 1
-    for kind, obj in (("podmonitor", "modelroute-sidecars"), ("servicemonitor", name),
-                      ("configmap", "modelroute-dashboard"), ("certificate", "modelroute-webhook"),
+    for kind, obj in (("podmonitor", f"{release}-sidecars"), ("servicemonitor", name),
+                      ("configmap", f"{release}-dashboard"), ("certificate", f"{release}-webhook"),
                       ("service", f"{name}-metrics")):
         assert not exists(cp, kind, "-n", ns, obj), f"{kind}/{obj} outlived the upgrade"
     status = json.loads(cp.helm("status", release, "--namespace", ns, "-o", "json").stdout)
@@ -114,7 +116,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     # -- uninstall: the release's objects go, the CRDs (and users' resources) stay
     cp.helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s")
     owned = [("deployment", "-n", ns, name), ("clusterrole", name), ("clusterrolebinding", name),
-             ("service", "-n", ns, "modelroute-webhook")]
+             ("service", "-n", ns, f"{release}-webhook")]
 
     def all_gone() -> bool:
         return not any(exists(cp, *a) for a in owned)
