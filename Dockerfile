@@ -24,7 +24,7 @@ COPY sidecar ./sidecar
 COPY operator ./operator
 # setuptools builds the project itself from source; everything else must be a wheel.
 RUN /opt/modelroute/bin/pip install --no-binary modelroute ".[operator]" \
- && /opt/modelroute/bin/pip uninstall --yes pip \
+ && /opt/modelroute/bin/pip uninstall --yes pip setuptools \
  && /opt/modelroute/bin/python -m compileall -q /opt/modelroute/lib \
  && /opt/modelroute/bin/modelroute --help >/dev/null \
  && /opt/modelroute/bin/python -c "import modelroute_operator.cli, kopf, kubernetes, cryptography"
