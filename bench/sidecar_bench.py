@@ -379,10 +379,13 @@ class Samples:
     values: list[float] = field(default_factory=list)
     errors: int = 0
     last_error: str | None = None
+    cpu_seconds: float | None = None  # the server's CPU time over the measured requests
 
     def summary(self) -> dict[str, Any]:
         v = self.values
+        n = len(v) + self.errors
         return {"n": len(v), "errors": self.errors, "last_error": self.last_error,
+                "cpu_us_per_request": self.cpu_seconds / n * 1e6 if self.cpu_seconds is not None and n else None,
                 "p50_ms": pct(v, 50) * 1000 if v else None, "p90_ms": pct(v, 90) * 1000 if v else None,
                 "p99_ms": pct(v, 99) * 1000 if v else None, "mean_ms": statistics.fmean(v) * 1000 if v else None}
 
@@ -445,12 +448,18 @@ async def measure_sequential(paths: list[Path_], warmup: int, rounds: int, batch
             for _ in range(warmup):
                 await one(p, False)
             out[p.name]["total"].errors = 0  # warm-up errors (a cold path) do not count
+        # The servers idle while the other paths are measured: their CPU time over the whole
+        # phase is what these requests cost them (noise from other processes does not count).
+        cpu0 = {p.name: p.proc.cpu() for p in paths if p.proc is not None}
         for r in range(rounds):
             k = r % len(paths)
             for p in paths[k:] + paths[:k]:
                 with no_gc():
                     for _ in range(batch):
                         await one(p, True)
+        for p in paths:
+            if p.proc is not None:
+                out[p.name]["total"].cpu_seconds = p.proc.cpu() - cpu0[p.name]
     finally:
         for s in sessions.values():
             await s.close()
@@ -769,7 +778,7 @@ class Bench:
 
         self.say(f"start to ready: {s.starts} gateway starts")
         starts, start_cpu, start_rss = self.measure_starts(gw_cfg, s.starts)
-        bare_starts = self.measure_bare_starts(up_port, max(1, min(3, s.starts)))
+        bare_starts, bare_cpu = self.measure_bare_starts(up_port, max(1, min(3, s.starts)))
 
         profile = None
         if args.profile:
@@ -779,7 +788,7 @@ class Bench:
             if p.proc is not None:
                 p.proc.stop()
         self.results = self.assemble(paths, lat, streams, tp, idle_rss, idle_after_load, mem, ready, starts,
-                                     start_cpu, start_rss, bare_starts, litellm_row, profile)
+                                     start_cpu, start_rss, bare_starts, bare_cpu, litellm_row, profile)
         self.results["environment"].update({"load_before": load_before, "load_after": os.getloadavg(),
                                             "open_files_limit": nofile[0], "wall_seconds": time.time() - started})
         return self.results
@@ -799,17 +808,18 @@ class Bench:
                 proc.stop()
         return times, cpu, rss
 
-    def measure_bare_starts(self, up_port: int, n: int) -> list[float]:
-        times = []
+    def measure_bare_starts(self, up_port: int, n: int) -> tuple[list[float], list[float]]:
+        times, cpu = [], []
         for i in range(n):
             port = free_port()
             proc = self.spawn(f"bare-start{i}", [sys.executable, "-m", "bench.bare_proxy", "--port", str(port),
                                                  "--upstream", f"http://127.0.0.1:{up_port}"], self.sut_cores)
             try:
                 times.append(wait_http(proc, port, None, 30))
+                cpu.append(proc.cpu())
             finally:
                 proc.stop()
-        return times
+        return times, cpu
 
     async def profile_gateway(self, cfg: Path, kind: str) -> dict[str, Any]:
         """A separate gateway under a profiler, driven by sequential and concurrent load."""
@@ -828,7 +838,7 @@ class Bench:
                  tp: dict[str, dict[str, Any]], idle_rss: dict[str, float], idle_after: dict[str, float],
                  mem: dict[str, Any], ready: dict[str, float], starts: list[float], start_cpu: list[float],
                  start_rss: list[float],
-                 bare_starts: list[float], litellm_row: dict[str, Any],
+                 bare_starts: list[float], bare_cpu: list[float], litellm_row: dict[str, Any],
                  profile: dict[str, Any] | None) -> dict[str, Any]:
         d_lat = lat["direct"]["total"].values
         d_ttft = streams["direct"]["first"].values
@@ -839,10 +849,10 @@ class Bench:
             T = streams[p.name]["total"]
             row: dict[str, Any] = {"label": p.label, "latency": L.summary(), "ttft": F.summary(),
                                    "stream_total": T.summary()}
-            if L.values and d_lat:
+            if L.values and d_lat and p.name != "direct":
                 row["added_latency_ms"] = {"p50": (pct(L.values, 50) - pct(d_lat, 50)) * 1000,
                                            "p99": (pct(L.values, 99) - pct(d_lat, 99)) * 1000}
-            if F.values and d_ttft:
+            if F.values and d_ttft and p.name != "direct":
                 row["added_ttft_ms"] = {"p50": (pct(F.values, 50) - pct(d_ttft, 50)) * 1000,
                                         "p99": (pct(F.values, 99) - pct(d_ttft, 99)) * 1000}
             if p.name in tp:
@@ -866,7 +876,8 @@ class Bench:
                    "gateway_cpu_median_s": statistics.median(start_cpu) if start_cpu else None,
                    "gateway_idle_rss_mib_runs": start_rss,
                    "bare_proxy_runs_s": bare_starts,
-                   "bare_proxy_median_s": statistics.median(bare_starts) if bare_starts else None}
+                   "bare_proxy_median_s": statistics.median(bare_starts) if bare_starts else None,
+                   "bare_proxy_cpu_median_s": statistics.median(bare_cpu) if bare_cpu else None}
         return {"rows": rows, "startup": startup, "targets": evaluate(rows, startup), "profile": profile,
                 "settings": asdict(self.s), "environment": environment(self.pinning),
                 "command": rerun_command(self.args)}
@@ -951,12 +962,42 @@ def render_profile(kind: str, tmp: Path) -> dict[str, Any]:
         shutil.copy(tmp / "gateway.pyisession", session)
         text = RESULTS_DIR / "gateway.pyinstrument.txt"
         for renderer, dest, extra in (("pstats", prof, []),
-                                      ("text", text, ["--show", "*modelroute_sidecar*", "--no-color"])):
+                                      ("text", text, ["--show-all", "--no-color", "-p",
+                                                      "processor_options.filter_threshold=0.005"])):
             subprocess.run([sys.executable, "-m", "pyinstrument", f"--load={session}", "-r", renderer,
                             "-o", str(dest), *extra], check=True, timeout=300)
         out["text_file"] = str(text)
+        out["request_tree"] = request_tree(text.read_text(errors="replace"))
     out["file"] = str(prof)
     out["top"] = cprofile_top(prof, 40)
+    return out
+
+
+def request_tree(text: str, max_depth: int = 9, share: float = 0.015, limit: int = 70) -> list[str]:
+    """The subtree of pyinstrument's text report under the server's request handling, pruned to
+    frames holding at least ``share`` of it and at most ``max_depth`` levels below it."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if "RequestHandler._handle_request" in line), None)
+    if start is None:
+        return []
+
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip("│├└─ "))
+
+    def seconds(line: str) -> float:
+        m = re.search(r"(\d+\.\d+) ", line.lstrip("│├└─ "))
+        return float(m.group(1)) if m else 0.0
+
+    base, total = indent(lines[start]), seconds(lines[start]) or 1.0
+    out = [lines[start][base:]]
+    for line in lines[start + 1:]:
+        depth = indent(line)
+        if depth <= base:
+            break
+        if (depth - base) // 3 <= max_depth and seconds(line) >= share * total:
+            out.append(line[base:])
+        if len(out) >= limit:
+            break
     return out
 
 
@@ -972,7 +1013,8 @@ def cprofile_top(path: Path, n: int) -> list[dict[str, Any]]:
                         "own": "modelroute_sidecar" in file})
     entries.sort(key=lambda e: e["tottime_s"], reverse=True)
     top = entries[:n]
-    own = sorted((e for e in entries if e["own"]), key=lambda e: e["cumtime_s"], reverse=True)[:n]
+    own = sorted((e for e in entries if e["own"] and e["function"] != "<module>" and not e["file"].endswith("cli.py")),
+                 key=lambda e: e["cumtime_s"], reverse=True)[:n]
     return [{"total_tottime_s": total}, {"by_tottime": top}, {"own_by_cumtime": own}]
 
 
@@ -1000,7 +1042,8 @@ def environment(pinning: str) -> dict[str, Any]:
 
 
 def rerun_command(args: argparse.Namespace) -> str:
-    argv = ["python", "-m", "bench.sidecar_bench", *args.raw_argv]
+    python = "python" if sys.prefix == sys.base_prefix else sys.executable  # a venv's own interpreter
+    argv = [python, "-m", "bench.sidecar_bench", *args.raw_argv]
     return f"cd {shlex.quote(str(REPO))} && " + " ".join(shlex.quote(a) for a in argv)
 
 
@@ -1011,79 +1054,122 @@ def _f(v: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+ORDER = ("direct", "bare", "gateway", "gateway-warn", "litellm")
+
+
+def _table(out: Callable[[str], None], title: str, cols: list[tuple[str, int]], lines: list[list[str]]) -> None:
+    out(title)
+    head = f"{'path':<30}" + "".join(f" {c:>{w}}" for c, w in cols)
+    out(head)
+    out("-" * len(head))
+    for cells in lines:
+        out(f"{cells[0]:<30}" + "".join(f" {c:>{w}}" for c, (_, w) in zip(cells[1:], cols, strict=False)))
+
+
 def report(res: dict[str, Any], out: Callable[[str], None] = print) -> None:
     rows = res["rows"]
     env = res["environment"]
+    sets = res["settings"]
     out("")
     out(f"modelroute sidecar benchmark — {env['cpu'] or 'cpu ?'}, {env['usable_cores']} usable cores, "
-        f"Python {env['python']}")
+        f"Python {env['python']}, aiohttp {env['versions'].get('aiohttp')}")
     out(f"pinning: {env['pinning']}")
-    out(f"load average before/after: {env['load_before'][0]:.2f} / {env['load_after'][0]:.2f}")
+    out(f"load average before/after: {env['load_before'][0]:.2f} / {env['load_after'][0]:.2f}"
+        f"   (wall {env['wall_seconds']:.0f} s)")
     out("")
-    head = (f"{'path':<30} {'lat p50':>8} {'lat p99':>8} {'added p50':>9} {'added p99':>9} "
-            f"{'ttft p50':>8} {'+ttft p50':>9} {'+ttft p99':>9} {'req/s 1core':>11} {'core busy':>9} {'cpu/req':>8} "
-            f"{'err':>4}")
-    out("Latency in ms (non-streaming, sequential, keep-alive); added = path minus direct in the same run.")
-    out(head)
-    out("-" * len(head))
-    for name in ("direct", "bare", "gateway", "gateway-warn", "litellm"):
-        r = rows.get(name)
-        if r is None:
-            continue
-        if "latency" not in r:
-            why = ("skipped (--no-litellm)" if r.get("skipped") else "not installed" if r.get("not_installed")
-                   else f"not measured ({r.get('error') or '?'})")
-            out(f"{r['label']:<30} {why}")
-            continue
-        al = r.get("added_latency_ms", {})
-        at = r.get("added_ttft_ms", {})
-        tp = r.get("throughput", {})
-        err = r["latency"]["errors"] + r["ttft"]["errors"] + r["stream_total"]["errors"] + tp.get("errors", 0)
-        direct = name == "direct"
-        out(f"{r['label']:<30} {_f(r['latency']['p50_ms']):>8} {_f(r['latency']['p99_ms']):>8} "
-            f"{'-' if direct else _f(al.get('p50')):>9} {'-' if direct else _f(al.get('p99')):>9} "
-            f"{_f(r['ttft']['p50_ms']):>8} {'-' if direct else _f(at.get('p50')):>9} "
-            f"{'-' if direct else _f(at.get('p99')):>9} {_f(tp.get('rps'), '{:.0f}'):>11} "
-            f"{_f(tp.get('proxy_core_busy') if not direct else tp.get('upstream_core_busy'), '{:.0%}'):>9} "
-            f"{_f(tp.get('proxy_cpu_us_per_request'), '{:.0f}us'):>8} {err:>4}")
-    out(f"(n = {rows['direct']['latency']['n']} requests and {rows['direct']['ttft']['n']} streams per path; "
-        "throughput: proxy alone on its core, {} in flight; 'core busy' = its CPU time / wall time (for direct, "
-        "the upstream's); cpu/req = its CPU time per request)".format(res["settings"]["concurrency"]))
+
+    measured = [(n, rows[n]) for n in ORDER if n in rows and "latency" in rows[n]]
+    missing = [(n, rows[n]) for n in ORDER if n in rows and "latency" not in rows[n]]
+
+    def why(r: dict[str, Any]) -> str:
+        return ("skipped (--no-litellm)" if r.get("skipped") else "not installed" if r.get("not_installed")
+                else f"not measured: {(r.get('error') or '?').splitlines()[0][:80]}")
+
+    def added(r: dict[str, Any], key: str, q: str) -> str:
+        return _f(r.get(key, {}).get(q)) if key in r else "-"
+
+    lines = []
+    for _, r in measured:
+        L = r["latency"]
+        lines.append([r["label"], _f(L["p50_ms"]), _f(L["p99_ms"]), added(r, "added_latency_ms", "p50"),
+                      added(r, "added_latency_ms", "p99"), _f(L.get("cpu_us_per_request"), "{:.0f}"),
+                      str(L["errors"])])
+    lines += [[r["label"], why(r)] for _, r in missing]
+    _table(out, f"Non-streaming latency, ms: {sets['rounds']} interleaved rounds x {sets['batch']} sequential "
+           "requests per path over keep-alive; added = path minus direct, same run",
+           [("p50", 8), ("p99", 8), ("added p50", 9), ("added p99", 9), ("cpu us/req", 10), ("err", 4)], lines)
     out("")
-    out(f"{'memory / start':<30} {'idle RSS':>9} {'after load':>10} {'open streams':>12} {'RSS open':>9} "
-        f"{'KiB/stream':>10} {'start->ready':>12}")
-    for name in ("bare", "gateway", "gateway-warn", "litellm"):
-        r = rows.get(name)
-        if r is None or "latency" not in r:
+    lines = []
+    for _, r in measured:
+        F, T = r["ttft"], r["stream_total"]
+        lines.append([r["label"], _f(F["p50_ms"]), _f(F["p99_ms"]), added(r, "added_ttft_ms", "p50"),
+                      added(r, "added_ttft_ms", "p99"), _f(T["p50_ms"]), _f(T.get("cpu_us_per_request"), "{:.0f}"),
+                      str(F["errors"] + T["errors"])])
+    _table(out, f"Streams ({sets['chunks']} chunks + usage + [DONE]), ms: time to first token; "
+           f"{sets['stream_rounds']} rounds x {sets['stream_batch']} per path",
+           [("ttft p50", 8), ("ttft p99", 8), ("added p50", 9), ("added p99", 9), ("whole p50", 9),
+            ("cpu us/strm", 11), ("err", 4)], lines)
+    out("")
+    lines = []
+    bare_tp = rows.get("bare", {}).get("throughput", {})
+    for n, r in measured:
+        tp = r.get("throughput")
+        if not tp:
+            continue
+        direct = n == "direct"
+        vs = (tp["rps"] / bare_tp["rps"]) if bare_tp.get("rps") and not direct else None
+        cap = (bare_tp["proxy_cpu_us_per_request"] / tp["proxy_cpu_us_per_request"]
+               if bare_tp.get("proxy_cpu_us_per_request") and tp.get("proxy_cpu_us_per_request") else None)
+        lines.append([r["label"], _f(tp["rps"], "{:.0f}"),
+                      _f(tp["upstream_core_busy"] if direct else tp["proxy_core_busy"], "{:.0%}"),
+                      _f(tp.get("proxy_cpu_us_per_request"), "{:.0f}"), _f(vs, "{:.2f}"), _f(cap, "{:.2f}"),
+                      str(tp["errors"])])
+    _table(out, f"Throughput, non-streaming, {sets['concurrency']} in flight, each proxy alone on one core "
+           f"({sets['tp_rounds']} interleaved windows x {sets['tp_seconds']:g} s)",
+           [("req/s", 7), ("core busy", 9), ("cpu us/req", 10), ("vs bare", 7), ("cpu vs bare", 11), ("err", 4)],
+           lines)
+    out("  core busy: the proxy's CPU time / wall time (for direct, the upstream's); under 85% the proxy was held")
+    out("  back by something else (other load on the machine) and 'cpu vs bare' (bare's CPU per request / this")
+    out("  one's) is what one core would carry.")
+    out("")
+    lines = []
+    for n, r in measured:
+        if n == "direct":
             continue
         m = r.get("open_streams") or {}
-        out(f"{r['label']:<30} {_f(r.get('idle_rss_mib'), '{:.1f}M'):>9} "
-            f"{_f(r.get('idle_rss_after_load_mib'), '{:.1f}M'):>10} "
-            f"{(str(m.get('opened')) + '/' + str(m.get('streams'))) if m else '-':>12} "
-            f"{_f(m.get('rss_open_mib'), '{:.1f}M'):>9} {_f(m.get('per_stream_kib'), '{:.1f}'):>10} "
-            f"{_f(r.get('start_to_ready_s'), '{:.3f}s'):>12}")
+        lines.append([r["label"], _f(r.get("idle_rss_mib"), "{:.1f}"), _f(r.get("idle_rss_after_load_mib"), "{:.1f}"),
+                      f"{m['opened']}/{m['streams']}" if m else "-", _f(m.get("rss_open_mib"), "{:.1f}"),
+                      _f(m.get("per_stream_kib"), "{:.1f}"), _f(r.get("start_to_ready_s"), "{:.3f}")])
+    _table(out, "Memory (VmRSS, MiB) and start", [("idle", 7), ("after load", 10), ("streams open", 12),
+                                                   ("RSS open", 8), ("KiB/stream", 10), ("first start s", 13)],
+           lines)
     st = res["startup"]
-    out(f"gateway start to ready (GET /readyz, {len(st['gateway_runs_s'])} starts): median "
-        f"{_f(st['gateway_median_s'], '{:.3f}s')} [{', '.join(f'{x:.3f}' for x in st['gateway_runs_s'])}], "
-        f"CPU by ready {_f(st['gateway_cpu_median_s'], '{:.2f}s')}; "
-        f"bare proxy (port open) median {_f(st['bare_proxy_median_s'], '{:.3f}s')}")
+    out(f"  gateway start to ready (exec to GET /readyz 200), {len(st['gateway_runs_s'])} starts: median "
+        f"{_f(st['gateway_median_s'], '{:.3f}')} s [{', '.join(f'{x:.3f}' for x in st['gateway_runs_s'])}]; "
+        f"CPU spent by then, median {_f(st['gateway_cpu_median_s'], '{:.2f}')} s")
+    out(f"  bare proxy start to port open, median {_f(st['bare_proxy_median_s'], '{:.3f}')} s "
+        f"(CPU {_f(st.get('bare_proxy_cpu_median_s'), '{:.2f}')} s)")
     out("")
-    out("Targets (gateway at its default log level; the warning-level row for comparison):")
+    out("Targets (the gateway at its default log level; --log-level warning alongside):")
     for t in res["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
-        measured = "-" if t["measured"] is None else f"{t['measured']:.2f}"
-        out(f"  {verdict}  {t['target']:<42} [{t['gateway_row']}] measured {measured} — {t['detail']}")
+        m = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+        out(f"  {verdict}  {t['target']:<44} [{t['gateway_row']:<12}] {m:>6}  {t['detail']}")
     prof = res.get("profile")
     if prof:
         out("")
-        out(f"Profile ({prof['kind']}) of the gateway's own code, by cumulative time:")
-        for e in prof["top"][2]["own_by_cumtime"][:25]:
-            out(f"  {e['cumtime_s']:8.3f}s cum {e['tottime_s']:8.3f}s own {e['calls']:>8} calls  "
-                f"{Path(e['file']).name}:{e['line']} {e['function']}")
-        out("Top of all functions by own time:")
-        for e in prof["top"][1]["by_tottime"][:25]:
-            out(f"  {e['tottime_s']:8.3f}s own {e['calls']:>8} calls  {e['file']}:{e['line']} {e['function']}")
-    if prof:
+        if prof.get("request_tree"):
+            out(f"Profile ({prof['kind']}): where the gateway's request handling goes (seconds on stack):")
+            for line in prof["request_tree"]:
+                out("  " + line)
+        else:
+            out(f"Profile ({prof['kind']}) of the gateway's own code on the request path, by cumulative time:")
+            for e in prof["top"][2]["own_by_cumtime"][:30]:
+                out(f"  {e['cumtime_s']:8.3f}s cum {e['tottime_s']:8.3f}s own {e['calls']:>8} calls  "
+                    f"{Path(e['file']).name}:{e['line']} {e['function']}")
+            out("Top of all functions by own time:")
+            for e in prof["top"][1]["by_tottime"][:25]:
+                out(f"  {e['tottime_s']:8.3f}s own {e['calls']:>8} calls  {e['file']}:{e['line']} {e['function']}")
         out(f"Profile files: {prof['file']}" + (f", {prof['text_file']}" if prof.get("text_file") else ""))
     out("")
     out(f"Rerun: {res['command']}")
