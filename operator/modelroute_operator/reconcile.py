@@ -145,6 +145,8 @@ async def _write_status(kube: Kube, body: dict[str, Any], status: ObjectStatus, 
             await kube.create(core_path("events", meta["namespace"]), objects.event_body(body, event, now,
                                                                                        instance=instance))
         except ApiError as e:  # an Event is a courtesy: never fail the reconcile for one
+            if e.namespace_terminating:
+                return
             logger.warning("could not post event %s on %s/%s: %s", event.reason, body["kind"], meta["name"], e)
 
 
