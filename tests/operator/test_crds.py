@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tests.operator.conftest import Cluster, model_route, provider_key
 
-pytestmark = pytest.mark.usefixtures("crds")
+pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
 
 
 def with_spec(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:

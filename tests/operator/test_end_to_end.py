@@ -16,6 +16,7 @@ import contextlib
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.fakes.base import wait_until
 from tests.fakes.openai import FakeOpenAI
@@ -23,6 +24,8 @@ from tests.gateway.harness import FAST
 from tests.gateway.procs import modelroute
 from tests.operator import kubelet_volume
 from tests.operator.conftest import Cluster, OperatorProcess, model_route, new_key, provider_key, secret
+
+pytestmark = pytest.mark.controlplane
 
 
 class Kubelet:

@@ -7,10 +7,13 @@ import copy
 import json
 from typing import Any
 
+import pytest
 from modelroute_operator import names
 
 from tests.controlplane.cluster import wait_for
 from tests.operator.conftest import IMAGE, Cluster, OperatorProcess
+
+pytestmark = pytest.mark.controlplane
 
 
 def pod(name: str, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.controlplane.cluster import wait_for
 from tests.operator.conftest import (
     KEY_MARK,
@@ -18,6 +20,8 @@ from tests.operator.conftest import (
     provider_key,
     secret,
 )
+
+pytestmark = pytest.mark.controlplane
 
 
 def config_of(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
