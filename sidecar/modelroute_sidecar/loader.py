@@ -156,7 +156,11 @@ class ConfigDirSource:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            raise ConfigError(f"{path}: not found (is the ConfigMap modelroute-config mounted?)") from None
+            # The operator writes modelroute-config once the namespace has a ModelRoute or
+            # ProviderKey; until then the (optional) volume is empty. Serving no routes, and
+            # being ready, keeps the pod's readiness from waiting on a platform team.
+            log.warning(f"{path} not found: serving no routes until the ConfigMap modelroute-config exists")
+            return GatewayConfig(), {}
         try:
             config = GatewayConfig.model_validate_json(raw)
         except ValidationError as e:

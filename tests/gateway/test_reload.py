@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import yaml
 
 from tests.fakes.base import wait_until
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, model_route, provider_key
-from tests.gateway.procs import http_status, modelroute, scrape
+from tests.gateway.procs import modelroute, scrape
 
 from modelroute_sidecar.compile import compile_resources
 
@@ -130,15 +131,26 @@ async def test_sidecar_follows_atomic_volume_swaps_under_traffic(tmp_path: Path)
 
 
 async def test_sidecar_starts_before_its_volumes_are_populated(tmp_path: Path) -> None:
+    """A namespace without routes yet: the sidecar is ready (the pod must not hang on it),
+    answers 404 for every model, and serves as soon as the operator's ConfigMap appears."""
     async with FakeOpenAI() as up:
         vol = tmp_path / "etc-modelroute"
-        with modelroute(tmp_path, "sidecar", "--config-dir", str(vol), "--reload-interval", "0.1",
-                        ready=False) as gp:
-            ready_url = f"http://127.0.0.1:{gp.metrics_port}/readyz"
-            await wait_until(lambda: http_status(ready_url) == 503, within=20)
+        with modelroute(tmp_path, "sidecar", "--config-dir", str(vol), "--reload-interval", "0.1") as gp:
+            client = openai.AsyncOpenAI(base_url=gp.url, api_key="x", max_retries=0)
+            with pytest.raises(openai.NotFoundError):
+                await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
             project(vol, [*provider_key("openai", "openai", up.base_url),
                           model_route("chat", ("openai", "gpt-4o"), **FAST)], 1)
-            await wait_until(lambda: http_status(ready_url) == 200, within=20)
-            client = openai.AsyncOpenAI(base_url=gp.url, api_key="x", max_retries=0)
-            r = await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
-            assert r.choices[0].message.content == "echo: hi"
+
+            async def served() -> bool:
+                try:
+                    r = await client.chat.completions.create(model="chat",
+                                                             messages=[{"role": "user", "content": "hi"}])
+                except openai.NotFoundError:
+                    return False
+                return r.choices[0].message.content == "echo: hi"
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await served():
+                assert asyncio.get_running_loop().time() < deadline, "the sidecar never picked up its config"
+                await asyncio.sleep(0.05)
