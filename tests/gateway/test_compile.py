@@ -215,6 +215,20 @@ def test_duplicate_model_is_a_conflict_resolved_the_same_way_every_time(order: t
         assert status.message == "model 'shared' is already routed by ModelRoute a-route"
 
 
+def test_the_same_object_defined_twice_is_its_last_definition() -> None:
+    """`serve -f dir/` with two files defining one object: the later wins, as with kubectl apply."""
+    docs = [pk("p", secret="s", baseURL="https://first.example/v1"), secret("s", {"apiKey": KEY}),
+            route("chat", "chat", {"providerKey": "p", "model": "first"}),
+            pk("p", secret="s", baseURL="https://second.example/v1"), secret("s", {"apiKey": KEY2}),
+            route("chat", "chat", {"providerKey": "p", "model": "second"})]
+    result = compile_resources(docs)
+    assert result.errors == [] and result.ok, result.statuses
+    assert result.config.provider_keys["p"].base_url == "https://second.example/v1"
+    assert result.keys["p"] == [KEY2]
+    assert [b.model for b in result.config.routes["chat"].backends] == ["second"]
+    assert result.statuses[("ModelRoute", "chat")].reason == "Compiled"
+
+
 # ---- invalid documents ------------------------------------------------------------------
 
 def mr_spec(**spec: Any) -> dict[str, Any]:
