@@ -259,6 +259,8 @@ async def test_keys_never_reach_logs_metrics_or_clients(tmp_path: Path, log_leve
     assert leaks(log, keys) == [], "keys in the gateway's log"
     assert leaks(metrics, keys) == [], "keys in /metrics"
     assert leaks(seen.text, keys) == [], "keys in what the client got"
+    for where, text in (("log", log), ("metrics", metrics), ("responses", seen.text)):
+        assert "bearer" not in text.lower() and "api-key:" not in text.lower(), f"an auth header in the {where}"
     # The caller's own credential is not forwarded upstream either.
     sent = {r.headers.get("authorization") for r in up.requests}
     assert sent <= {f"Bearer {k}" for k in (*keys.accepted(), keys.revoked, keys.dead)}, sent
