@@ -59,10 +59,12 @@ def test_helm_lint_strict(control_plane: ControlPlane, tmp_path: Path, values: d
 def test_crds_are_the_repository_crds(control_plane: ControlPlane, tmp_path: Path) -> None:
     link = CHART / "crds"
     assert link.is_symlink() and link.resolve() == CRDS.resolve(), "charts/modelroute/crds must link to crds/"
-    # (`helm show crds` concatenates the files without `---`: the rendered chart is the reference.)
-    rendered = control_plane.helm("template", "mr", str(CHART), "--include-crds").stdout
-    shown = [d for d in docs_of(rendered) if d["kind"] == "CustomResourceDefinition"]
+    # `helm show crds` joins the files as they are: each starts with `---`, so each is its own document.
+    shown = docs_of(control_plane.helm("show", "crds", str(CHART)).stdout)
+    assert [d["kind"] for d in shown] == ["CustomResourceDefinition"] * len(shown)
     sources = [doc for f in sorted(CRDS.glob("*.yaml")) for doc in docs_of(f.read_text())]
+    for f in CRDS.glob("*.yaml"):
+        assert f.read_text().startswith("---\n"), f"{f.name} must start with ---"
     assert sorted(d["metadata"]["name"] for d in shown) == sorted(d["metadata"]["name"] for d in sources)
     assert sorted(shown, key=lambda d: d["metadata"]["name"]) == sorted(sources, key=lambda d: d["metadata"]["name"])
     # The packaged chart (what users install from a repository) holds the same bytes.
@@ -70,6 +72,14 @@ def test_crds_are_the_repository_crds(control_plane: ControlPlane, tmp_path: Pat
     in_package = {p.removeprefix("modelroute/crds/"): data for p, data in packaged.items()
                   if p.startswith("modelroute/crds/")}
     assert in_package == {f.name: f.read_bytes() for f in CRDS.iterdir() if f.is_file()}
+
+
+def test_helm_show_crds_applies(control_plane: ControlPlane) -> None:
+    """What the docs tell users to do with a packaged chart: both CRDs, and nothing else."""
+    shown = control_plane.helm("show", "crds", str(CHART)).stdout
+    out = control_plane.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-", input=shown).stdout
+    assert sorted(out.split()) == ["customresourcedefinition.apiextensions.k8s.io/modelroutes.modelroute.dev",
+                                   "customresourcedefinition.apiextensions.k8s.io/providerkeys.modelroute.dev"], out
 
 
 def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path: Path) -> None:
