@@ -548,6 +548,7 @@ async def throughput_window(port: int, path: str, concurrency: int, seconds: flo
 async def measure_throughput(paths: list[Path_], upstream: Proc, s: Settings) -> dict[str, dict[str, Any]]:
     """Interleaved windows of ``concurrency`` requests in flight; CPU time of each server per window."""
     acc = {p.name: {"ok": 0, "errors": 0, "seconds": 0.0, "proxy_cpu": 0.0, "upstream_cpu": 0.0} for p in paths}
+    machine: dict[str, dict[str, list[int]]] = {p.name: {} for p in paths}  # cpuN -> [total, idle] jiffies
     for p in paths:  # a short warm-up window each
         await throughput_window(p.port, p.path(), s.concurrency, min(0.5, s.tp_seconds / 3))
     for r in range(s.tp_rounds):
@@ -556,9 +557,14 @@ async def measure_throughput(paths: list[Path_], upstream: Proc, s: Settings) ->
             await asyncio.sleep(0.2)  # let the previous window's connections close
             cpu0 = p.proc.cpu() if p.proc else 0.0
             up0 = upstream.cpu()
+            m0 = per_cpu_jiffies()
             with no_gc():
                 ok, errors, seconds = await throughput_window(p.port, p.path(),
                                                               s.concurrency, s.tp_seconds)
+            for cpu, (total, idle) in per_cpu_jiffies().items():
+                acc_m = machine[p.name].setdefault(cpu, [0, 0])
+                acc_m[0] += total - m0.get(cpu, (0, 0))[0]
+                acc_m[1] += idle - m0.get(cpu, (0, 0))[1]
             a = acc[p.name]
             a["ok"] += ok
             a["errors"] += errors
@@ -572,7 +578,32 @@ async def measure_throughput(paths: list[Path_], upstream: Proc, s: Settings) ->
                      "rps": a["ok"] / secs, "proxy_core_busy": a["proxy_cpu"] / secs,
                      "upstream_core_busy": a["upstream_cpu"] / secs,
                      # CPU the proxy spent per request: what one core's capacity is, whatever the noise.
-                     "proxy_cpu_us_per_request": a["proxy_cpu"] / a["ok"] * 1e6 if a["ok"] and a["proxy_cpu"] else None}
+                     "proxy_cpu_us_per_request": a["proxy_cpu"] / a["ok"] * 1e6 if a["ok"] and a["proxy_cpu"] else None,
+                     # How busy each core of the machine was, everything on it counted (others' work too).
+                     "machine_cpu_busy": {cpu: round(1 - idle / total, 3) for cpu, (total, idle)
+                                          in sorted(machine[name].items()) if total}}
+    return out
+
+
+def machine_busy(since: dict[str, tuple[int, int]]) -> dict[str, float]:
+    now = per_cpu_jiffies()
+    out = {}
+    for cpu, (total, idle) in now.items():
+        t0, i0 = since.get(cpu, (0, 0))
+        if total > t0:
+            out[cpu] = round(1 - (idle - i0) / (total - t0), 3)
+    return out
+
+
+def per_cpu_jiffies() -> dict[str, tuple[int, int]]:
+    """(total, idle + iowait) jiffies of each core, from /proc/stat."""
+    out: dict[str, tuple[int, int]] = {}
+    with contextlib.suppress(OSError), open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals]
+                out[name] = (sum(v[:8]), v[3] + v[4])
     return out
 
 
@@ -760,13 +791,18 @@ class Bench:
         self.say("started: " + ", ".join(f"{k} {v:.2f}s" for k, v in ready.items()))
 
         self.say(f"latency: {s.rounds} rounds x {s.batch} sequential requests per path")
+        busy: dict[str, dict[str, float]] = {}
+        j0 = per_cpu_jiffies()
         lat = await measure_sequential(paths, s.warmup, s.rounds, s.batch, stream=False)
+        busy["latency"], j0 = machine_busy(j0), per_cpu_jiffies()
         self.say(f"streams: {s.stream_rounds} rounds x {s.stream_batch} streams per path")
         streams = await measure_sequential(paths, max(s.warmup // 5, 5), s.stream_rounds, s.stream_batch,
                                            stream=True)
         tp_paths = [p for p in paths if p.proc is not None] + [paths[0]]
         self.say(f"throughput: {s.tp_rounds} x {s.tp_seconds:g}s windows per path, {s.concurrency} in flight")
+        busy["streams"], j0 = machine_busy(j0), per_cpu_jiffies()
         tp = await measure_throughput(tp_paths, upstream, s)
+        busy["throughput"] = machine_busy(j0)
         idle_after_load = {p.name: p.proc.rss() / MIB for p in paths if p.proc}
 
         mem: dict[str, Any] = {}
@@ -789,7 +825,8 @@ class Bench:
                 p.proc.stop()
         self.results = self.assemble(paths, lat, streams, tp, idle_rss, idle_after_load, mem, ready, starts,
                                      start_cpu, start_rss, bare_starts, bare_cpu, litellm_row, profile)
-        self.results["environment"].update({"load_before": load_before, "load_after": os.getloadavg(),
+        self.results["environment"].update({"machine_cpu_busy": busy, "load_before": load_before,
+                                            "load_after": os.getloadavg(),
                                             "open_files_limit": nofile[0], "wall_seconds": time.time() - started})
         return self.results
 
@@ -1091,6 +1128,10 @@ def report(res: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"pinning: {env['pinning']}")
     out(f"load average before/after: {env['load_before'][0]:.2f} / {env['load_after'][0]:.2f}"
         f"   (wall {env['wall_seconds']:.0f} s)")
+    if env.get("machine_cpu_busy"):
+        out("machine busy per phase (all processes): " + "; ".join(
+            f"{phase} " + " ".join(f"{c} {v:.0%}" for c, v in b.items())
+            for phase, b in env["machine_cpu_busy"].items()))
     out("")
 
     measured = [(n, rows[n]) for n in ORDER if n in rows and "latency" in rows[n]]
@@ -1143,6 +1184,10 @@ def report(res: dict[str, Any], out: Callable[[str], None] = print) -> None:
            f"({sets['tp_rounds']} interleaved windows x {sets['tp_seconds']:g} s)",
            [("req/s", 7), ("core busy", 9), ("cpu us/req", 10), ("vs bare", 7), ("cpu vs bare", 11), ("err", 4)],
            lines)
+    mb = {n: r["throughput"].get("machine_cpu_busy") for n, r in measured if r.get("throughput")}
+    if any(mb.values()):
+        out("  whole machine during the windows (all processes, others' too): " + "; ".join(
+            f"{n} " + " ".join(f"{c} {v:.0%}" for c, v in b.items()) for n, b in mb.items() if b))
     out("  core busy: the proxy's CPU time / wall time (for direct, the upstream's); under 85% the proxy was held")
     out("  back by something else (other load on the machine) and 'cpu vs bare' (bare's CPU per request / this")
     out("  one's) is what one core would carry.")
