@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import CircuitBreaker, ProviderKind, RetryPolicy, Strategy, Timeouts
 
@@ -30,6 +30,10 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+# Headers that carry credentials: refused in ProviderKey.spec.headers (they end up in a
+# ConfigMap), as the CRD refuses them. Compared case-insensitively.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"})
 
 
 class _Spec(BaseModel):
@@ -56,6 +60,14 @@ class ProviderKeySpec(_Spec):
     models: list[str] | None = None
     api_version: str | None = Field(None, alias="apiVersion", min_length=1)
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(h.lower() in CREDENTIAL_HEADERS for h in headers):
+            raise ValueError("headers must not carry credentials (Authorization, x-api-key, api-key, "
+                             "x-goog-api-key): put the key in the Secret named by secretRef")
+        return headers
 
     @model_validator(mode="after")
     def _base_url_required(self) -> ProviderKeySpec:
@@ -86,6 +98,22 @@ class ModelRouteSpec(_Spec):
     backends: list[BackendSpec] = Field(min_length=1)
     retries: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+
+    # As the CRD's rules: only when both fields are written (an unset one takes its default).
+    @field_validator("retries")
+    @classmethod
+    def _backoff_order(cls, r: RetryPolicy) -> RetryPolicy:
+        if {"backoff_base_seconds", "backoff_max_seconds"} <= r.model_fields_set \
+                and r.backoff_base_seconds > r.backoff_max_seconds:
+            raise ValueError("backoffBaseSeconds must not exceed backoffMaxSeconds")
+        return r
+
+    @field_validator("timeouts")
+    @classmethod
+    def _first_byte_within_total(cls, t: Timeouts) -> Timeouts:
+        if {"first_byte_seconds", "total_seconds"} <= t.model_fields_set and t.first_byte_seconds > t.total_seconds:
+            raise ValueError("firstByteSeconds must not exceed totalSeconds")
+        return t
 
     @model_validator(mode="after")
     def _weights(self) -> ModelRouteSpec:

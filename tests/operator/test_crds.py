@@ -1,8 +1,7 @@
 """The CRDs on a real API server: schema, defaults, CEL rules, printer columns, names.
 
 Every invalid case is also fed to the pydantic models in resources.py, so the CRD and
-`modelroute serve` refuse the same documents; the few rules only the CRD has (it can be
-stricter than the compiler, never laxer) are marked.
+`modelroute serve` refuse the same documents, and the cross-field rules say the same words.
 """
 
 from __future__ import annotations
@@ -36,49 +35,70 @@ def with_spec(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 PK = provider_key("acct", "acct-key")
 MR = model_route("chat", "chat-default", "acct")
 
-# (id, document, words the server says, whether resources.py refuses it too)
-INVALID: list[tuple[str, dict[str, Any], str, bool]] = [
-    ("provider-enum", with_spec(PK, provider="bogus"), 'Unsupported value: "bogus"', True),
-    ("provider-required", with_spec(PK, provider=...), "spec.provider: Required value", True),
+# (id, document, words the server says)
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("provider-enum", with_spec(PK, provider="bogus"), 'Unsupported value: "bogus"'),
+    ("provider-required", with_spec(PK, provider=...), "spec.provider: Required value"),
     ("compatible-needs-baseURL", with_spec(PK, provider="openai-compatible"),
-     "baseURL is required for provider openai-compatible and azure-openai", True),
+     "baseURL is required for provider openai-compatible and azure-openai"),
     ("azure-needs-baseURL", with_spec(PK, provider="azure-openai"),
-     "baseURL is required for provider openai-compatible and azure-openai", True),
-    ("baseURL-scheme", with_spec(PK, baseURL="ftp://example.com"), "baseURL must start with http:// or https://", True),
-    ("secretRef-name", with_spec(PK, secretRef={"key": "k"}), "spec.secretRef.name: Required value", True),
+     "baseURL is required for provider openai-compatible and azure-openai"),
+    ("baseURL-scheme", with_spec(PK, baseURL="ftp://example.com"), "baseURL must start with http:// or https://"),
+    ("secretRef-name", with_spec(PK, secretRef={"key": "k"}), "spec.secretRef.name: Required value"),
     ("credential-header", with_spec(PK, headers={"Authorization": "Bearer x"}),
-     "headers must not carry credentials", False),
-    ("model-required", with_spec(MR, model=...), "spec.model: Required value", True),
-    ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value", True),
-    ("backends-required", with_spec(MR, backends=...), "spec.backends: Required value", True),
-    ("backends-empty", with_spec(MR, backends=[]), "spec.backends: Invalid value", True),
-    ("strategy-enum", with_spec(MR, strategy="random"), 'Unsupported value: "random"', True),
+     "headers must not carry credentials"),
+    ("model-required", with_spec(MR, model=...), "spec.model: Required value"),
+    ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value"),
+    ("backends-required", with_spec(MR, backends=...), "spec.backends: Required value"),
+    ("backends-empty", with_spec(MR, backends=[]), "spec.backends: Invalid value"),
+    ("strategy-enum", with_spec(MR, strategy="random"), 'Unsupported value: "random"'),
     ("weighted-needs-weight", with_spec(MR, strategy="weighted", backends=[{"providerKey": "a", "weight": 0}]),
-     "a weighted route needs at least one backend with weight > 0", True),
+     "a weighted route needs at least one backend with weight > 0"),
     ("weight-negative", with_spec(MR, backends=[{"providerKey": "a", "weight": -1}]),
-     "should be greater than or equal to 0", True),
-    ("maxAttempts-low", with_spec(MR, retries={"maxAttempts": 0}), "should be greater than or equal to 1", True),
-    ("maxAttempts-high", with_spec(MR, retries={"maxAttempts": 21}), "should be less than or equal to 20", True),
+     "should be greater than or equal to 0"),
+    ("maxAttempts-low", with_spec(MR, retries={"maxAttempts": 0}), "should be greater than or equal to 1"),
+    ("maxAttempts-high", with_spec(MR, retries={"maxAttempts": 21}), "should be less than or equal to 20"),
     ("backoff-order", with_spec(MR, retries={"backoffBaseSeconds": 5, "backoffMaxSeconds": 1}),
-     "backoffBaseSeconds must not exceed backoffMaxSeconds", False),
-    ("connect-zero", with_spec(MR, timeouts={"connectSeconds": 0}), "should be greater than 0", True),
-    ("total-high", with_spec(MR, timeouts={"totalSeconds": 86401}), "should be less than or equal to 86400", True),
+     "backoffBaseSeconds must not exceed backoffMaxSeconds"),
+    ("connect-zero", with_spec(MR, timeouts={"connectSeconds": 0}), "should be greater than 0"),
+    ("total-high", with_spec(MR, timeouts={"totalSeconds": 86401}), "should be less than or equal to 86400"),
     ("first-byte-after-total", with_spec(MR, timeouts={"firstByteSeconds": 100, "totalSeconds": 50}),
-     "firstByteSeconds must not exceed totalSeconds", False),
-    ("unknown-field", with_spec(MR, retry={"maxAttempts": 2}), 'unknown field "spec.retry"', True),
+     "firstByteSeconds must not exceed totalSeconds"),
+    ("unknown-field", with_spec(MR, retry={"maxAttempts": 2}), 'unknown field "spec.retry"'),
 ]
 
 
-@pytest.mark.parametrize(("doc", "words", "pydantic_too"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
-def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, namespace: str, doc: dict[str, Any],
-                                                         words: str, pydantic_too: bool) -> None:
+# Rules the CRD states with x-kubernetes-validations, and resources.py in the same words.
+SAME_WORDS = {"baseURL-scheme", "credential-header", "weighted-needs-weight",
+              "backoff-order", "first-byte-after-total"}
+
+
+@pytest.mark.parametrize(("case", "doc", "words"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, namespace: str, case: str,
+                                                         doc: dict[str, Any], words: str) -> None:
     result = cluster.apply(doc, namespace, check=False)
     assert result.returncode != 0, f"accepted: {doc}"
     assert words in result.stderr, result.stderr
     model = ProviderKey if doc["kind"] == "ProviderKey" else ModelRoute
-    if pydantic_too:
-        with pytest.raises(ValidationError):
-            model.model_validate(doc)
+    with pytest.raises(ValidationError) as e:
+        model.model_validate(doc)
+    if case in SAME_WORDS:
+        assert words in str(e.value)
+
+
+@pytest.mark.parametrize("doc", [
+    with_spec(PK, headers={"X-Api-Key-Hint": "not a key", "OpenAI-Project": "p"}),
+    # The order rules hold only between fields both written: an unset one is not compared.
+    with_spec(MR, retries={"backoffBaseSeconds": 5}),
+    with_spec(MR, timeouts={"firstByteSeconds": 900}),
+    with_spec(MR, retries={"backoffBaseSeconds": 2, "backoffMaxSeconds": 2},
+              timeouts={"firstByteSeconds": 30, "totalSeconds": 30}),
+], ids=["near-credential-names", "base-only", "first-byte-only", "equal-bounds"])
+def test_edge_cases_of_the_cross_field_rules_are_accepted_by_both(cluster: Cluster, namespace: str,
+                                                                  doc: dict[str, Any]) -> None:
+    cluster.apply(doc, namespace)
+    model = ProviderKey if doc["kind"] == "ProviderKey" else ModelRoute
+    model.model_validate(doc)
 
 
 def test_server_applies_the_defaults(cluster: Cluster, namespace: str) -> None:
