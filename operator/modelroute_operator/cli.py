@@ -78,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--sidecar-image", default=defaults.image,
                    help=f"image (default $MODELROUTE_SIDECAR_IMAGE or {defaults.image})")
     s.add_argument("--sidecar-image-pull-policy", choices=["Always", "IfNotPresent", "Never"])
+    s.add_argument("--sidecar-port", type=int, default=defaults.port, metavar="PORT",
+                   help=f"API port, on 127.0.0.1 (default {defaults.port}); OPENAI_BASE_URL and "
+                        "ANTHROPIC_BASE_URL follow it. A pod can override it with modelroute.dev/port")
+    s.add_argument("--sidecar-metrics-port", type=int, default=defaults.metrics_port, metavar="PORT",
+                   help=f"/metrics, /healthz, /readyz on the pod IP (default {defaults.metrics_port}); probes and "
+                        "scrape annotations follow it. A pod can override it with modelroute.dev/metrics-port")
     s.add_argument("--sidecar-cpu-request", default=defaults.cpu_request)
     s.add_argument("--sidecar-memory-request", default=defaults.memory_request)
     s.add_argument("--sidecar-cpu-limit", default=defaults.cpu_limit)
@@ -104,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         namespaces=tuple(dict.fromkeys(args.namespace)),
         injection=InjectionSettings(
             image=args.sidecar_image, image_pull_policy=args.sidecar_image_pull_policy,
+            port=args.sidecar_port, metrics_port=args.sidecar_metrics_port,
             cpu_request=args.sidecar_cpu_request or None, memory_request=args.sidecar_memory_request or None,
             cpu_limit=args.sidecar_cpu_limit or None, memory_limit=args.sidecar_memory_limit or None,
         ),

@@ -31,7 +31,7 @@ EVERYTHING: Doc = {
     "sidecar": {"image": {"repository": "registry.example.com/modelroute-sidecar", "tag": "9.9.9",
                           "pullPolicy": "Always"},
                 "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
-                "nativeSidecars": "false"},
+                "nativeSidecars": "false", "port": 9700, "metricsPort": 9701},
     "webhook": {"failurePolicy": "Ignore", "certificate": {"source": "certManager"}},
     "monitoring": {
         "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}, "interval": "15s"},

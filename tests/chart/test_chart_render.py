@@ -190,6 +190,7 @@ def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert s.injection.image_pull_policy == "Always"
     assert (s.injection.cpu_request, s.injection.memory_request, s.injection.cpu_limit, s.injection.memory_limit) \
         == ("20m", "32Mi", "1", "128Mi")
+    assert (s.injection.port, s.injection.metrics_port) == (9700, 9701)
     assert "--verbose" in c["args"]
 
     # cert-manager: the serving certificate names exactly what the operator checks it for, and
@@ -257,6 +258,8 @@ def test_no_monitoring_objects_unless_asked(control_plane: ControlPlane, tmp_pat
     ({"operator": {"replicas": 2}}, "needs a shared webhook certificate"),
     ({"webhook": {"certificate": {"source": "secret"}}}, "needs webhook.certificate.secretName"),
     ({"operator": {"healthPort": 9443}}, "must differ"),
+    ({"sidecar": {"port": 8701}}, "sidecar.port and sidecar.metricsPort must differ"),
+    ({"sidecar": {"metricsPort": 70000}}, "metricsPort"),
 ])
 def test_bad_values_are_refused(control_plane: ControlPlane, tmp_path: Path, values: dict[str, Any],
                                 message: str) -> None:

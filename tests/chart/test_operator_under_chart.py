@@ -30,8 +30,10 @@ from tests.operator.conftest import Cluster, OperatorProcess
 
 WEBHOOK_CONFIG = ("mutatingwebhookconfiguration", names.WEBHOOK_CONFIGURATION)
 SIDECAR_IMAGE = "registry.example.com/chart-sidecar:rbac-test"
+SIDECAR_PORT, SIDECAR_METRICS_PORT = 9700, 9711  # not the defaults (8700, 8701)
 VALUES = {"sidecar": {"image": {"repository": "registry.example.com/chart-sidecar", "tag": "rbac-test"},
-                      "resources": {"requests": {"cpu": "25m", "memory": "48Mi"}, "limits": {"memory": "200Mi"}}}}
+                      "resources": {"requests": {"cpu": "25m", "memory": "48Mi"}, "limits": {"memory": "200Mi"}},
+                      "port": SIDECAR_PORT, "metricsPort": SIDECAR_METRICS_PORT}}
 # Arguments that only make sense inside the pod (a Service, its port, a mounted directory).
 IN_POD_ONLY = ("--webhook-service=", "--webhook-listen=", "--webhook-service-port=", "--webhook-cert-dir=",
                "--liveness=")
@@ -159,10 +161,20 @@ def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(
         assert sidecar["name"] == names.SIDECAR_CONTAINER and sidecar["restartPolicy"] == "Always"
         assert sidecar["image"] == SIDECAR_IMAGE
         assert sidecar["resources"] == VALUES["sidecar"]["resources"]
-        assert sidecar["ports"] == [{"name": names.METRICS_PORT_NAME, "containerPort": 8701, "protocol": "TCP"}]
+        # The chart's sidecar ports: the sidecar's arguments, its probes, the app's env, the scrape annotation.
+        assert sidecar["ports"] == [{"name": names.METRICS_PORT_NAME, "containerPort": SIDECAR_METRICS_PORT,
+                                     "protocol": "TCP"}]
+        assert sidecar["args"][sidecar["args"].index("--port") + 1] == str(SIDECAR_PORT)
+        assert sidecar["args"][sidecar["args"].index("--metrics-port") + 1] == str(SIDECAR_METRICS_PORT)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert sidecar[probe]["httpGet"]["port"] == SIDECAR_METRICS_PORT, probe
         (app,) = stored["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in app["env"]}
-        assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:8700/v1" and env["MODEL"] == "chat-default"
+        assert env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{SIDECAR_PORT}/v1" and env["MODEL"] == "chat-default"
+        assert env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{SIDECAR_PORT}"
+        annotations = stored["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(SIDECAR_METRICS_PORT)
+        assert annotations["prometheus.io/scrape"] == "true"
     finally:
         code = op.stop()
         cluster.kubectl("delete", "namespace", app_ns, "--wait=false", "--ignore-not-found")

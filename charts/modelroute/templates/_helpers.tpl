@@ -98,4 +98,7 @@ app.kubernetes.io/component: operator
 {{- if eq (int .Values.operator.healthPort) (int .Values.webhook.port) -}}
 {{- fail "operator.healthPort and webhook.port must differ" -}}
 {{- end -}}
+{{- if eq (int .Values.sidecar.port) (int .Values.sidecar.metricsPort) -}}
+{{- fail "sidecar.port and sidecar.metricsPort must differ" -}}
+{{- end -}}
 {{- end -}}
