@@ -223,9 +223,13 @@ def _resolve_keys(
             if env.get(var, "").strip():
                 found = split_keys(env[var])
                 return found, "KeysLoaded", f"{len(found)} key(s) from environment variable {var}"
-    if ref is None:
+    if ref is None and pk.spec.provider == "openai-compatible":
         # Self-hosted backends (vLLM, Ollama) need no key: requests go without auth.
         return [], "NoKeyRequired", "no secretRef: requests are sent without an API key"
+    if ref is None:
+        # A hosted provider always wants a key; without one every request would be a 401.
+        hint = " or the environment" if env is not None else ""
+        return None, "SecretRefMissing", f"provider {pk.spec.provider} needs an API key: set spec.secretRef{hint}"
     return None, "SecretNotFound", f"Secret {ref.name} not found"
 
 
