@@ -62,8 +62,8 @@ class Metrics:
 class BackendMetrics:
     """The label children of one (route, backend) pair, resolved on first use."""
 
-    __slots__ = ("_genai", "_m", "_status", "cost", "duration", "genai_labels", "input_tokens", "labels", "output_tokens",
-                 "ttft", "up")
+    __slots__ = ("_genai", "_m", "_status", "cost", "duration", "genai_labels", "input_tokens", "labels",
+                 "output_tokens", "ttft", "up")
 
     def __init__(self, m: Metrics, route: str, provider: str, model: str, backend: str) -> None:
         self._m = m

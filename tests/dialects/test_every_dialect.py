@@ -242,7 +242,7 @@ async def test_chat_images_reach_other_providers(w: World, kind: str) -> None:
 
 
 async def test_embeddings_on_gemini() -> None:
-    extra = [model_route("embed", ("gemini", "gemini-embedding-001"), **FAST)]  # type: ignore[arg-type]
+    extra = [model_route("embed", ("gemini", "gemini-embedding-001"), **FAST)]
     async with world(extra) as x:
         one = await x.openai().embeddings.create(model="embed", input="hello")
         many = await x.openai().embeddings.create(model="embed", input=["a", "b", "c"])

@@ -57,8 +57,13 @@ def model_route(model: str, *backends: str | tuple[str, str] | dict[str, Any], n
             "spec": {"model": model, "backends": bs, **spec}}
 
 
+def user(content: Any) -> Any:
+    """One user message, typed loosely so the SDK's TypedDicts do not fight test data."""
+    return [{"role": "user", "content": content}]
+
+
 # Fast defaults for tests: little backoff, short timeouts, so failures show quickly.
-FAST = {"retries": {"backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05},
+FAST: dict[str, Any] = {"retries": {"backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05},
         "timeouts": {"connectSeconds": 2, "firstByteSeconds": 5, "betweenChunksSeconds": 5, "totalSeconds": 20}}
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 
 from tests.fakes.azure import FakeAzureOpenAI
 from tests.fakes.openai import FakeOpenAI
-from tests.gateway.harness import FAST, model_route, provider_key, running_gateway
+from tests.gateway.harness import FAST, model_route, provider_key, running_gateway, user
 
-TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up a word",
-                                           "parameters": {"type": "object", "properties": {"echo": {"type": "string"}}}}}]
+TOOLS: Any = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look up a word",
+    "parameters": {"type": "object", "properties": {"echo": {"type": "string"}}}}}]
 
 
 async def test_plain_chat_reaches_backend_model_by_route_name() -> None:
@@ -19,7 +22,7 @@ async def test_plain_chat_reaches_backend_model_by_route_name() -> None:
         model_route("chat-default", ("openai", "gpt-4o-mini"), **FAST),
     ]) as gw:
         raw = await gw.client().chat.completions.with_raw_response.create(
-            model="chat-default", messages=[{"role": "user", "content": "hello there"}])
+            model="chat-default", messages=user("hello there"))
         resp = raw.parse()
         assert resp.choices[0].message.content == "echo: hello there"
         assert resp.choices[0].finish_reason == "stop"
@@ -39,11 +42,11 @@ async def test_plain_chat_reaches_backend_model_by_route_name() -> None:
 
 async def test_pattern_routing_by_provider_key_models() -> None:
     async with FakeOpenAI() as up, running_gateway(provider_key("openai", "openai", up.base_url)) as gw:
-        resp = await gw.client().chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+        resp = await gw.client().chat.completions.create(model="gpt-4.1", messages=user("x"))
         assert resp.choices[0].message.content == "echo: x"
         assert up.last_request.body["model"] == "gpt-4.1"
         with pytest.raises(openai.NotFoundError) as e:
-            await gw.client().chat.completions.create(model="llama-9", messages=[{"role": "user", "content": "x"}])
+            await gw.client().chat.completions.create(model="llama-9", messages=user("x"))
         assert e.value.code == "model_not_found"
         assert e.value.body["param"] == "model"  # type: ignore[index]
 
@@ -53,9 +56,9 @@ async def test_streaming_text(include_usage: bool) -> None:
     async with FakeOpenAI() as up, running_gateway([
         *provider_key("openai", "openai", up.base_url), model_route("chat", ("openai", "gpt-4o"), **FAST)
     ]) as gw:
-        kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
+        kwargs: Any = {"stream_options": {"include_usage": True}} if include_usage else {}
         stream = await gw.client().chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "one two three"}], stream=True, **kwargs)
+            model="chat", messages=user("one two three"), stream=True, **kwargs)
         chunks = [c async for c in stream]
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == "echo: one two three"
@@ -74,13 +77,12 @@ async def test_tools_non_streaming_and_streaming() -> None:
         *provider_key("openai", "openai", up.base_url), model_route("chat", ("openai", "gpt-4o"), **FAST)
     ]) as gw:
         client = gw.client()
-        msgs = [{"role": "user", "content": "define gateway"}]
-        resp = await client.chat.completions.create(model="chat", messages=msgs, tools=TOOLS)  # type: ignore[arg-type]
-        call = resp.choices[0].message.tool_calls[0]  # type: ignore[index]
+        msgs: Any = user("define gateway")
+        resp = await client.chat.completions.create(model="chat", messages=msgs, tools=TOOLS)
+        call: Any = resp.choices[0].message.tool_calls[0]  # type: ignore[index]
         assert resp.choices[0].finish_reason == "tool_calls"
         assert call.function.name == "lookup" and call.function.arguments == '{"echo":"define gateway"}'
-        stream = await client.chat.completions.create(model="chat", messages=msgs, tools=TOOLS,  # type: ignore[arg-type]
-                                                      stream=True)
+        stream = await client.chat.completions.create(model="chat", messages=msgs, tools=TOOLS, stream=True)
         args, names, ids = "", [], []
         async for c in stream:
             for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
@@ -90,9 +92,10 @@ async def test_tools_non_streaming_and_streaming() -> None:
                 if tc.id:
                     ids.append(tc.id)
         assert args == '{"echo":"define gateway"}' and names == ["lookup"] and len(ids) == 1
-        follow = await client.chat.completions.create(model="chat", messages=[  # type: ignore[arg-type]
+        follow_msgs: Any = [
             *msgs, {"role": "assistant", "tool_calls": [call.model_dump()]},
-            {"role": "tool", "tool_call_id": call.id, "content": "a proxy"}], tools=TOOLS)
+            {"role": "tool", "tool_call_id": call.id, "content": "a proxy"}]
+        follow = await client.chat.completions.create(model="chat", messages=follow_msgs, tools=TOOLS)
         assert follow.choices[0].message.content == "tool said: a proxy"
 
 
@@ -102,7 +105,7 @@ async def test_image_parts_pass_through() -> None:
     ]) as gw:
         content = [{"type": "text", "text": "what is"},
                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}]
-        resp = await gw.client().chat.completions.create(model="vision", messages=[{"role": "user", "content": content}])  # type: ignore[arg-type,misc]
+        resp = await gw.client().chat.completions.create(model="vision", messages=user(content))
         assert resp.choices[0].message.content == "echo: what is [image]"
         assert up.last_request.body["messages"][0]["content"] == content
 
@@ -129,14 +132,14 @@ async def test_azure_openai_deployment_urls_and_api_key_header() -> None:
         *provider_key("azure", "azure-openai", up.url, ["az-1"], apiVersion="2024-10-21"),
         model_route("chat", ("azure", "prod-4o"), **FAST),
     ]) as gw:
-        resp = await gw.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        resp = await gw.client().chat.completions.create(model="chat", messages=user("hi"))
         assert resp.choices[0].message.content == "echo: hi"
         req = up.last_request
         assert req.path == "/openai/deployments/prod-4o/chat/completions"
         assert req.query["api-version"] == "2024-10-21"
         assert req.headers["api-key"] == "az-1" and "authorization" not in req.headers
         stream = await gw.client().chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "a b"}], stream=True)
+            model="chat", messages=user("a b"), stream=True)
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "echo: a b"
 
 
@@ -146,6 +149,6 @@ async def test_openai_compatible_without_key() -> None:
         *provider_key("vllm", "openai-compatible", up.base_url, keys=None, models=["llama-*"]),
     ]) as gw:
         up.require_auth = False
-        resp = await gw.client().chat.completions.create(model="llama-3.1-8b", messages=[{"role": "user", "content": "q"}])
+        resp = await gw.client().chat.completions.create(model="llama-3.1-8b", messages=user("q"))
         assert resp.choices[0].message.content == "echo: q"
         assert "authorization" not in up.last_request.headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import aiohttp
 import openai
@@ -13,9 +14,9 @@ from modelroute_sidecar.config import GatewayConfig
 
 from tests.fakes.base import closed_port, wait_until
 from tests.fakes.openai import FakeOpenAI
-from tests.gateway.harness import FAST, model_route, provider_key, running_gateway
+from tests.gateway.harness import FAST, model_route, provider_key, running_gateway, user
 
-MSG = [{"role": "user", "content": "ping"}]
+MSG: Any = user("ping")
 
 
 def two_backends(a: FakeOpenAI, b: FakeOpenAI, **spec: object) -> list[dict]:
@@ -86,7 +87,8 @@ async def test_rate_limit_everywhere_is_a_429_with_retry_after() -> None:
 
 async def test_key_rotation_and_cooldown_of_a_bad_key() -> None:
     async with FakeOpenAI(keys=["sk-good"]) as a, running_gateway([
-        *provider_key("a", "openai", a.base_url, ["sk-revoked", "sk-good"]), model_route("chat", ("a", "gpt-4o"), **FAST)
+        *provider_key("a", "openai", a.base_url, ["sk-revoked", "sk-good"]),
+        model_route("chat", ("a", "gpt-4o"), **FAST)
     ]) as gw:
         raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
         assert raw.parse().choices[0].message.content == "echo: ping"
@@ -118,7 +120,8 @@ async def test_keys_are_used_in_turn_and_a_rate_limited_key_rests() -> None:
 
 async def test_all_keys_refused_fails_over_then_reports_without_the_key() -> None:
     async with FakeOpenAI(keys=["sk-other"]) as a, running_gateway([
-        *provider_key("a", "openai", a.base_url, ["sk-secret-value-123456"]), model_route("chat", ("a", "gpt-4o"), **FAST)
+        *provider_key("a", "openai", a.base_url, ["sk-secret-value-123456"]),
+        model_route("chat", ("a", "gpt-4o"), **FAST)
     ]) as gw:
         with pytest.raises(openai.APIStatusError) as e:
             await gw.client().chat.completions.create(model="chat", messages=MSG)
@@ -163,7 +166,7 @@ async def test_stream_dying_mid_way_ends_with_an_error_event_not_a_hang() -> Non
     async with FakeOpenAI() as a, FakeOpenAI() as b, running_gateway(two_backends(a, b)) as gw:
         a.faults.die_mid_stream(after_chunks=2)
         stream = await gw.client().chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "a b c d e f"}], stream=True)
+            model="chat", messages=user("a b c d e f"), stream=True)
         got = ""
         with pytest.raises(openai.APIError) as e:
             async with asyncio.timeout(10):

@@ -10,13 +10,12 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from modelroute_sidecar.compile import compile_resources
 
 from tests.fakes.base import wait_until
 from tests.fakes.openai import FakeOpenAI
-from tests.gateway.harness import FAST, model_route, provider_key
+from tests.gateway.harness import FAST, model_route, provider_key, user
 from tests.gateway.procs import modelroute, scrape
-
-from modelroute_sidecar.compile import compile_resources
 
 
 def write_yaml(path: Path, docs: list[dict[str, Any]]) -> None:
@@ -40,15 +39,16 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 if stream:
-                    s = await self.client.chat.completions.with_raw_response.create(
-                        model=self.model, messages=[{"role": "user", "content": "a b c"}], stream=True)
-                    text = "".join([c.choices[0].delta.content or "" async for c in s.parse() if c.choices])
+                    sr = await self.client.chat.completions.with_raw_response.create(
+                        model=self.model, messages=user("a b c"), stream=True)
+                    text = "".join([c.choices[0].delta.content or "" async for c in sr.parse() if c.choices])
                     assert text == "echo: a b c", text
+                    self.ok.append(sr.headers["x-modelroute-backend"])
                 else:
-                    s = await self.client.chat.completions.with_raw_response.create(
-                        model=self.model, messages=[{"role": "user", "content": "a b c"}])
-                    assert s.parse().choices[0].message.content == "echo: a b c"
-                self.ok.append(s.headers["x-modelroute-backend"])
+                    r = await self.client.chat.completions.with_raw_response.create(
+                        model=self.model, messages=user("a b c"))
+                    assert r.parse().choices[0].message.content == "echo: a b c"
+                    self.ok.append(r.headers["x-modelroute-backend"])
             except Exception as e:
                 self.failed.append(e)
 
@@ -138,14 +138,14 @@ async def test_sidecar_starts_before_its_volumes_are_populated(tmp_path: Path) -
         with modelroute(tmp_path, "sidecar", "--config-dir", str(vol), "--reload-interval", "0.1") as gp:
             client = openai.AsyncOpenAI(base_url=gp.url, api_key="x", max_retries=0)
             with pytest.raises(openai.NotFoundError):
-                await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+                await client.chat.completions.create(model="chat", messages=user("hi"))
             project(vol, [*provider_key("openai", "openai", up.base_url),
                           model_route("chat", ("openai", "gpt-4o"), **FAST)], 1)
 
             async def served() -> bool:
                 try:
                     r = await client.chat.completions.create(model="chat",
-                                                             messages=[{"role": "user", "content": "hi"}])
+                                                             messages=user("hi"))
                 except openai.NotFoundError:
                     return False
                 return r.choices[0].message.content == "echo: hi"
