@@ -51,7 +51,10 @@ class Gateway:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         # Upstream answers are read as they are; the caller gets them uncompressed.
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=True,
+        # No cookie jar: one provider's Set-Cookie must never ride along on another caller's
+        # request. No trust_env: proxies are resolved once per ProviderKey (see env_proxy).
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                             cookie_jar=aiohttp.DummyCookieJar(),
                                              skip_auto_headers=("User-Agent",))
         self.engine = Engine(self.session)
 
@@ -76,8 +79,10 @@ def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) 
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise payload_too_large(limit)
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise payload_too_large(limit)
+        return await request.read()  # the common case: one read, no chunk list
     # Read in pieces and stop at the limit: a chunked body (no Content-Length) must not be
     # buffered whole before it is judged too large.
     chunks: list[bytes] = []

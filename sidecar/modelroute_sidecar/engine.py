@@ -26,6 +26,7 @@ from aiohttp import web
 from .canonical import Usage, usage_from_openai
 from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
 from .errors import ErrorType, GatewayError, bad_request
+from .logs import access_log
 from .pricing import cost_usd
 from .providers.base import PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
 from .router import Backend, KeyEntry, Route, Runtime
@@ -231,8 +232,10 @@ class Engine:
         try:
             try:
                 async with asyncio.timeout_at(first_byte_at):
+                    adapter = backend.adapter
                     resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,
-                                                   timeout=call.route.client_timeout)
+                                                   timeout=call.route.client_timeout, proxy=adapter.proxy,
+                                                   proxy_auth=adapter.proxy_auth)
                     if resp.status >= 400:
                         body = await resp.read()
                         raise self._classify(rt, backend, resp, body, native)
@@ -390,15 +393,15 @@ class Engine:
                 m.cost.inc(cost)
         m.genai(call.operation, elapsed, usage.input_tokens if usage else None,
                 usage.output_tokens if usage else None, error or "")
-        if log.isEnabledFor(logging.INFO):
-            log.info("request", extra={"fields": {
+        if access_log.enabled:
+            access_log.write("request", {
                 "request_id": call.rid, "route": call.route.name, "dialect": call.dialect.name,
                 "backend": backend.id, "attempts": call.attempts, "stream": call.ingress.stream,
                 "latency_ms": round(elapsed * 1000, 2),
                 "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
                 "input_tokens": usage.input_tokens if usage else None,
                 "output_tokens": usage.output_tokens if usage else None,
-                "cost_usd": round(cost, 8), "error": error}})
+                "cost_usd": round(cost, 8), "error": error})
 
     def _log_attempt(self, call: Call, backend: Backend, key: KeyEntry, failed: AttemptFailed) -> None:
         log.warning("attempt failed", extra={"fields": {

@@ -7,7 +7,9 @@ key *labels* (``openai#2``), and upstream error text is redacted before it gets 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -55,5 +57,60 @@ def setup(level: str = "info", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    access_log.configure(level, json)
     # aiohttp's own access log would duplicate ours, without route or backend.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class AccessLog:
+    """One line per request, off the ``logging`` machinery.
+
+    A LogRecord, its formatting and a write per line cost more than the rest of a
+    proxied request's own work; lines are encoded with orjson and written to stderr in
+    one batch per event-loop pass instead. Text format and levels above INFO fall back
+    to (or switch off) the ordinary logger, so the output stays what ``setup`` chose.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.json = True
+        self._buf: list[bytes] = []
+        self._logger = logging.getLogger("modelroute.access")
+
+    def configure(self, level: str, json: bool) -> None:
+        self.enabled = logging.getLevelName(level.upper()) <= logging.INFO
+        self.json = json
+
+    def write(self, msg: str, fields: dict[str, Any]) -> None:
+        if not self.json:
+            self._logger.info(msg, extra={"fields": fields})
+            return
+        now = time.time()
+        head = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+                "level": "info", "logger": "modelroute.access", "msg": msg}
+        line = orjson.dumps({**head, **fields}, default=str) + b"\n"
+        if not self._buf:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                self._buf.append(line)
+                self.flush()
+                return
+        self._buf.append(line)
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        try:
+            sys.stderr.flush()  # keep order with anything the logging module wrote
+            fd = sys.stderr.fileno()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except (OSError, ValueError):
+            pass  # stderr closed: nothing sensible to do with a log line
+
+
+access_log = AccessLog()

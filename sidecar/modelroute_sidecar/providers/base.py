@@ -12,10 +12,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
+from aiohttp import BasicAuth
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
+
 from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
 from ..config import ProviderKeyConfig
 from ..errors import ErrorType
 from ..sse import SSEEvent
+
+
+def env_proxy(url: str) -> tuple[str | None, BasicAuth | None]:
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+    return str(proxy), auth
 
 
 class PreparedRequest(NamedTuple):
@@ -68,6 +80,9 @@ class ProviderAdapter(ABC):
     def __init__(self, pk: ProviderKeyConfig) -> None:
         self.pk = pk
         self.base_url = pk.base_url
+        # HTTP(S)_PROXY / NO_PROXY, resolved once per ProviderKey: asking aiohttp to do it
+        # per request (trust_env) costs two thread-pool round trips on every call.
+        self.proxy, self.proxy_auth = env_proxy(pk.base_url)
 
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]:
