@@ -65,6 +65,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--webhook-cert-dir", type=Path, metavar="DIR",
                    help="tls.crt, tls.key, ca.crt; used if they cover the webhook's names, else generated there "
                         "(default: a private temporary directory)")
+    g.add_argument("--webhook-cert-check-seconds", type=float, default=60.0, metavar="SECONDS",
+                   help="re-read the certificate files this often; a renewed certificate is served and its CA "
+                        "registered without a restart (default 60)")
+    g.add_argument("--webhook-owner-clusterrole", metavar="NAME",
+                   help="make ClusterRole NAME (e.g. the operator's own, which the chart installs) the owner of "
+                        "the webhook configuration, so deleting it (helm uninstall) deletes the configuration; "
+                        "needs get on that ClusterRole")
     g.add_argument("--failure-policy", choices=["Fail", "Ignore"], default="Fail",
                    help="what the API server does with an opted-in pod when the webhook does not answer "
                         "(default Fail: the pod is refused, and its controller retries)")
@@ -97,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
                       help="no kopf peering (the default: reconciling is idempotent, two replicas agree)")
     peer.add_argument("--peering", metavar="NAME", help="use kopf peering NAME (needs kopf's peering CRDs and RBAC)")
     o.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    o.add_argument("--metrics-listen", type=_host_port, metavar="ADDR:PORT",
+                   help="serve the operator's Prometheus metrics on http://ADDR:PORT/metrics, e.g. 0.0.0.0:8081 "
+                        "(default: none)")
     o.add_argument("--resync-seconds", type=float, default=300.0,
                    help="re-reconcile every namespace this often as a safety net (0: never; default 300)")
     o.add_argument("--concurrency", type=int, default=8, help="namespaces reconciled at once (default 8)")
@@ -117,12 +127,14 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         webhook=WebhookSettings(
             address=args.webhook_address, service=args.webhook_service, listen=args.webhook_listen,
             service_port=args.webhook_service_port, cert_dir=args.webhook_cert_dir,
+            cert_check_seconds=args.webhook_cert_check_seconds, owner_clusterrole=args.webhook_owner_clusterrole,
             failure_policy=args.failure_policy, remove_on_exit=args.remove_webhook,
         ),
         native_sidecars=args.native_sidecars,
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
+        metrics_listen=args.metrics_listen,
         resync_seconds=args.resync_seconds,
         concurrency=args.concurrency,
         kubeconfig=args.kubeconfig,

@@ -13,9 +13,11 @@ retried with backoff; one namespace failing never holds up another.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from modelroute_sidecar.config import CONFIGMAP_NAME, KEYS_SECRET_NAME, GatewayC
 
 from . import objects
 from .kube import ApiError, Kube, core_path, custom_path
+from .metrics import OperatorMetrics, ReconcileResult
 
 logger = logging.getLogger("modelroute.operator")
 
@@ -44,7 +47,10 @@ class Report:
     routes: int = 0
     provider_keys: int = 0
     ready: int = 0
+    # Sources by (kind, Ready); empty when the namespace has none.
+    objects: collections.Counter[tuple[str, bool]] = field(default_factory=collections.Counter)
     wrote: list[str] = field(default_factory=list)
+    status_writes: int = 0
     failures: list[str] = field(default_factory=list)
     terminating: bool = False  # the namespace is being deleted: nothing was done
 
@@ -98,7 +104,7 @@ async def reconcile_namespace(
     async def write_status(body: dict[str, Any], status: ObjectStatus) -> None:
         async with writes:
             try:
-                await _write_status(kube, body, status, now, instance or socket.gethostname())
+                report.status_writes += await _write_status(kube, body, status, now, instance or socket.gethostname())
             except ApiError as e:
                 if e.status != 404:  # 404: deleted meanwhile, and its deletion triggers another pass
                     report.failures.append(f"{body['kind']}/{body['metadata'].get('name')}: {e}")
@@ -108,6 +114,7 @@ async def reconcile_namespace(
         status = statuses.get((body["kind"], str((body.get("metadata") or {}).get("name"))))
         if status is not None:
             report.ready += status.ready
+            report.objects[(body["kind"], status.ready)] += 1
             pending.append(write_status(body, status))
     await asyncio.gather(*pending)
     if report.failures:
@@ -120,8 +127,19 @@ class ReconcileIncomplete(Exception):
     """Some objects' status could not be written."""
 
 
-async def reconcile_and_log(kube: Kube, namespace: str) -> Report:
-    report = await reconcile_namespace(kube, namespace)
+async def reconcile_and_log(kube: Kube, namespace: str, metrics: OperatorMetrics | None = None) -> Report:
+    start = time.perf_counter()
+    try:
+        report = await reconcile_namespace(kube, namespace)
+    except Exception:
+        if metrics is not None:
+            metrics.reconciled(namespace, "error", time.perf_counter() - start)
+        raise
+    if metrics is not None:
+        result: ReconcileResult = "terminating" if report.terminating else \
+            "changed" if report.wrote or report.status_writes else "unchanged"
+        metrics.reconciled(namespace, result, time.perf_counter() - start,
+                           None if report.terminating else report.objects)
     if report.terminating:
         logger.debug("namespace %s is being deleted; not reconciling it", namespace)
     elif report.wrote:
@@ -132,12 +150,13 @@ async def reconcile_and_log(kube: Kube, namespace: str) -> Report:
     return report
 
 
-async def _write_status(kube: Kube, body: dict[str, Any], status: ObjectStatus, now: str, instance: str) -> None:
+async def _write_status(kube: Kube, body: dict[str, Any], status: ObjectStatus, now: str, instance: str) -> bool:
+    """Patch the object's status if it differs; False when it did not."""
     meta = body["metadata"]
     old = body.get("status")
     patch = objects.status_patch(status, old, now)
     if patch is None:
-        return
+        return False
     await kube.merge_patch(custom_path(PLURALS[body["kind"]], meta["namespace"], meta["name"], "status"), patch)
     event = objects.event_for(status, old)
     if event is not None:
@@ -146,8 +165,9 @@ async def _write_status(kube: Kube, body: dict[str, Any], status: ObjectStatus, 
                                                                                        instance=instance))
         except ApiError as e:  # an Event is a courtesy: never fail the reconcile for one
             if e.namespace_terminating:
-                return
+                return True
             logger.warning("could not post event %s on %s/%s: %s", event.reason, body["kind"], meta["name"], e)
+    return True
 
 
 async def _apply(kube: Kube, desired: dict[str, Any]) -> bool:

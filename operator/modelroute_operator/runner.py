@@ -10,10 +10,11 @@ from pathlib import Path
 
 import kopf
 
-from .admission import RegisteringWebhookServer, unregister
+from .admission import RegisteringWebhookServer, clusterrole_owner, unregister
 from .certs import ensure_certs, service_hosts
 from .handlers import build_registry, configure
 from .kube import Kube
+from .metrics import OperatorMetrics, serve_metrics
 from .reconcile import Reconciler, reconcile_and_log
 from .settings import InjectionSettings, OperatorSettings, WebhookSettings
 
@@ -23,10 +24,20 @@ NATIVE_SIDECAR_MIN = (1, 29)  # SidecarContainers on by default (beta) since 1.2
 
 
 def webhook_hosts(settings: WebhookSettings) -> list[str]:
+    """The names a generated certificate carries."""
     if settings.service is not None:
         return service_hosts(*settings.service)
     host = settings.address[0] if settings.address is not None else "127.0.0.1"
     return list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
+
+
+def checked_hosts(settings: WebhookSettings) -> list[str]:
+    """The name the API server checks the webhook's certificate for: what a certificate from
+    elsewhere must name. For a Service, kube-apiserver dials ``NAME.NS.svc``."""
+    if settings.service is not None:
+        name, namespace = settings.service
+        return [f"{name}.{namespace}.svc"]
+    return [settings.address[0] if settings.address is not None else "127.0.0.1"]
 
 
 async def injection_settings(kube: Kube, settings: OperatorSettings) -> InjectionSettings:
@@ -43,17 +54,27 @@ async def injection_settings(kube: Kube, settings: OperatorSettings) -> Injectio
 async def run(settings: OperatorSettings) -> None:
     kube = await Kube.connect(settings.kubeconfig)
     resync: asyncio.Task[None] | None = None
-    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns), concurrency=settings.concurrency)
+    metrics = OperatorMetrics()
+    metrics_server = None
+    server: RegisteringWebhookServer | None = None
+    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics), concurrency=settings.concurrency)
     try:
+        if settings.metrics_listen is not None:
+            metrics_server = await serve_metrics(metrics, *settings.metrics_listen)
         kopf_settings = kopf.OperatorSettings()
         configure(kopf_settings)
         injection = None
         if settings.webhook.enabled:
             injection = await injection_settings(kube, settings)
             cert_dir = settings.webhook.cert_dir or Path(tempfile.mkdtemp(prefix="modelroute-webhook-"))
-            certs = ensure_certs(cert_dir, webhook_hosts(settings.webhook))
-            kopf_settings.admission.server = RegisteringWebhookServer(
-                kube=kube, settings=settings.webhook, certs=certs, namespaces=settings.namespaces)
+            checked = checked_hosts(settings.webhook)
+            certs = ensure_certs(cert_dir, webhook_hosts(settings.webhook), required=checked)
+            owner = None
+            if settings.webhook.owner_clusterrole is not None:
+                owner = await clusterrole_owner(kube, settings.webhook.owner_clusterrole)
+            kopf_settings.admission.server = server = RegisteringWebhookServer(
+                kube=kube, settings=settings.webhook, certs=certs, namespaces=settings.namespaces,
+                checked_hosts=tuple(checked), owner=owner, metrics=metrics)
         registry = build_registry(reconciler, injection)
         if settings.resync_seconds > 0:
             resync = asyncio.create_task(reconciler.resync_forever(settings.resync_seconds))
@@ -72,7 +93,10 @@ async def run(settings: OperatorSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await resync
         await reconciler.close()
-        if settings.webhook.enabled and settings.webhook.removes_on_exit:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
+        # Only what this process registered: a failed start leaves another operator's alone.
+        if server is not None and server.registered and settings.webhook.removes_on_exit:
             await unregister(kube)
             logger.info("webhook configuration removed")
         await kube.close()

@@ -77,6 +77,13 @@ class WebhookSettings(_Model):
     service_port: int = Field(443, ge=1, le=65535)
     listen: tuple[str, int] = ("0.0.0.0", 9443)
     cert_dir: Path | None = None
+    # How often the certificate files are re-read; a renewed certificate (e.g. cert-manager's,
+    # through the mounted Secret) is served, and its CA registered, without a restart.
+    cert_check_seconds: float = Field(60.0, gt=0, le=3600)
+    # A ClusterRole that owns the MutatingWebhookConfiguration: when it is deleted (e.g. by
+    # `helm uninstall`), the garbage collector deletes the configuration too.
+    owner_clusterrole: str | None = Field(None, min_length=1, max_length=253,
+                                          pattern=r"^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$")
     # Only pods that opted in reach the webhook, so refusing them while it is down is the
     # safe default: a pod never starts without the gateway it asked for.
     failure_policy: Literal["Fail", "Ignore"] = "Fail"
@@ -110,6 +117,8 @@ class OperatorSettings(_Model):
     standalone: bool = True
     peering_name: str | None = None
     liveness_endpoint: str | None = None
+    # Serve Prometheus metrics on GET http://<host>:<port>/metrics; None: not at all.
+    metrics_listen: tuple[str, int] | None = None
     resync_seconds: float = Field(300.0, ge=0)  # 0 disables the periodic resync
     concurrency: int = Field(8, ge=1, le=256)  # namespaces reconciled at once
     kubeconfig: str | None = None

@@ -257,12 +257,14 @@ def webhook_configuration(
     *,
     namespaces: Sequence[str] = (),
     name: str = names.WEBHOOK_CONFIGURATION,
+    owner: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The MutatingWebhookConfiguration: two webhooks, one per way of opting in, disjoint.
 
     ``client_config`` is ``{"url": ...}`` or ``{"service": {...}}``, with ``caBundle``; the
     handler path is the caller's. ``namespaces`` restricts injection to the namespaces the
-    operator compiles (empty: all).
+    operator compiles (empty: all). ``owner`` is an ownerReference (a cluster-scoped object,
+    e.g. the chart's ClusterRole): the garbage collector deletes the configuration with it.
     """
     label = names.INJECTION_NAMESPACE_LABEL
     scope = [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(namespaces)}] \
@@ -294,10 +296,13 @@ def webhook_configuration(
             {"key": label, "operator": "In", "values": [names.INJECTION_NAMESPACE_VALUE]}, *scope]},
         "matchConditions": [{"name": "pod-not-opted-out", "expression": f"!({_annotation_cel('false')})"}],
     }
+    metadata: dict[str, Any] = {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE,
+                                                         names.PART_OF_LABEL: names.PART_OF_VALUE}}
+    if owner is not None:
+        metadata["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE,
-                                              names.PART_OF_LABEL: names.PART_OF_VALUE}},
+        "metadata": metadata,
         "webhooks": [pods, in_namespace],
     }

@@ -110,8 +110,15 @@ def operator_container(deployment: Mapping[str, Any]) -> Doc:
     return result
 
 
-def clusterrole_rules() -> list[Doc]:
-    rules: list[Doc] = yaml.safe_load(CLUSTERROLE.read_text())["rules"]
+def clusterrole_rules(name: str | None = None) -> list[Doc]:
+    """deploy/clusterrole.yaml's rules; with ``name``, as the chart renders them for a ClusterRole of
+    that name: the rule that reads the ClusterRole itself names it."""
+    role = yaml.safe_load(CLUSTERROLE.read_text())
+    rules: list[Doc] = role["rules"]
+    own = role["metadata"]["name"]
+    for rule in rules if name is not None else []:
+        if "clusterroles" in rule.get("resources", []) and own in rule.get("resourceNames", []):
+            rule["resourceNames"] = [name]
     return rules
 
 

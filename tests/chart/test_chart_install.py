@@ -68,7 +68,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == name
     assert get_json(cp, "serviceaccount", "-n", ns, name)["metadata"]["labels"]["app.kubernetes.io/instance"] == release
     role = get_json(cp, "clusterrole", name)
-    assert role["rules"] == clusterrole_rules()
+    assert role["rules"] == clusterrole_rules(name)
     binding = get_json(cp, "clusterrolebinding", name)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
     service = get_json(cp, "service", "-n", ns, f"{release}-webhook")

@@ -87,8 +87,11 @@ def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path
     assert link.is_symlink() and link.resolve() == CLUSTERROLE.resolve()
     docs = render(control_plane, tmp_path)
     role = find(docs, "ClusterRole")
-    assert role["rules"] == clusterrole_rules()
     assert role["metadata"]["name"] == "mr-modelroute-operator"
+    # The rules as written, but the one about the ClusterRole itself names the release's.
+    assert role["rules"] == clusterrole_rules("mr-modelroute-operator") != clusterrole_rules()
+    assert {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+            "resourceNames": ["mr-modelroute-operator"], "verbs": ["get"]} in role["rules"]
     binding = find(docs, "ClusterRoleBinding")
     sa = find(docs, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -148,8 +151,11 @@ def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert "/tmp" in mounts  # a writable /tmp under a read-only root
 
     settings = operator_settings(deployment)
-    # The liveness endpoint the probes ask is the one the operator serves.
+    # The liveness endpoint the probes ask is the one the operator serves; so is the metrics port.
     assert settings.liveness_endpoint == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert settings.metrics_listen == ("0.0.0.0", ports["metrics"])
+    # The webhook configuration belongs to the release's ClusterRole: uninstalling removes it.
+    assert settings.webhook.owner_clusterrole == find(docs, "ClusterRole")["metadata"]["name"]
     assert settings.standalone and settings.namespaces == ()
     # The webhook: listens on the container port the Service targets; registers that Service.
     service = find(docs, "Service")
@@ -221,6 +227,12 @@ def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     sm = find(docs, "ServiceMonitor")
     metrics_svc = find(docs, "Service", "mr-modelroute-operator-metrics")
     assert sm["spec"]["selector"]["matchLabels"].items() <= metrics_svc["metadata"]["labels"].items()
+    assert metrics_svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # The ServiceMonitor's port is the Service's, which targets the port the operator serves /metrics on.
+    (svc_port,) = metrics_svc["spec"]["ports"]
+    assert sm["spec"]["endpoints"][0]["port"] == svc_port["name"] and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    (container_port,) = [p for p in c["ports"] if p["name"] == svc_port["targetPort"]]
+    assert s.metrics_listen == ("0.0.0.0", container_port["containerPort"])
     cm = find(docs, "ConfigMap")
     assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
 
@@ -231,6 +243,10 @@ def test_the_webhook_can_be_off_and_the_certificate_can_be_a_secret(control_plan
     assert kinds(docs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
     settings = operator_settings(find(docs, "Deployment"))
     assert not settings.webhook.enabled
+    # Without the chart's ClusterRole, nothing to own the webhook configuration.
+    docs = render(control_plane, tmp_path, {"rbac": {"create": False}})
+    assert "ClusterRole" not in kinds(docs)
+    assert operator_settings(find(docs, "Deployment")).webhook.owner_clusterrole is None
     docs = render(control_plane, tmp_path, {"operator": {"replicas": 3}, "webhook": {"certificate": {
         "source": "secret", "secretName": "my-webhook-tls"}}})
     assert "Certificate" not in kinds(docs)
@@ -258,6 +274,7 @@ def test_no_monitoring_objects_unless_asked(control_plane: ControlPlane, tmp_pat
     ({"operator": {"replicas": 2}}, "needs a shared webhook certificate"),
     ({"webhook": {"certificate": {"source": "secret"}}}, "needs webhook.certificate.secretName"),
     ({"operator": {"healthPort": 9443}}, "must differ"),
+    ({"operator": {"metricsPort": 8080}}, "operator.healthPort, operator.metricsPort and webhook.port must differ"),
     ({"sidecar": {"port": 8701}}, "sidecar.port and sidecar.metricsPort must differ"),
     ({"sidecar": {"metricsPort": 70000}}, "metricsPort"),
 ])

@@ -26,9 +26,9 @@ from modelroute_operator import names
 
 from tests.chart.chart import CHART, EXAMPLES, get_json, operator_container, unique, values_args
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
-from tests.operator.conftest import Cluster, OperatorProcess
+from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess
+from tests.operator.conftest import webhook_config_restored as webhook_config_restored  # a fixture
 
-WEBHOOK_CONFIG = ("mutatingwebhookconfiguration", names.WEBHOOK_CONFIGURATION)
 SIDECAR_IMAGE = "registry.example.com/chart-sidecar:rbac-test"
 SIDECAR_PORT, SIDECAR_METRICS_PORT = 9700, 9711  # not the defaults (8700, 8701)
 VALUES = {"sidecar": {"image": {"repository": "registry.example.com/chart-sidecar", "tag": "rbac-test"},
@@ -36,7 +36,7 @@ VALUES = {"sidecar": {"image": {"repository": "registry.example.com/chart-sideca
                       "port": SIDECAR_PORT, "metricsPort": SIDECAR_METRICS_PORT}}
 # Arguments that only make sense inside the pod (a Service, its port, a mounted directory).
 IN_POD_ONLY = ("--webhook-service=", "--webhook-listen=", "--webhook-service-port=", "--webhook-cert-dir=",
-               "--liveness=")
+               "--liveness=", "--metrics-listen=")
 
 
 @pytest.fixture
@@ -52,19 +52,6 @@ def release(control_plane: ControlPlane, tmp_path: Path) -> Iterator[tuple[str, 
         control_plane.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
 
-@pytest.fixture
-def webhook_config_restored(control_plane: ControlPlane) -> Iterator[None]:
-    """The webhook configuration is one per cluster: whatever another test's operator registered
-    comes back afterwards (as the admin), and nothing of this test's is left behind."""
-    cluster = Cluster(control_plane)
-    prior = cluster.get(*WEBHOOK_CONFIG)
-    yield
-    cluster.kubectl("delete", *WEBHOOK_CONFIG, "--ignore-not-found")
-    if prior is not None:
-        meta = {k: v for k, v in prior["metadata"].items() if k in ("name", "labels", "annotations")}
-        cluster.kubectl("create", "-f", "-", input=yaml.safe_dump({**prior, "metadata": meta}))
-
-
 def deployed_args(cp: ControlPlane, ns: str, rel: str) -> list[str]:
     deployment = get_json(cp, "deployment", "-n", ns, f"{rel}-operator")
     args: list[str] = operator_container(deployment)["args"]
@@ -76,7 +63,7 @@ def webhooks_of(config: dict[str, Any] | None) -> list[dict[str, Any]]:
     return list((config or {}).get("webhooks") or [])
 
 
-def test_chart_args_register_the_webhook_for_the_charts_service(
+def test_chart_args_register_the_webhook_for_the_charts_service_and_uninstall_removes_it(
         control_plane: ControlPlane, release: tuple[str, str], webhook_config_restored: None,
         tmp_path: Path) -> None:
     cp, (ns, rel) = control_plane, release
@@ -84,12 +71,14 @@ def test_chart_args_register_the_webhook_for_the_charts_service(
     args = deployed_args(cp, ns, rel)
     service = get_json(cp, "service", "-n", ns, f"{rel}-webhook")
     assert f"--webhook-service={rel}-webhook.{ns}" in args
-    # Adjustments for a process outside the pod: loopback listener, temp cert dir, free health port.
-    health, webhook_port = free_port(), free_port()
+    # Adjustments for a process outside the pod: loopback listener, temp cert dir, free health and
+    # metrics ports.
+    health, webhook_port, metrics_port = free_port(), free_port(), free_port()
     cert_dir = tmp_path / "webhook-certs"
-    argv = [a for a in args if not a.startswith(("--webhook-listen=", "--webhook-cert-dir=", "--liveness="))]
+    argv = [a for a in args if not a.startswith(("--webhook-listen=", "--webhook-cert-dir=", "--liveness=",
+                                                 "--metrics-listen="))]
     argv += [f"--webhook-listen=127.0.0.1:{webhook_port}", f"--webhook-cert-dir={cert_dir}",
-             f"--liveness=http://127.0.0.1:{health}/healthz"]
+             f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-listen=127.0.0.1:{metrics_port}"]
     kubeconfig = cp.service_account_kubeconfig(ns, f"{rel}-operator")
     log_path = tmp_path / "operator.log"
     with open(log_path, "wb") as log:
@@ -112,8 +101,15 @@ def test_chart_args_register_the_webhook_for_the_charts_service(
                 "name": service["metadata"]["name"], "namespace": ns, "port": service["spec"]["ports"][0]["port"],
                 "path": f"/{names.WEBHOOK_HANDLER_ID}"}, "caBundle": ca}
             assert hook["failurePolicy"] == "Fail"
-        # The path the chart's liveness and startup probes ask answers.
+        # Owned by the release's ClusterRole, which the chart lets the operator read.
+        role = get_json(cp, "clusterrole", f"{rel}-operator")
+        assert config is not None and config["metadata"]["ownerReferences"] == [{
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "name": f"{rel}-operator",
+            "uid": role["metadata"]["uid"]}]
+        # The path the chart's liveness and startup probes ask answers, and the metrics the ServiceMonitor scrapes.
         wait_for(lambda: ok(f"http://127.0.0.1:{health}/healthz"), timeout=30, what="the liveness endpoint")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert b"modelroute_operator_reconciles_total" in r.read()
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -122,6 +118,12 @@ def test_chart_args_register_the_webhook_for_the_charts_service(
     assert not denied(logs), denied(logs)
     # In cluster, a stopping operator keeps the configuration: a rolling update injects throughout.
     assert cluster.get(*WEBHOOK_CONFIG) is not None
+
+    # helm uninstall deletes the ClusterRole; the garbage collector then the webhook configuration,
+    # so opted-in pods are not refused (failurePolicy Fail) by a webhook nobody serves.
+    cp.helm("uninstall", rel, "--namespace", ns)
+    wait_for(lambda: cluster.get(*WEBHOOK_CONFIG) is None, timeout=60,
+             what="the garbage collector to delete the webhook configuration after helm uninstall")
 
 
 def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from modelroute_operator import names
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
 
@@ -108,13 +111,15 @@ class OperatorProcess:
         self.log_path = log_path
         self.cluster = cluster
         self.webhook_port = free_port()
+        self.metrics_port = free_port()
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> OperatorProcess:
         argv = [sys.executable, "-m", "modelroute_operator", "--verbose",
-                "--webhook-address", f"127.0.0.1:{self.webhook_port}", "--sidecar-image", IMAGE, *self.args]
+                "--webhook-address", f"127.0.0.1:{self.webhook_port}", "--sidecar-image", IMAGE,
+                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.args]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         mark = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
@@ -134,6 +139,14 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """GET /metrics: {(sample name, sorted labels): value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         proc, self.proc = self.proc, None
@@ -186,7 +199,8 @@ def operator_kubeconfig(cluster: Cluster, crds: None) -> Path:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, operator_kubeconfig: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", cluster)
+    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", cluster,
+                         "--webhook-owner-clusterrole", yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"])
     op.start()
     try:
         yield op
@@ -196,6 +210,23 @@ def operator(cluster: Cluster, operator_kubeconfig: Path,
         # control plane's other users are not left with a webhook that does not answer.
         assert cluster.get("mutatingwebhookconfiguration", "modelroute.dev") is None, op.logs()[-3000:]
         assert code == 0, op.logs()[-3000:]
+
+
+WEBHOOK_CONFIG = ("mutatingwebhookconfiguration", names.WEBHOOK_CONFIGURATION)
+
+
+@pytest.fixture
+def webhook_config_restored(control_plane: ControlPlane) -> Iterator[None]:
+    """For a test that runs an operator of its own: the webhook configuration is one per cluster,
+    so whatever another operator registered comes back afterwards (as the admin), and nothing
+    of this test's is left behind."""
+    cluster = Cluster(control_plane)
+    prior = cluster.get(*WEBHOOK_CONFIG)
+    yield
+    cluster.kubectl("delete", *WEBHOOK_CONFIG, "--ignore-not-found")
+    if prior is not None:
+        meta = {k: v for k, v in prior["metadata"].items() if k in ("name", "labels", "annotations")}
+        cluster.kubectl("create", "-f", "-", input=yaml.safe_dump({**prior, "metadata": meta}))
 
 
 @pytest.fixture

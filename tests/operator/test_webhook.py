@@ -285,3 +285,10 @@ def test_webhook_configuration_for_a_namespaced_operator() -> None:
         assert hook["failurePolicy"] == "Ignore"
         assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a", "b"]} in \
             hook["namespaceSelector"]["matchExpressions"]
+
+
+def test_webhook_configuration_owner() -> None:
+    owner = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "name": "mr-operator", "uid": "u-1"}
+    cfg = webhook_configuration({"url": "https://x/inject"}, WebhookSettings(), owner=owner)
+    assert cfg["metadata"]["ownerReferences"] == [owner]
+    assert "ownerReferences" not in webhook_configuration({"url": "https://x/inject"}, WebhookSettings())["metadata"]

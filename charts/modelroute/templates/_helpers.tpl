@@ -95,8 +95,10 @@ app.kubernetes.io/component: operator
 {{- if and .Values.webhook.enabled (eq .Values.webhook.certificate.source "secret") (not .Values.webhook.certificate.secretName) -}}
 {{- fail "webhook.certificate.source secret needs webhook.certificate.secretName: a Secret with tls.crt, tls.key and ca.crt" -}}
 {{- end -}}
-{{- if eq (int .Values.operator.healthPort) (int .Values.webhook.port) -}}
-{{- fail "operator.healthPort and webhook.port must differ" -}}
+{{- $ports := list (int .Values.operator.healthPort) (int .Values.operator.metricsPort) -}}
+{{- if .Values.webhook.enabled -}}{{- $ports = append $ports (int .Values.webhook.port) -}}{{- end -}}
+{{- if ne (len $ports) (len (uniq $ports)) -}}
+{{- fail "operator.healthPort, operator.metricsPort and webhook.port must differ" -}}
 {{- end -}}
 {{- if eq (int .Values.sidecar.port) (int .Values.sidecar.metricsPort) -}}
 {{- fail "sidecar.port and sidecar.metricsPort must differ" -}}
