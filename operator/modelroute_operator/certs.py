@@ -6,7 +6,7 @@ fails on OpenSSL 3). The files can also come from elsewhere, e.g. a mounted Secr
 what happens to them:
 
 * files the operator made (a marker file says so) are its own: remade when they no
-  longer cover the webhook's names or are about to expire;
+  longer cover the webhook's names or are about to expire, at start-up and while it runs;
 * anyone else's are used as they are, and never overwritten: if they cannot work (the
   name the API server checks is missing, expired, a key that does not match), start-up
   fails with a :class:`CertificateError` that says what is wrong.
@@ -14,6 +14,7 @@ what happens to them:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -215,6 +216,22 @@ def ensure_certs(directory: Path, hosts: Sequence[str], *, required: Sequence[st
                                f"give the operator a writable directory, or put {CERT_FILE}, {KEY_FILE} and "
                                f"{CA_FILE} there (e.g. a cert-manager Secret)") from None
     return files
+
+
+async def renew_generated_forever(directory: Path, hosts: Sequence[str], interval: float = 3600.0) -> None:
+    """Remake the operator's own files when they come due (``RENEW_BEFORE`` their expiry); the
+    webhook server notices the new files and serves them, the new CA is registered. Files
+    from elsewhere are left to whoever provides them (cert-manager renews its own)."""
+    while True:
+        await asyncio.sleep(interval)
+        if not (directory / GENERATED_MARKER).is_file():
+            continue
+        try:
+            before = (directory / CERT_FILE).read_bytes() if (directory / CERT_FILE).exists() else b""
+            if ensure_certs(directory, hosts).cert.read_bytes() != before:
+                logger.info("the webhook's generated certificate was due: made a new one in %s", directory)
+        except (CertificateError, OSError, ValueError) as e:
+            logger.error("could not renew the webhook's generated certificate in %s: %s", directory, e)
 
 
 def _provided(directory: Path, files: CertFiles, present: list[Path], required: list[str]) -> CertFiles:

@@ -63,7 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where the webhook listens with --webhook-service (default 0.0.0.0:9443)")
     g.add_argument("--webhook-service-port", type=int, default=443, help="the Service's port (default 443)")
     g.add_argument("--webhook-cert-dir", type=Path, metavar="DIR",
-                   help="tls.crt, tls.key, ca.crt; used if they cover the webhook's names, else generated there "
+                   help="tls.crt, tls.key, ca.crt. Files put there by someone else (e.g. a mounted cert-manager "
+                        "Secret) are used as given, and the operator refuses to start, saying why, if they cannot "
+                        "serve the webhook; an empty directory gets a generated CA and certificate, remade when due "
                         "(default: a private temporary directory)")
     g.add_argument("--webhook-cert-check-seconds", type=float, default=60.0, metavar="SECONDS",
                    help="re-read the certificate files this often; a renewed certificate is served and its CA "

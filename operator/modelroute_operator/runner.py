@@ -11,7 +11,7 @@ from pathlib import Path
 import kopf
 
 from .admission import RegisteringWebhookServer, clusterrole_owner, unregister
-from .certs import ensure_certs, service_hosts
+from .certs import ensure_certs, renew_generated_forever, service_hosts
 from .handlers import build_registry, configure
 from .kube import Kube
 from .metrics import OperatorMetrics, serve_metrics
@@ -53,7 +53,7 @@ async def injection_settings(kube: Kube, settings: OperatorSettings) -> Injectio
 
 async def run(settings: OperatorSettings) -> None:
     kube = await Kube.connect(settings.kubeconfig)
-    resync: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     metrics = OperatorMetrics()
     metrics_server = None
     server: RegisteringWebhookServer | None = None
@@ -69,6 +69,7 @@ async def run(settings: OperatorSettings) -> None:
             cert_dir = settings.webhook.cert_dir or Path(tempfile.mkdtemp(prefix="modelroute-webhook-"))
             checked = checked_hosts(settings.webhook)
             certs = ensure_certs(cert_dir, webhook_hosts(settings.webhook), required=checked)
+            background.append(asyncio.create_task(renew_generated_forever(cert_dir, webhook_hosts(settings.webhook))))
             owner = None
             if settings.webhook.owner_clusterrole is not None:
                 owner = await clusterrole_owner(kube, settings.webhook.owner_clusterrole)
@@ -77,7 +78,7 @@ async def run(settings: OperatorSettings) -> None:
                 checked_hosts=tuple(checked), owner=owner, metrics=metrics)
         registry = build_registry(reconciler, injection)
         if settings.resync_seconds > 0:
-            resync = asyncio.create_task(reconciler.resync_forever(settings.resync_seconds))
+            background.append(asyncio.create_task(reconciler.resync_forever(settings.resync_seconds)))
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,
@@ -88,10 +89,10 @@ async def run(settings: OperatorSettings) -> None:
             liveness_endpoint=settings.liveness_endpoint,
         )
     finally:
-        if resync is not None:
-            resync.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await resync
+                await task
         await reconciler.close()
         if metrics_server is not None:
             await metrics_server.cleanup()

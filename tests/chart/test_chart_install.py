@@ -61,6 +61,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     out = cp.helm("install", release, str(CHART), "--namespace", ns, "--create-namespace").stdout
     assert "STATUS: deployed" in out
     assert "modelroute.dev/inject" in out and "kubectl label namespace" in out, "NOTES tell the next step"
+    assert "garbage collector then deletes the configuration" in out, "NOTES tell what uninstall does"
     deployment = get_json(cp, "deployment", "-n", ns, name)
     c = operator_container(deployment)
     assert c["image"] == "ghcr.io/modelroute/modelroute:0.1.0"
@@ -81,7 +82,8 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert status["info"]["status"] == "deployed" and status["version"] == 1
 
     # -- upgrade: monitoring, dashboard, cert-manager, two replicas, another image
-    cp.helm("upgrade", release, str(CHART), "--namespace", ns, *values_args(tmp_path, EVERYTHING))
+    out = cp.helm("upgrade", release, str(CHART), "--namespace", ns, *values_args(tmp_path, EVERYTHING)).stdout
+    assert f"ServiceMonitor {ns}/{name} scrapes the operator" in out
     deployment = get_json(cp, "deployment", "-n", ns, name)
     assert deployment["spec"]["replicas"] == 2
     args = operator_container(deployment)["args"]

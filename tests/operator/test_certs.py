@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from modelroute_operator.certs import (
     make_ca,
     make_serving_cert,
     problems,
+    renew_generated_forever,
     service_hosts,
 )
 
@@ -143,3 +146,25 @@ def test_generated_files_are_marked_and_an_unwritable_directory_is_a_clear_error
     (tmp_path / "a-file").write_text("")
     with pytest.raises(CertificateError, match="cannot write the webhook's certificate into"):
         ensure_certs(tmp_path / "a-file" / "certs", ["127.0.0.1"])
+
+
+async def test_generated_files_are_remade_when_due_and_provided_ones_never(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    files = ensure_certs(ours, ["127.0.0.1"])
+    ca, ca_key = make_ca()
+    soon, _key = make_serving_cert(ca, ca_key, ["127.0.0.1"], days=3)  # inside the renewal window
+    files.cert.write_bytes(soon)
+    written = provided(theirs, ["127.0.0.1"])
+    (theirs / CERT_FILE).write_bytes(soon)
+    tasks = [asyncio.create_task(renew_generated_forever(d, ["127.0.0.1"], interval=0.01)) for d in (ours, theirs)]
+    try:
+        deadline = time.monotonic() + 10
+        while files.cert.read_bytes() == soon:
+            assert time.monotonic() < deadline, "the generated certificate was not renewed"
+            await asyncio.sleep(0.01)
+        assert covers(files.cert.read_bytes(), ["127.0.0.1"])
+        assert contents(theirs) == {**written, CERT_FILE: soon}  # not the operator's to touch
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
