@@ -75,6 +75,8 @@ class AccessLog:
         self.enabled = True
         self.json = True
         self._buf: list[bytes] = []
+        self._second = 0
+        self._stamp = ""
         self._logger = logging.getLogger("modelroute.access")
 
     def configure(self, level: str, json: bool) -> None:
@@ -86,9 +88,12 @@ class AccessLog:
             self._logger.info(msg, extra={"fields": fields})
             return
         now = time.time()
-        head = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
-                "level": "info", "logger": "modelroute.access", "msg": msg}
-        line = orjson.dumps({**head, **fields}, default=str) + b"\n"
+        second = int(now)
+        if second != self._second:  # formatting a date costs more than the rest of the line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = orjson.dumps({"ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z", "level": "info",
+                             "logger": "modelroute.access", "msg": msg, **fields}, default=str) + b"\n"
         if not self._buf:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

@@ -1,14 +1,23 @@
 """Prometheus metrics: the names in DESIGN.md, plus the OpenTelemetry GenAI client metrics.
 
-Each gateway owns a registry (tests run many gateways in one process). Label children
-are resolved once per backend and cached by :class:`BackendMetrics`, so a request does
-dictionary lookups, not label formatting.
+Each gateway owns a registry (tests run many gateways in one process). The per-request
+series are plain Python accumulators (:class:`Series`), exported by a collector at scrape
+time: prometheus_client's own metric objects take a lock on every update, which cost more
+than everything else the gateway adds to a request. The event loop is the only writer, and
+scrapes run on the same loop, so no lock is needed. Rare events (failovers, circuit state,
+reloads) keep prometheus_client's objects.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # OpenTelemetry GenAI semantic conventions: bucket boundaries and provider names.
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -21,82 +30,160 @@ GENAI_PROVIDER = {
     "gemini": "gcp.gemini",
     "openai-compatible": "openai_compatible",
 }
+ROUTE_LABELS = ["route", "provider", "model"]
+GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model"]
+
+
+class Hist:
+    """A histogram's buckets (non-cumulative until exported), sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bucket whose bound >= value
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+class Num:
+    """A counter's value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Series:
+    """Everything counted for one (route, provider, model); lives as long as the gateway."""
+
+    __slots__ = ("cost", "duration", "genai", "input_tokens", "labels", "output_tokens", "requests", "ttft")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.requests: dict[str, int] = {}
+        self.input_tokens = Num()
+        self.output_tokens = Num()
+        self.cost = Num()
+        self.duration = Hist(DURATION_BUCKETS)
+        self.ttft = Hist(TTFT_BUCKETS)
+        # (operation, error_type) -> (duration, input tokens, output tokens)
+        self.genai: dict[tuple[str, str], tuple[Hist, Hist, Hist]] = {}
+
+
+class _SeriesCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        series = list(self.m.series.values())
+        requests = CounterMetricFamily("modelroute_requests", "Upstream attempts by outcome (HTTP status, or "
+                                       "connect_error/timeout/stream_error/client_closed)",
+                                       labels=[*ROUTE_LABELS, "status"])
+        tokens = CounterMetricFamily("modelroute_tokens", "Tokens by type (input/output)",
+                                     labels=[*ROUTE_LABELS, "type"])
+        cost = CounterMetricFamily("modelroute_cost_usd", "Cost in USD from the price table", labels=ROUTE_LABELS)
+        duration = HistogramMetricFamily("modelroute_request_duration_seconds", "Request latency seen by the caller",
+                                         labels=ROUTE_LABELS)
+        ttft = HistogramMetricFamily("modelroute_time_to_first_token_seconds", "Time to the first streamed chunk",
+                                     labels=ROUTE_LABELS)
+        g_duration = HistogramMetricFamily("gen_ai_client_operation_duration_seconds", "GenAI operation duration",
+                                           labels=[*GENAI_LABELS, "error_type"])
+        g_tokens = HistogramMetricFamily("gen_ai_client_token_usage", "Tokens used per GenAI operation",
+                                         labels=[*GENAI_LABELS, "gen_ai_token_type"])
+        for s in series:
+            labels = list(s.labels)
+            for status, n in s.requests.items():
+                requests.add_metric([*labels, status], n)
+            if not s.labels[0]:
+                continue  # the unrouted series counts requests only
+            tokens.add_metric([*labels, "input"], s.input_tokens.value)
+            tokens.add_metric([*labels, "output"], s.output_tokens.value)
+            cost.add_metric(labels, s.cost.value)
+            duration.add_metric(labels, s.duration.buckets(), s.duration.sum)
+            if s.ttft.sum or any(s.ttft.counts):
+                ttft.add_metric(labels, s.ttft.buckets(), s.ttft.sum)
+            route, provider, model = s.labels
+            for (operation, error), (d, i, o) in s.genai.items():
+                g = [operation, GENAI_PROVIDER.get(provider, provider), route, model]
+                g_duration.add_metric([*g, error], d.buckets(), d.sum)
+                if any(i.counts):
+                    g_tokens.add_metric([*g, "input"], i.buckets(), i.sum)
+                if any(o.counts):
+                    g_tokens.add_metric([*g, "output"], o.buckets(), o.sum)
+        yield from (requests, tokens, cost, duration, ttft, g_duration, g_tokens)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
         disable_created_metrics()  # the _created series double the scrape for no use here
-        self.requests = Counter("modelroute_requests", "Upstream attempts by outcome (HTTP status, "
-                                "or connect_error/timeout/stream_error)",
-                                ["route", "provider", "model", "status"], registry=r)
-        self.tokens = Counter("modelroute_tokens", "Tokens by type (input/output)",
-                              ["route", "provider", "model", "type"], registry=r)
-        self.cost = Counter("modelroute_cost_usd", "Cost in USD from the price table",
-                            ["route", "provider", "model"], registry=r)
+        self.series: dict[tuple[str, str, str], Series] = {}
+        r.register(_SeriesCollector(self))
         self.failovers = Counter("modelroute_failovers", "Moves from one backend to the next",
                                  ["route", "from_backend", "to_backend", "reason"], registry=r)
         self.backend_up = Gauge("modelroute_backend_up", "Circuit state: 1 closed, 0 open",
                                 ["route", "backend"], registry=r)
-        self.duration = Histogram("modelroute_request_duration_seconds", "Request latency seen by the caller",
-                                  ["route", "provider", "model"], buckets=DURATION_BUCKETS, registry=r)
-        self.ttft = Histogram("modelroute_time_to_first_token_seconds", "Time to the first streamed chunk",
-                              ["route", "provider", "model"], buckets=TTFT_BUCKETS, registry=r)
         self.config_reloads = Counter("modelroute_config_reloads", "Config loads by result", ["result"],
                                       registry=r)
-        genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
-                 "gen_ai_response_model", "error_type"]
-        self.genai_duration = Histogram("gen_ai_client_operation_duration_seconds", "GenAI operation duration",
-                                        genai, buckets=DURATION_BUCKETS, registry=r)
-        self.genai_tokens = Histogram("gen_ai_client_token_usage", "Tokens used per GenAI operation",
-                                      [*genai[:4], "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=r)
+
+    def series_for(self, route: str, provider: str, model: str) -> Series:
+        key = (route, provider, model)
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series(key)
+        return s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def unrouted(self, status: int) -> None:
         """A request that never reached a route (bad input, unknown model): bounded labels."""
-        self.requests.labels("", "", "", str(status)).inc()
+        requests = self.series_for("", "", "").requests
+        key = str(status)
+        requests[key] = requests.get(key, 0) + 1
 
 
 class BackendMetrics:
-    """The label children of one (route, backend) pair, resolved on first use."""
+    """What one (route, backend) pair updates per request: its Series, and its circuit gauge."""
 
-    __slots__ = ("_genai", "_m", "_status", "cost", "duration", "genai_labels", "input_tokens", "labels",
-                 "output_tokens", "ttft", "up")
+    __slots__ = ("cost", "duration", "input_tokens", "output_tokens", "series", "ttft", "up")
 
     def __init__(self, m: Metrics, route: str, provider: str, model: str, backend: str) -> None:
-        self._m = m
-        self.labels = (route, provider, model)
-        self._status: dict[str, Counter] = {}
-        self._genai: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
-        self.input_tokens = m.tokens.labels(route, provider, model, "input")
-        self.output_tokens = m.tokens.labels(route, provider, model, "output")
-        self.cost = m.cost.labels(route, provider, model)
-        self.duration = m.duration.labels(route, provider, model)
-        self.ttft = m.ttft.labels(route, provider, model)
+        s = self.series = m.series_for(route, provider, model)
+        self.input_tokens = s.input_tokens
+        self.output_tokens = s.output_tokens
+        self.cost = s.cost
+        self.duration = s.duration
+        self.ttft = s.ttft
         self.up = m.backend_up.labels(route, backend)
-        self.up.set(1)
-        self.genai_labels = (GENAI_PROVIDER.get(provider, provider), route, model)
 
     def attempt(self, status: str) -> None:
-        c = self._status.get(status)
-        if c is None:
-            c = self._status[status] = self._m.requests.labels(*self.labels, status)
-        c.inc()
+        requests = self.series.requests
+        requests[status] = requests.get(status, 0) + 1
 
     def genai(self, operation: str, seconds: float, input_tokens: int | None, output_tokens: int | None,
               error: str = "") -> None:
-        children = self._genai.get((operation, error))
-        if children is None:
-            provider, request_model, response_model = self.genai_labels
-            m = self._m
-            children = self._genai[(operation, error)] = (
-                m.genai_duration.labels(operation, provider, request_model, response_model, error),
-                m.genai_tokens.labels(operation, provider, request_model, response_model, "input"),
-                m.genai_tokens.labels(operation, provider, request_model, response_model, "output"),
-            )
-        duration, inp, out = children
+        hists = self.series.genai.get((operation, error))
+        if hists is None:
+            hists = self.series.genai[(operation, error)] = (Hist(DURATION_BUCKETS), Hist(TOKEN_BUCKETS),
+                                                              Hist(TOKEN_BUCKETS))
+        duration, inp, out = hists
         duration.observe(seconds)
         if input_tokens is not None:
             inp.observe(input_tokens)
