@@ -17,16 +17,15 @@ import anthropic
 import openai
 import orjson
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.azure import FakeAzureOpenAI
 from tests.fakes.base import FakeUpstream, closed_port, wait_until, wait_until_sync
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
-
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types as genai_types
 
 ANTHROPIC_HEADERS = {"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"}
 USER_HELLO: Any = [{"role": "user", "content": "hello there world"}]

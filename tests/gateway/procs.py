@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import urllib.error
-import urllib.request
 
 from tests.gateway.harness import free_port
 
