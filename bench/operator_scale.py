@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelroute_operator.kube import ApiError, Kube, core_path, custom_path  # noqa: E402
-
 from tests.controlplane.cluster import ControlPlane, find_binaries, free_port  # noqa: E402
 
 API = "modelroute.dev/v1alpha1"

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+
 from modelroute_sidecar.config import KEYS_SECRET_NAME
 
 from . import names

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
+
 from modelroute_sidecar.resources import GROUP, VERSION
 
 JSON = dict[str, Any]

@@ -12,8 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from modelroute_sidecar.config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modelroute_sidecar.config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
 
 # A Kubernetes resource quantity (the forms people write: 100m, 0.5, 64Mi, 1G, 1e3).
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")

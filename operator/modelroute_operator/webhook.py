@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonpatch
+
 from modelroute_sidecar.config import CONFIG_SUBDIR, CONFIGMAP_NAME, KEYS_SECRET_NAME, KEYS_SUBDIR
 
 from . import names

@@ -8,15 +8,17 @@ probes and Prometheus).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from .config import GatewayConfig, Keys
+from .dialects.anthropic_messages import AnthropicMessages
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
+from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
 from .errors import GatewayError, model_not_found, payload_too_large
 from .metrics import Metrics
@@ -25,6 +27,8 @@ from .router import Runtime, State
 log = logging.getLogger("modelroute.gateway")
 
 OPENAI_CHAT = OpenAIChat()
+ANTHROPIC_MESSAGES = AnthropicMessages()
+OPENAI_RESPONSES = OpenAIResponses()
 
 
 class Gateway:
@@ -125,6 +129,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await serve_dialect(request, OPENAI_CHAT)
 
 
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await serve_dialect(request, ANTHROPIC_MESSAGES)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    return await count_message_tokens(request, ANTHROPIC_MESSAGES)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await serve_dialect(request, OPENAI_RESPONSES)
+
+
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await serve_dialect(request, OPENAI_CHAT, "embeddings", parse_embeddings)
 
@@ -180,38 +196,6 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
         return _dialect_error(dialect, err)
 
 
-def _extra_routes() -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
-    """Handlers of the other dialects, when their modules are present."""
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
-    try:
-        from .dialects.anthropic_messages import AnthropicMessages
-    except ImportError:
-        pass
-    else:
-        messages_dialect = AnthropicMessages()
-
-        async def messages(request: web.Request) -> web.StreamResponse:
-            return await serve_dialect(request, messages_dialect)
-
-        async def count_tokens(request: web.Request) -> web.StreamResponse:
-            return await count_message_tokens(request, messages_dialect)
-
-        routes.append(("POST", "/v1/messages", messages))
-        routes.append(("POST", "/v1/messages/count_tokens", count_tokens))
-    try:
-        from .dialects.openai_responses import OpenAIResponses
-    except ImportError:
-        pass
-    else:
-        responses_dialect = OpenAIResponses()
-
-        async def responses(request: web.Request) -> web.StreamResponse:
-            return await serve_dialect(request, responses_dialect)
-
-        routes.append(("POST", "/v1/responses", responses))
-    return routes
-
-
 def api_app(gateway: Gateway) -> web.Application:
     # The body limit is enforced per config in _read_body; this is only the hard ceiling.
     app = web.Application(client_max_size=256 * 1024 * 1024)
@@ -221,8 +205,9 @@ def api_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
-    for method, path, handler in _extra_routes():
-        app.router.add_route(method, path, handler)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", not_found)

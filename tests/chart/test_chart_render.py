@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
+
 from modelroute_operator import names
 from modelroute_operator.certs import service_hosts
 from modelroute_operator.cli import parser, settings_from_args
 from modelroute_operator.settings import InjectionSettings, OperatorSettings
 from modelroute_sidecar.config import DEFAULT_METRICS_PORT, DEFAULT_PORT
-
 from tests.chart.chart import (
     CHART,
     CLUSTERROLE,

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from modelroute_operator import names
 
+from modelroute_operator import names
 from tests.chart.chart import CHART, EXAMPLES, get_json, operator_container, unique, values_args
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
 from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess

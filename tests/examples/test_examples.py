@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from modelroute_operator import names
 from modelroute_sidecar.compile import compile_resources
-
 from tests.chart.chart import CRDS, EXAMPLES, ROOT, apply_crds, ensure_namespace, unique
 from tests.controlplane.cluster import CommandError, ControlPlane
 from tests.gateway.procs import modelroute

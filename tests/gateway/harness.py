@@ -11,10 +11,11 @@ from typing import Any
 import aiohttp
 import openai
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
 from modelroute_sidecar.app import Gateway, admin_app, api_app
 from modelroute_sidecar.compile import compile_resources
 from modelroute_sidecar.config import GatewayConfig
-from prometheus_client.parser import text_string_to_metric_families
 
 API = "modelroute.dev/v1alpha1"
 

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from modelroute_sidecar.config import GatewayConfig
 
+from modelroute_sidecar.config import GatewayConfig
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, RunningGateway, model_route, provider_key, running_gateway
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from modelroute_sidecar.app import Gateway
 from modelroute_sidecar.compile import CompileResult, SourceDoc, compile_resources, env_var_for
 from modelroute_sidecar.config import GatewayConfig

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from modelroute_sidecar.config import GatewayConfig
 
+from modelroute_sidecar.config import GatewayConfig
 from tests.fakes.base import closed_port, wait_until
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, model_route, provider_key, running_gateway, user

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from modelroute_operator import names
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelroute_operator import names
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import copy
 from typing import Any, cast
 
 import pytest
+
 from modelroute_operator.admission import OwnerError, clusterrole_owner, register
 from modelroute_operator.kube import WEBHOOKS_PATH, ApiError, Kube
 from modelroute_operator.settings import WebhookSettings

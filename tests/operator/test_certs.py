@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from modelroute_operator.certs import (
     CA_FILE,
     CERT_FILE,

@@ -10,9 +10,9 @@ import copy
 from typing import Any
 
 import pytest
-from modelroute_sidecar.resources import ModelRoute, ProviderKey
 from pydantic import ValidationError
 
+from modelroute_sidecar.resources import ModelRoute, ProviderKey
 from tests.operator.conftest import Cluster, model_route, provider_key
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]

@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import openai
 import pytest
 
 from tests.fakes.base import wait_until
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST
 from tests.gateway.procs import modelroute
+from tests.gateway.traffic import Traffic
 from tests.operator import kubelet_volume
 from tests.operator.conftest import Cluster, OperatorProcess, model_route, new_key, provider_key, secret
 
@@ -53,41 +53,6 @@ class Kubelet:
         return kubelet_volume.current(self.root / "config").get("config.json", b"").decode()
 
 
-class App:
-    """An application in the pod: several clients back to back, streaming and not."""
-
-    def __init__(self, base_url: str, model: str, clients: int = 4) -> None:
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key="modelroute-placeholder", max_retries=0)
-        self.model = model
-        self.ok: list[str] = []  # x-modelroute-backend of each success
-        self.failed: list[BaseException] = []
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._run(stream=i % 2 == 1)) for i in range(clients)]
-
-    async def _run(self, stream: bool) -> None:
-        messages: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "a b c"}]
-        while not self._stop.is_set():
-            try:
-                create = self.client.chat.completions.with_raw_response.create
-                if stream:
-                    chunks = await create(model=self.model, messages=messages, stream=True)
-                    text = "".join([c.choices[0].delta.content or "" async for c in chunks.parse() if c.choices])
-                    headers = chunks.headers
-                else:
-                    whole = await create(model=self.model, messages=messages)
-                    text = whole.parse().choices[0].message.content or ""
-                    headers = whole.headers
-                assert text == "echo: a b c", text
-                self.ok.append(headers["x-modelroute-backend"])
-            except Exception as e:
-                self.failed.append(e)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        await self.client.close()
-
-
 async def test_a_running_sidecar_follows_route_edits_and_key_rotation(
         cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     k1, k2 = new_key("e2e-1-"), new_key("e2e-2-")
@@ -107,7 +72,7 @@ async def test_a_running_sidecar_follows_route_edits_and_key_rotation(
             await wait_until(lambda: '"chat"' in kubelet.config() and kubelet.keys() == k1, within=30)
             with modelroute(tmp_path, "sidecar", "--config-dir", str(kubelet.root), "--reload-interval", "0.1",
                             "--log-level", "debug") as sidecar:
-                app = App(sidecar.url, "chat")
+                app = Traffic(sidecar.url, "chat")
                 await wait_until(lambda: len(app.ok) >= 20, within=30)
                 assert set(app.ok) == {"openai/gpt-4o"}
 

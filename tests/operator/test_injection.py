@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from modelroute_operator import names
 
+from modelroute_operator import names
 from tests.controlplane.cluster import wait_for
 from tests.operator.conftest import IMAGE, Cluster, OperatorProcess
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from modelroute_operator import names
 
+from modelroute_operator import names
 from tests.controlplane.cluster import wait_for
 from tests.operator.conftest import Cluster, OperatorProcess, model_route, new_key, provider_key, secret
 

@@ -6,7 +6,6 @@ import asyncio
 
 from modelroute_operator.handlers import needs_reconcile
 from modelroute_operator.reconcile import Reconciler
-
 from tests.fakes.base import wait_until
 
 

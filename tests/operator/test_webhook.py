@@ -10,6 +10,7 @@ import jsonpatch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from modelroute_operator import names
 from modelroute_operator.settings import InjectionSettings, WebhookSettings
 from modelroute_operator.webhook import (

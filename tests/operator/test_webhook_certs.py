@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from modelroute_operator import names
 from modelroute_operator.certs import CA_FILE, CERT_FILE, KEY_FILE, make_ca, make_serving_cert
-
 from tests.controlplane.cluster import wait_for
 from tests.operator import kubelet_volume
 from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess

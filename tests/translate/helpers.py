@@ -10,6 +10,7 @@ import anthropic
 import httpx2
 import openai
 import orjson
+
 from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
 from modelroute_sidecar.providers.anthropic import openai_usage
 from modelroute_sidecar.providers.base import StreamDecoder

@@ -8,13 +8,14 @@ import anthropic
 import orjson
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
+from pydantic import TypeAdapter
+
 from modelroute_sidecar.canonical import Usage
 from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages, from_canonical, to_canonical
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers import gemini
 from modelroute_sidecar.providers.anthropic import build_request
 from modelroute_sidecar.sse import SSEEvent
-from pydantic import TypeAdapter
 
 from .helpers import anthropic_client, canonical_stream, chunk, events
 from .test_anthropic_provider import TOOL_STREAM

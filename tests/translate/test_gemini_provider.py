@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from modelroute_sidecar.canonical import Usage, usage_from_openai
 from modelroute_sidecar.config import ProviderKeyConfig
 from modelroute_sidecar.errors import GatewayError

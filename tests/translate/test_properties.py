@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types.responses import Response
+
 from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
 from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages
 from modelroute_sidecar.dialects.anthropic_messages import from_canonical as to_anthropic_message
@@ -21,7 +23,6 @@ from modelroute_sidecar.dialects.openai_responses import from_canonical as to_re
 from modelroute_sidecar.dialects.openai_responses import to_canonical as responses_to_canonical
 from modelroute_sidecar.providers import anthropic, gemini
 from modelroute_sidecar.sse import SSEParser, frame
-from openai.types.responses import Response
 
 from .helpers import canonical_stream, decode, reassemble, split_at
 

@@ -7,14 +7,15 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
 from modelroute_sidecar.canonical import Usage
 from modelroute_sidecar.config import ProviderKeyConfig
 from modelroute_sidecar.dialects.openai_responses import OpenAIResponses, from_canonical, to_canonical
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.openai import AzureOpenAIAdapter, OpenAIAdapter, OpenAICompatibleAdapter
 from modelroute_sidecar.sse import SSEParser
-from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
 
 from .helpers import canonical_stream, chunk, events, openai_client
 
