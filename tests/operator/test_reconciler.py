@@ -71,9 +71,15 @@ async def test_close_cancels_work() -> None:
     async def fn(ns: str) -> None:
         await asyncio.sleep(60)
 
-    r = Reconciler(fn, settle_seconds=0)
+    started = asyncio.Event()
+
+    async def fn_started(ns: str) -> None:
+        started.set()
+        await fn(ns)
+
+    r = Reconciler(fn_started, settle_seconds=0)
     r.trigger("a")
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(started.wait(), 5)  # the pass is running
     await r.close()
     assert not r.busy
 
