@@ -127,7 +127,7 @@ class Engine:
         # Every backend once, then around again up to maxAttempts; a key refusal adds one
         # more try on the same backend with its next key (at most once per key).
         budget = max(route.retries.max_attempts, len(plan))
-        key_budget = {b.id: len(b.keyring.entries) - 1 for b in plan}
+        spare_keys: dict[str, int] = {}
         queue = list(plan)
         tries: dict[str, int] = {}
         last: AttemptFailed | None = None
@@ -135,8 +135,6 @@ class Engine:
         i = 0
         while call.attempts < budget:
             if i >= len(queue):
-                if call.attempts >= budget:
-                    break
                 queue.extend(plan)
             backend = queue[i]
             i += 1
@@ -165,26 +163,34 @@ class Engine:
                 raise
             except AttemptFailed as failed:
                 last = failed
-                backend.metrics.attempt(failed.status)
-                if failed.reason in ("auth", "rate_limit"):
-                    cd = rt.config.key_cooldowns
-                    seconds = cd.auth_seconds if failed.reason == "auth" else (failed.retry_after or
-                                                                               cd.rate_limit_seconds)
-                    backend.keyring.cool_down(key, seconds)
-                    if key_budget[backend.id] > 0 and backend.keyring.pick_available():
-                        key_budget[backend.id] -= 1
-                        budget += 1
-                        queue.insert(i, backend)  # another key of the same account, right away
-                        failed.retry_after = 0.0
-                if failed.reason not in ("auth",):
-                    backend.failed()
-                self._log_attempt(call, backend, key, failed)
+                if self._failed(rt, call, backend, key, failed, spare_keys):
+                    budget += 1
+                    queue.insert(i, backend)  # another key of the same account, right away
             except CallerError as err:
                 backend.metrics.attempt(str(err.status))
                 backend.succeeded(loop.time() - call.started)  # the backend is fine; the request is not
                 return self._caller_error(rt, call, backend, err)
         assert last is not None
         raise self._exhausted(rt, call, last)
+
+    def _failed(self, rt: Runtime, call: Call, backend: Backend, key: KeyEntry, failed: AttemptFailed,
+                spare_keys: dict[str, int]) -> bool:
+        """Record a failed attempt; True when the same backend should be retried with another key."""
+        backend.metrics.attempt(failed.status)
+        self._log_attempt(call, backend, key, failed)
+        if failed.reason == "auth":
+            backend.keyring.cool_down(key, rt.config.key_cooldowns.auth_seconds)  # the key, not the backend
+        else:
+            backend.failed()
+            if failed.reason != "rate_limit":
+                return False
+            backend.keyring.cool_down(key, failed.retry_after or rt.config.key_cooldowns.rate_limit_seconds)
+        left = spare_keys.get(backend.id, len(backend.keyring.entries) - 1)
+        if left <= 0 or not backend.keyring.pick_available():
+            return False
+        spare_keys[backend.id] = left - 1
+        failed.retry_after = 0.0  # no wait: it is another key
+        return True
 
     def _wait_before(self, backend: Backend, tried: int, last: AttemptFailed, route: Route) -> float | None:
         """Seconds to wait before this attempt, or None to give up on waiting."""
