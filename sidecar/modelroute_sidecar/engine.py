@@ -122,7 +122,9 @@ class Engine:
                     now, now + route.timeouts.total_seconds)
         plan = route.plan()
         if not plan:
-            raise GatewayError(503, f"Route '{route.name}' has no available backend ({route.source})",
+            raise GatewayError(503, f"Route '{route.name}' has no usable backend: none of its ProviderKeys is "
+                               f"ready (a missing Secret or key?); see the gateway's log, or "
+                               f"`kubectl get providerkeys` in a cluster ({route.source})",
                                type="api_error", code="no_backend")
         # Every backend once, then around again up to maxAttempts; a key refusal adds one
         # more try on the same backend with its next key (at most once per key).
