@@ -23,8 +23,13 @@ from .engine import Engine, request_id
 from .errors import GatewayError, model_not_found, payload_too_large
 from .metrics import Metrics
 from .router import Runtime, State
+from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
+
+# "lean": modelroute's own upstream client (upstream.py); "aiohttp": aiohttp's ClientSession.
+UPSTREAM_CLIENTS = ("lean", "aiohttp")
+DEFAULT_UPSTREAM_CLIENT = "aiohttp"
 
 OPENAI_CHAT = OpenAIChat()
 ANTHROPIC_MESSAGES = AnthropicMessages()
@@ -34,7 +39,11 @@ OPENAI_RESPONSES = OpenAIResponses()
 class Gateway:
     """Holds the current Runtime and what outlives reloads (state, metrics, HTTP client)."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT) -> None:
+        if upstream_client not in UPSTREAM_CLIENTS:
+            raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
+        self.upstream_client = upstream_client
+        self.lean: LeanClient | None = None
         self.metrics = metrics or Metrics()
         self.state = State()
         self.runtime: Runtime | None = None
@@ -60,9 +69,15 @@ class Gateway:
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
                                              cookie_jar=aiohttp.DummyCookieJar(),
                                              skip_auto_headers=("User-Agent",))
-        self.engine = Engine(self.session)
+        if self.upstream_client == "lean":
+            # Our own HTTP/1.1 client for upstream calls (see upstream.py); the session stays
+            # for ProviderKeys behind a proxy.
+            self.lean = LeanClient(keepalive_timeout=60)
+        self.engine = Engine(self.session, self.lean)
 
     async def close(self) -> None:
+        if self.lean is not None:
+            await self.lean.close()
         if self.session is not None:
             await self.session.close()
 

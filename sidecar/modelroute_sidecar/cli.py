@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--reload-interval", type=_seconds, default=1.0, help="seconds between config checks")
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         sp.add_argument("--log-format", default="json", choices=["json", "text"])
+        sp.add_argument("--upstream-client", default=None, choices=["lean", "aiohttp"],
+                        help="HTTP client for upstream calls: lean (modelroute's own HTTP/1.1 client) or "
+                             "aiohttp (default: the gateway's default)")
 
     serve = sub.add_parser("serve", help="run the gateway without a cluster, from ModelRoute/ProviderKey YAML")
     serve.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
@@ -94,11 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     from aiohttp import web
 
-    from .app import Gateway, admin_app, api_app
+    from .app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_app
     from .loader import ConfigError, Source, watch
 
     src: Source = source  # type: ignore[assignment]
-    gateway = Gateway()
+    gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT)
     last_sig = src.signature()
     try:
         gateway.apply(*src.load())

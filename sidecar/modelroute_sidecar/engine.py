@@ -31,6 +31,7 @@ from .pricing import cost_usd
 from .providers.base import PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
 from .router import Backend, KeyEntry, Route, Runtime
 from .sse import SSEParser
+from .upstream import LeanClient, LeanResponse
 
 log = logging.getLogger("modelroute.access")
 
@@ -110,9 +111,13 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+UpstreamResponse = aiohttp.ClientResponse | LeanResponse
+
+
 class Engine:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, lean: LeanClient | None = None) -> None:
         self.session = session
+        self.lean = lean  # the lean upstream client, when on; the session still serves proxied keys
 
     async def handle(self, request: web.Request, rt: Runtime, route: Route, dialect: Dialect, ingress: Ingress,
                      operation: str = "chat") -> web.StreamResponse:
@@ -236,14 +241,17 @@ class Engine:
         timeouts = call.route.timeouts
         started = loop.time()
         first_byte_at = min(call.deadline, started + timeouts.first_byte_seconds)
-        resp: aiohttp.ClientResponse | None = None
+        resp: UpstreamResponse | None = None
         try:
             try:
                 async with asyncio.timeout_at(first_byte_at):
                     adapter = backend.adapter
-                    resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,
-                                                   timeout=call.route.client_timeout, proxy=adapter.proxy,
-                                                   proxy_auth=adapter.proxy_auth)
+                    if self.lean is not None and adapter.proxy is None:
+                        resp = await self.lean.post(prepared.url, prepared.body, headers, timeouts.connect_seconds)
+                    else:
+                        resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,
+                                                       timeout=call.route.client_timeout, proxy=adapter.proxy,
+                                                       proxy_auth=adapter.proxy_auth)
                     if resp.status >= 400:
                         body = await resp.read()
                         raise self._classify(rt, backend, resp, body, native)
@@ -264,7 +272,7 @@ class Engine:
             if resp is not None:
                 resp.close()  # a finished body was already released; an unfinished one must not be reused
 
-    def _classify(self, rt: Runtime, backend: Backend, resp: aiohttp.ClientResponse, body: bytes,
+    def _classify(self, rt: Runtime, backend: Backend, resp: UpstreamResponse, body: bytes,
                   native: bool) -> Exception:
         status = resp.status
         info = backend.adapter.error_info(status, body)
@@ -280,7 +288,7 @@ class Engine:
                                  http_status=503 if status in (503, 529) else 502)
         return CallerError(status, body, info, native)
 
-    async def _complete(self, rt: Runtime, call: Call, backend: Backend, resp: aiohttp.ClientResponse,
+    async def _complete(self, rt: Runtime, call: Call, backend: Backend, resp: UpstreamResponse,
                         native: bool) -> web.Response:
         try:
             async with asyncio.timeout_at(call.deadline):
@@ -312,7 +320,7 @@ class Engine:
         self._finish(rt, call, backend, usage, None)
         return web.Response(body=out, status=200, content_type=JSON, headers=self._headers(call, backend))
 
-    async def _first_output(self, resp: aiohttp.ClientResponse, call: Call, backend: Backend,
+    async def _first_output(self, resp: UpstreamResponse, call: Call, backend: Backend,
                             native: bool) -> tuple[bytes, _Reader]:
         """Read until the stream produces output for the caller; failures here can fail over."""
         reader = _Reader(call, backend, native)
@@ -329,7 +337,7 @@ class Engine:
                 return out, reader
 
     async def _stream(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
-                      resp: aiohttp.ClientResponse, first: bytes, reader: _Reader) -> web.StreamResponse:
+                      resp: UpstreamResponse, first: bytes, reader: _Reader) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         out = web.StreamResponse(status=200, headers={
             "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
@@ -448,7 +456,7 @@ class _UpstreamBroke(Exception):
     pass
 
 
-async def _read_upstream(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_upstream(resp: UpstreamResponse) -> bytes:
     """Read the next upstream bytes; upstream failures become :class:`_UpstreamBroke`."""
     try:
         return await resp.content.readany()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from modelroute_sidecar.compile import compile_resources
 from modelroute_sidecar.config import GatewayConfig
 
 API = "modelroute.dev/v1alpha1"
+UPSTREAM_CLIENT = os.environ.get("MODELROUTE_UPSTREAM_CLIENT")
 
 
 def free_port() -> int:
@@ -106,7 +108,8 @@ class RunningGateway:
 @asynccontextmanager
 async def running_gateway(docs: Iterable[Mapping[str, Any]],
                           base: GatewayConfig | None = None) -> AsyncIterator[RunningGateway]:
-    gw = Gateway()
+    # MODELROUTE_UPSTREAM_CLIENT=lean|aiohttp runs the suites with that upstream client.
+    gw = Gateway(upstream_client=UPSTREAM_CLIENT) if UPSTREAM_CLIENT else Gateway()
     result = compile_resources(list(docs), base=base)
     assert not result.errors, result.errors
     gw.apply(result.config, result.keys)

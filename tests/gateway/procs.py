@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.gateway.harness import free_port
+from tests.gateway.harness import UPSTREAM_CLIENT, free_port
 
 
 @dataclass
@@ -51,6 +51,8 @@ def modelroute(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
                ready: bool = True) -> Iterator[GatewayProcess]:
     """`python -m modelroute_sidecar <args> --port P --metrics-port M`, stopped with SIGTERM."""
     port, mport = free_port(), free_port()
+    if UPSTREAM_CLIENT and args[:1] in (("serve",), ("sidecar",)):
+        args = (*args, "--upstream-client", UPSTREAM_CLIENT)
     log_path = tmp_path / f"modelroute-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
