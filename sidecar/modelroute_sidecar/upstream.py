@@ -28,6 +28,7 @@ end) and ``close()``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import zlib
 from collections import deque
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
+import aiohappyeyeballs
 import aiohttp
 import httptools
 from multidict import CIMultiDict
@@ -43,6 +45,8 @@ __all__ = ["LeanClient", "LeanResponse", "UpstreamConnectionError", "UpstreamPay
 
 _KEEP_IDLE_PER_HOST = 1024
 _HIGH_WATER = 256 * 1024  # buffered body bytes before reading from the socket is paused
+_DNS_TTL = 300.0  # seconds a host's addresses are kept, as the aiohttp connector did (ttl_dns_cache)
+_HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305, aiohttp's default
 
 
 class UpstreamConnectionError(aiohttp.ClientConnectionError):
@@ -54,6 +58,7 @@ class UpstreamPayloadError(aiohttp.ClientPayloadError):
 
 
 _Key = tuple[str, str, int]
+_AddrInfo = tuple[int, int, int, str, tuple]
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
@@ -355,6 +360,7 @@ class LeanClient:
         self._busy: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._dns: dict[tuple[str, int], tuple[float, list[_AddrInfo]]] = {}
         self.connections_made = 0  # for tests and curiosity
 
     @property
@@ -429,20 +435,44 @@ class LeanClient:
         conn = _Connection(self, key)
         try:
             async with asyncio.timeout(within):
-                if scheme == "https":
-                    await loop.create_connection(lambda: conn, host, port, ssl=self.ssl_context,
-                                                 server_hostname=host)
-                else:
-                    await loop.create_connection(lambda: conn, host, port)
+                # Resolved here (cached) and connected with Happy Eyeballs: uvloop's
+                # create_connection would resolve every time and try addresses one by one.
+                sock = await aiohappyeyeballs.start_connection(
+                    await self._resolve(host, port), happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY, interleave=1)
+                try:
+                    if scheme == "https":
+                        await loop.create_connection(lambda: conn, sock=sock, ssl=self.ssl_context,
+                                                     server_hostname=host)
+                    else:
+                        await loop.create_connection(lambda: conn, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError:
             conn.close()
             raise aiohttp.ConnectionTimeoutError(f"connection to {host}:{port} timed out after {within:g}s") \
                 from None
         except OSError as e:  # refused, unreachable, DNS (socket.gaierror), TLS (ssl.SSLError)
             conn.close()
+            self._dns.pop((host, port), None)  # the host may have moved: ask again next time
             raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from e
         self.connections_made += 1
         return conn
+
+    async def _resolve(self, host: str, port: int) -> list[_AddrInfo]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        hit = self._dns.get((host, port))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"no address for {host}")
+        addrs: list[_AddrInfo] = [(int(f), int(t), p, c, a) for f, t, p, c, a in infos]
+        if len(self._dns) > 1024:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + _DNS_TTL, addrs)
+        return addrs
 
     def _release(self, conn: _Connection) -> None:
         self._busy.discard(conn)
