@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         sp.add_argument("--log-format", default="json", choices=["json", "text"])
         sp.add_argument("--upstream-client", default=None, choices=["lean", "aiohttp"],
-                        help="HTTP client for upstream calls: lean (modelroute's own HTTP/1.1 client) or "
-                             "aiohttp (default: the gateway's default)")
+                        help="HTTP client for upstream calls: lean (modelroute's own HTTP/1.1 client, the "
+                             "default) or aiohttp (its ClientSession, as before)")
 
     serve = sub.add_parser("serve", help="run the gateway without a cluster, from ModelRoute/ProviderKey YAML")
     serve.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
