@@ -138,6 +138,8 @@ class LeanResponse:
             self._conn.pause()
 
     def _finish(self) -> None:
+        if self._error is not None:
+            return  # failed already (an undecodable body): the end of the bytes does not undo that
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
@@ -207,7 +209,6 @@ class LeanResponse:
         w, self._waiter = self._waiter, None
         if w is not None and not w.done():
             w.cancel()
-
 
 
 class _Connection(asyncio.Protocol):

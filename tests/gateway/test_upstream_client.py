@@ -378,6 +378,15 @@ async def test_large_streamed_body_with_back_pressure(client: LeanClient) -> Non
     assert srv.connections == 1
 
 
+async def test_undecodable_body_is_a_payload_error(client: LeanClient) -> None:
+    async with Raw([ok(b"not gzip at all", "Content-Encoding: gzip")]) as srv:
+        resp = await client.post(srv.url, b"{}", {})
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        resp.close()
+        assert client.idle_connections == 0
+
+
 # ---- TLS ----------------------------------------------------------------------------------------
 
 
