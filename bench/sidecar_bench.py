@@ -812,6 +812,11 @@ class Bench:
             self.say(f"memory: {s.open_streams} open streams through {p.name}")
             mem[p.name] = await measure_open_streams(p, s.open_streams, s.open_within)
 
+        # Start-up is timed on a quiet core: the servers measured above (LiteLLM's workers
+        # above all) would otherwise share it with the process being started.
+        for p in paths:
+            if p.proc is not None:
+                p.proc.stop()
         self.say(f"start to ready: {s.starts} gateway starts")
         starts, start_cpu, start_rss = self.measure_starts(gw_cfg, s.starts)
         bare_starts, bare_cpu = self.measure_bare_starts(up_port, max(1, min(3, s.starts // 2)))
@@ -819,10 +824,6 @@ class Bench:
         profile = None
         if args.profile:
             profile = await self.profile_gateway(gw_cfg, args.profile)
-
-        for p in paths:
-            if p.proc is not None:
-                p.proc.stop()
         self.results = self.assemble(paths, lat, streams, tp, idle_rss, idle_after_load, mem, ready, starts,
                                      start_cpu, start_rss, bare_starts, bare_cpu, litellm_row, profile)
         self.results["environment"].update({"machine_cpu_busy": busy, "load_before": load_before,
