@@ -131,7 +131,7 @@ async def test_cancellation_mid_stream_closes_the_connection(client: LeanClient,
     resp = await client.post(openai_up.base_url + "/chat/completions", chat(stream=True), AUTH)
     assert await resp.content.readany()
     task = asyncio.ensure_future(resp.content.readany())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop pass: the read is now waiting on the slow stream
     task.cancel()
     resp.close()  # what the engine's `finally` does
     await wait_until(lambda: openai_up.cancelled == 1)
