@@ -46,6 +46,7 @@ __all__ = ["LeanClient", "LeanResponse", "UpstreamConnectionError", "UpstreamPay
 _KEEP_IDLE_PER_HOST = 1024
 _HIGH_WATER = 256 * 1024  # buffered body bytes before reading from the socket is paused
 _DNS_TTL = 300.0  # seconds a host's addresses are kept, as the aiohttp connector did (ttl_dns_cache)
+_IDLE_RACE_SECONDS = 0.5  # a keep-alive race shows at once; later failures are not resent
 _HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305, aiohttp's default
 
 
@@ -378,13 +379,16 @@ class LeanClient:
         key, head = encode_head(url, headers, len(body))
         conn = self._take(key)
         if conn is not None:
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
             try:
                 return await self._send(conn, head, body)
             except UpstreamConnectionError:
-                if conn.received:
+                if conn.received or loop.time() - sent > _IDLE_RACE_SECONDS:
                     raise
-                # A reused connection the server closed while idle (a keep-alive race):
-                # nothing of this request was answered, so try once more on a new one.
+                # A reused connection the server closed while idle (a keep-alive race): it
+                # failed at once and answered nothing, so try once more on a new one. A
+                # failure later than that may follow real work upstream: the engine decides.
         conn = await self._connect(key, connect_timeout or self.default_connect_timeout)
         return await self._send(conn, head, body)
 
