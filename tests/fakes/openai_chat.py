@@ -21,6 +21,7 @@ from .openai_wire import (
     invalid_type,
     invalid_value,
     missing,
+    typed_objects,
     unknown_parameter,
 )
 
@@ -206,17 +207,7 @@ def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
     choice = body.get("tool_choice")
     names: list[str] = []
     if tools is not None:
-        if not isinstance(tools, list):
-            raise invalid_type("tools", "an array of objects", tools)
-        for i, tool in enumerate(tools):
-            at = f"tools[{i}]"
-            if not isinstance(tool, dict):
-                raise invalid_type(at, "an object", tool)
-            kind = tool.get("type")
-            if kind is None:
-                raise missing(f"{at}.type")
-            if kind not in ("function", "custom"):
-                raise invalid_value(f"{at}.type", kind, ("function", "custom"))
+        for at, tool, kind in typed_objects(tools, "tools", ("function", "custom")):
             fn = tool.get("function") if kind == "function" else tool.get("custom")
             if not isinstance(fn, dict):
                 raise missing(f"{at}.{kind}")

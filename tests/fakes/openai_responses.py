@@ -21,6 +21,7 @@ from .openai_wire import (
     invalid_type,
     invalid_value,
     missing,
+    typed_objects,
     unknown_parameter,
 )
 
@@ -102,13 +103,7 @@ def _parts_text(content: Any, param: str) -> str:
     if not isinstance(content, list):
         raise invalid_type(param, "one of a string or array of objects", content)
     texts: list[str] = []
-    for i, part in enumerate(content):
-        at = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise invalid_type(at, "an object", part)
-        kind = part.get("type")
-        if kind not in INPUT_PARTS:
-            raise invalid_value(f"{at}.type", kind, INPUT_PARTS)
+    for at, part, kind in typed_objects(content, param, INPUT_PARTS):
         if kind in ("input_text", "output_text"):
             if not isinstance(part.get("text"), str):
                 raise missing(f"{at}.text")
@@ -177,15 +172,8 @@ def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
     tools = body.get("tools")
     names: list[str] = []
     if tools is not None:
-        if not isinstance(tools, list):
-            raise invalid_type("tools", "an array of objects", tools)
-        for i, tool in enumerate(tools):
-            at = f"tools[{i}]"
-            if not isinstance(tool, dict):
-                raise invalid_type(at, "an object", tool)
-            if tool.get("type") is None:
-                raise missing(f"{at}.type")
-            if tool["type"] != "function":
+        for at, tool, kind in typed_objects(tools, "tools"):
+            if kind != "function":
                 continue  # built-in tools: accepted, never called by this model
             # The Chat Completions nesting ({"function": {...}}) is rejected by the real API.
             if not isinstance(tool.get("name"), str):

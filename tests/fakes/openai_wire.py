@@ -7,7 +7,7 @@ passes them through (or parses `param`/`code`) is tested against the real text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .behaviour import IMAGE_TEXT
@@ -100,6 +100,23 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
+def typed_objects(items: Any, param: str, allowed: tuple[str, ...] | None = None,
+                  ) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(where, object, type) of each item of an array of typed objects, refused as OpenAI refuses."""
+    if not isinstance(items, list):
+        raise invalid_type(param, "an array of objects", items)
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise invalid_type(where, "an object", item)
+        kind = item.get("type")
+        if kind is None:
+            raise missing(f"{where}.type")
+        if allowed is not None and kind not in allowed:
+            raise invalid_value(f"{where}.type", kind, allowed)
+        yield where, item, kind
+
+
 def content_text(content: Any, param: str, allowed: tuple[str, ...]) -> str:
     """Text of a chat message's `content` (string or parts); images count as `[image]`."""
     if content is None:
@@ -109,15 +126,7 @@ def content_text(content: Any, param: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(content, list):
         raise invalid_type(param, "one of a string or array of objects", content)
     texts: list[str] = []
-    for i, part in enumerate(content):
-        where = f"{param}[{i}]"
-        if not isinstance(part, dict):
-            raise invalid_type(where, "an object", part)
-        kind = part.get("type")
-        if kind is None:
-            raise missing(f"{where}.type")
-        if kind not in allowed:
-            raise invalid_value(f"{where}.type", kind, allowed)
+    for where, part, kind in typed_objects(content, param, allowed):
         if kind in ("text", "refusal"):
             value = part.get(kind)
             if not isinstance(value, str):
