@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import yaml
 from modelroute_operator import names
 from tests.chart.chart import CHART, EXAMPLES, get_json, operator_container, unique, values_args
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
-from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess
+from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess, rbac_denials
 from tests.operator.conftest import webhook_config_restored as webhook_config_restored  # a fixture
 
 SIDECAR_IMAGE = "registry.example.com/chart-sidecar:rbac-test"
@@ -115,7 +114,7 @@ def test_chart_args_register_the_webhook_for_the_charts_service_and_uninstall_re
         code = proc.wait(30)
     logs = log_path.read_text()
     assert code == 0, logs[-3000:]
-    assert not denied(logs), denied(logs)
+    assert not rbac_denials(logs), rbac_denials(logs)
     # In cluster, a stopping operator keeps the configuration: a rolling update injects throughout.
     assert cluster.get(*WEBHOOK_CONFIG) is not None
 
@@ -181,16 +180,9 @@ def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(
         code = op.stop()
         cluster.kubectl("delete", "namespace", app_ns, "--wait=false", "--ignore-not-found")
     assert code == 0, op.logs()[-3000:]
-    assert not denied(op.logs()), denied(op.logs())
+    assert not rbac_denials(op.logs()), rbac_denials(op.logs())
     # Out of cluster it removes its webhook configuration on exit: allowed by the chart's RBAC too.
     assert cluster.get(*WEBHOOK_CONFIG) is None, op.logs()[-3000:]
-
-
-DENIED = re.compile(r"forbidden|(?<![\d:.])403(?!\d)", re.IGNORECASE)  # not a port such as :41403
-
-
-def denied(logs: str) -> list[str]:
-    return [ln for ln in logs.splitlines() if DENIED.search(ln)]
 
 
 def ok(url: str) -> bool:

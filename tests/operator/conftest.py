@@ -256,3 +256,14 @@ def model_route(name: str, model: str, *backends: str | tuple[str, str], **spec:
     bs = [{"providerKey": b} if isinstance(b, str) else {"providerKey": b[0], "model": b[1]} for b in backends]
     return {"apiVersion": API, "kind": "ModelRoute", "metadata": {"name": name},
             "spec": {"model": model, "backends": bs, **spec}}
+
+
+def rbac_denials(logs: str) -> list[str]:
+    """Log lines where the API server refused the operator something.
+
+    RBAC says ``... is forbidden: User "system:serviceaccount:..." cannot ...``; kopf and the
+    client report ``403 Forbidden`` / ``APIForbiddenError``. (A bare "403" would also match a
+    port or a timestamp's milliseconds.)
+    """
+    return [ln for ln in logs.splitlines()
+            if "forbidden: User" in ln or "403 Forbidden" in ln or "APIForbiddenError" in ln]

@@ -18,6 +18,7 @@ from tests.operator.conftest import (
     model_route,
     new_key,
     provider_key,
+    rbac_denials,
     secret,
 )
 
@@ -266,6 +267,5 @@ def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: Op
         assert encoded_mark not in text, f"a base64 key in the {where}"
     # And the operator was allowed everything it tried (exactly deploy/clusterrole.yaml);
     # RBAC says `... is forbidden: User "system:serviceaccount:..." cannot ...`.
-    denied = [ln for ln in operator.logs().splitlines()
-              if "forbidden: User" in ln or "403 Forbidden" in ln or "APIForbiddenError" in ln]
+    denied = rbac_denials(operator.logs())
     assert denied == [], denied[:5]
