@@ -8,6 +8,7 @@ probes and Prometheus).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -22,7 +23,7 @@ from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
 from .errors import GatewayError, model_not_found, payload_too_large
 from .metrics import Metrics
-from .router import Runtime, State
+from .router import Clock, Runtime, State
 from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
@@ -40,13 +41,14 @@ OPENAI_RESPONSES = OpenAIResponses()
 class Gateway:
     """Holds the current Runtime and what outlives reloads (state, metrics, HTTP client)."""
 
-    def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT) -> None:
+    def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT,
+                 clock: Clock = time.monotonic) -> None:
         if upstream_client not in UPSTREAM_CLIENTS:
             raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
         self.upstream_client = upstream_client
         self.lean: LeanClient | None = None
         self.metrics = metrics or Metrics()
-        self.state = State()
+        self.state = State(clock=clock)  # breakers and key cooldowns tell time by this clock
         self.runtime: Runtime | None = None
         self.session: aiohttp.ClientSession | None = None
         self.engine: Engine | None = None

@@ -159,11 +159,13 @@ class Engine:
             prev = backend
             key = backend.keyring.pick()
             assert key is not None  # every ring has at least a no-key entry
+            backend.start_attempt()
             try:
                 return await self._attempt(request, rt, call, backend, key)
             except asyncio.CancelledError:
                 # The caller went away (aiohttp cancels the handler): the upstream request
                 # is closed on the way out; count it once.
+                backend.abandoned()
                 if not call.finished:
                     backend.metrics.attempt("client_closed")
                     self._finish(rt, call, backend, None, "client_closed")

@@ -27,7 +27,8 @@ from .providers import ADAPTERS
 from .providers.base import ProviderAdapter
 
 _PATTERN_CACHE_MAX = 4096
-_now = time.monotonic
+
+Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
@@ -37,9 +38,15 @@ class KeyState:
 
 @dataclass(slots=True)
 class BreakerState:
+    """Closed (open_until 0) -> open (until open_until) -> half-open: one probe at a time.
+
+    A probe holds the backend until ``probe_until``, so a probe whose caller vanished
+    cannot keep the backend out of rotation for longer than one open period.
+    """
+
     failures: int = 0
     open_until: float = 0.0
-    probing: bool = False
+    probe_until: float = 0.0
 
 
 @dataclass(slots=True)
@@ -55,6 +62,7 @@ class State:
     breakers: dict[str, BreakerState] = field(default_factory=dict)
     latency: dict[str, LatencyState] = field(default_factory=dict)
     rotation: dict[str, int] = field(default_factory=dict)
+    clock: Clock = time.monotonic  # injectable, so tests step time instead of sleeping through it
 
 
 class KeyEntry:
@@ -69,20 +77,22 @@ class KeyEntry:
 class KeyRing:
     """A ProviderKey's keys, used in turn; a refused key rests while the others work."""
 
-    __slots__ = ("_next", "cooldowns", "entries", "name")
+    __slots__ = ("_next", "clock", "cooldowns", "entries", "name")
 
-    def __init__(self, name: str, entries: list[KeyEntry], cooldowns: KeyCooldowns, start: int) -> None:
+    def __init__(self, name: str, entries: list[KeyEntry], cooldowns: KeyCooldowns, start: int,
+                 clock: Clock = time.monotonic) -> None:
         self.name = name
         self.entries = entries
         self.cooldowns = cooldowns
         self._next = start
+        self.clock = clock
 
     def pick(self) -> KeyEntry | None:
         entries = self.entries
         n = len(entries)
         if n == 0:
             return None
-        now = _now()
+        now = self.clock()
         i = self._next
         self._next = i + 1
         for k in range(n):
@@ -94,11 +104,11 @@ class KeyRing:
 
     def pick_available(self) -> bool:
         """Whether some key is not resting now."""
-        now = _now()
+        now = self.clock()
         return any(e.state.cooldown_until <= now for e in self.entries)
 
     def cool_down(self, entry: KeyEntry, seconds: float) -> None:
-        entry.state.cooldown_until = _now() + seconds
+        entry.state.cooldown_until = self.clock() + seconds
 
     @property
     def position(self) -> int:
@@ -108,8 +118,8 @@ class KeyRing:
 class Backend:
     """One backend of one route: adapter, model, keys, breaker, metrics."""
 
-    __slots__ = ("adapter", "breaker", "id", "keyring", "latency", "metrics", "model", "price", "provider",
-                 "provider_key", "settings", "weight")
+    __slots__ = ("adapter", "breaker", "clock", "id", "keyring", "latency", "metrics", "model", "price",
+                 "provider", "provider_key", "settings", "weight")
 
     def __init__(self, route: str, adapter: ProviderAdapter, keyring: KeyRing, model: str, weight: int,
                  state: State, metrics: Metrics, settings: BreakerSettings, cfg: GatewayConfig) -> None:
@@ -121,26 +131,33 @@ class Backend:
         self.id = f"{self.provider_key}/{model}"
         self.keyring = keyring
         self.settings = settings
+        self.clock = state.clock
         self.breaker = state.breakers.setdefault(f"{route}|{self.id}", BreakerState())
         self.latency = state.latency.setdefault(self.id, LatencyState())
         self.metrics = BackendMetrics(metrics, route, self.provider, model, self.id)
-        self.metrics.up.set(0 if self.breaker.open_until > _now() else 1)
+        self.metrics.up.set(0 if self.breaker.open_until > self.clock() else 1)
         self.price = find_price(model, cfg.prices)
 
     def available(self, now: float) -> bool:
+        """Closed, or half-open with no probe in flight."""
         b = self.breaker
-        return b.open_until <= now and not b.probing
+        return b.open_until <= now and b.probe_until <= now
 
     def start_attempt(self) -> None:
-        if self.breaker.open_until:  # half-open: this attempt is the probe
-            self.breaker.probing = True
+        b = self.breaker
+        if b.open_until:  # open or half-open: this attempt is the probe; others keep away
+            b.probe_until = self.clock() + self.settings.open_seconds
+
+    def abandoned(self) -> None:
+        """The attempt ended without a verdict (the caller left): admit the next probe."""
+        self.breaker.probe_until = 0.0
 
     def succeeded(self, first_byte_seconds: float) -> None:
         b = self.breaker
         if b.failures or b.open_until:
             b.failures = 0
             b.open_until = 0.0
-            b.probing = False
+            b.probe_until = 0.0
             self.metrics.up.set(1)
         lat = self.latency
         lat.ewma = first_byte_seconds if lat.ewma is None else 0.8 * lat.ewma + 0.2 * first_byte_seconds
@@ -148,9 +165,9 @@ class Backend:
     def failed(self) -> None:
         b = self.breaker
         b.failures += 1
-        b.probing = False
+        b.probe_until = 0.0
         if b.failures >= self.settings.failure_threshold or b.open_until:
-            b.open_until = _now() + self.settings.open_seconds
+            b.open_until = self.clock() + self.settings.open_seconds
             self.metrics.up.set(0)
 
 
@@ -172,7 +189,7 @@ class Route:
         ordered = self.order()
         if len(ordered) < 2:
             return ordered
-        now = _now()
+        now = ordered[0].clock()
         healthy = [b for b in ordered if b.available(now)]
         if len(healthy) == len(ordered):
             return ordered
@@ -232,7 +249,8 @@ class Runtime:
                 self.secrets.append(key)
             if not entries:
                 entries.append(KeyEntry({}, f"{name}#none", KeyState()))
-            self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0))
+            self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0),
+                                          state.clock)
         # Forget health of keys that are gone, so the state cannot grow without bound.
         live = {_key_id(n, k) for n, ks in keys.items() for k in ks}
         for kid in [k for k in state.keys if k not in live]:

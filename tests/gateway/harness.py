@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ import openai
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelroute_sidecar.app import Gateway, admin_app, api_app
+from modelroute_sidecar.app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_app
 from modelroute_sidecar.compile import compile_resources
 from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.router import Clock
 
 API = "modelroute.dev/v1alpha1"
 UPSTREAM_CLIENT = os.environ.get("MODELROUTE_UPSTREAM_CLIENT")
@@ -105,11 +107,24 @@ class RunningGateway:
         return total
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test says so (breakers, key cooldowns)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
-async def running_gateway(docs: Iterable[Mapping[str, Any]],
-                          base: GatewayConfig | None = None) -> AsyncIterator[RunningGateway]:
+async def running_gateway(docs: Iterable[Mapping[str, Any]], base: GatewayConfig | None = None,
+                          clock: Clock = time.monotonic) -> AsyncIterator[RunningGateway]:
     # MODELROUTE_UPSTREAM_CLIENT=lean|aiohttp runs the suites with that upstream client.
-    gw = Gateway(upstream_client=UPSTREAM_CLIENT) if UPSTREAM_CLIENT else Gateway()
+    gw = Gateway(upstream_client=UPSTREAM_CLIENT or DEFAULT_UPSTREAM_CLIENT, clock=clock)
     result = compile_resources(list(docs), base=base)
     assert not result.errors, result.errors
     gw.apply(result.config, result.keys)

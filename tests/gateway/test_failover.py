@@ -14,7 +14,7 @@ import pytest
 from modelroute_sidecar.config import GatewayConfig
 from tests.fakes.base import closed_port, wait_until
 from tests.fakes.openai import FakeOpenAI
-from tests.gateway.harness import FAST, model_route, provider_key, running_gateway, user
+from tests.gateway.harness import FAST, ManualClock, RunningGateway, model_route, provider_key, running_gateway, user
 
 MSG: Any = user("ping")
 
@@ -208,25 +208,77 @@ async def test_client_disconnect_cancels_the_upstream_request() -> None:
         await wait_until(lambda: a.streams_completed == 0 and a.cancelled == 1, within=5)
 
 
+BREAKER = GatewayConfig.model_validate({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 30}})
+
+
+async def open_circuit_of_a(gw: RunningGateway, a: FakeOpenAI) -> None:
+    a.faults.fail_next(2, 500)
+    for _ in range(2):
+        await gw.client().chat.completions.create(model="chat", messages=MSG)
+    assert await gw.metric("modelroute_backend_up", route="chat", backend="a/gpt-4o") == 0
+
+
 async def test_circuit_breaker_opens_probes_and_closes() -> None:
-    base = GatewayConfig.model_validate({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 0.3}})
-    async with FakeOpenAI() as a, FakeOpenAI() as b, running_gateway(two_backends(a, b), base=base) as gw:
-        a.faults.fail_next(2, 500)
-        for _ in range(2):
-            await gw.client().chat.completions.create(model="chat", messages=MSG)
-        assert await gw.metric("modelroute_backend_up", route="chat", backend="a/gpt-4o") == 0
+    clock = ManualClock()
+    async with FakeOpenAI() as a, FakeOpenAI() as b, running_gateway(two_backends(a, b), BREAKER, clock) as gw:
+        await open_circuit_of_a(gw, a)
         n = len(a.requests)
+        clock.advance(29)  # still open: not even tried
         raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
         assert raw.headers["x-modelroute-backend"] == "b/gpt-4o-mini"
         assert raw.headers["x-modelroute-attempts"] == "1"
-        assert len(a.requests) == n  # open: not even tried
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # after openSeconds, one probe goes to a and closes it
-            raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
-            if raw.headers["x-modelroute-backend"] == "a/gpt-4o":
-                break
-            await asyncio.sleep(0.05)
+        assert len(a.requests) == n
+        clock.advance(2)  # half-open: the next request probes a, and its success closes the circuit
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MSG)
         assert raw.headers["x-modelroute-backend"] == "a/gpt-4o"
+        assert await gw.metric("modelroute_backend_up", route="chat", backend="a/gpt-4o") == 1
+
+
+async def test_half_open_circuit_admits_one_probe_at_a_time() -> None:
+    clock = ManualClock()
+    async with FakeOpenAI() as a, FakeOpenAI() as b, running_gateway(two_backends(a, b), BREAKER, clock) as gw:
+        await open_circuit_of_a(gw, a)
+        n, m = len(a.requests), len(b.requests)
+        clock.advance(31)
+        a.faults.hang()
+        client = gw.client()
+        probe = asyncio.ensure_future(client.chat.completions.with_raw_response.create(model="chat", messages=MSG))
+        await wait_until(lambda: len(a.requests) == n + 1, within=5)
+        # While the probe is out, everything else goes to b, concurrent requests included.
+        raws = await asyncio.gather(*[client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+                                      for _ in range(16)])
+        assert {r.headers["x-modelroute-backend"] for r in raws} == {"b/gpt-4o-mini"}
+        assert len(a.requests) == n + 1 and len(b.requests) == m + 16
+        a.faults.clear()
+        assert (await probe).headers["x-modelroute-backend"] == "a/gpt-4o"
+        raw = await client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert raw.headers["x-modelroute-backend"] == "a/gpt-4o"
+
+
+async def test_failed_probe_reopens_and_a_lost_probe_does_not_wedge_the_circuit() -> None:
+    clock = ManualClock()
+    async with FakeOpenAI() as a, FakeOpenAI() as b, running_gateway(two_backends(a, b), BREAKER, clock) as gw:
+        await open_circuit_of_a(gw, a)
+        client = gw.client()
+        clock.advance(31)
+        a.faults.fail_next(1, 500)  # the probe fails: open again for a whole period
+        raw = await client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert raw.headers["x-modelroute-attempts"] == "2"
+        n = len(a.requests)
+        clock.advance(29)
+        await client.chat.completions.create(model="chat", messages=MSG)
+        assert len(a.requests) == n
+        clock.advance(2)
+        a.faults.hang()  # a probe that never answers holds a for at most one open period
+        probe = asyncio.create_task(client.chat.completions.create(model="chat", messages=MSG))
+        await wait_until(lambda: len(a.requests) == n + 1, within=5)
+        await client.chat.completions.create(model="chat", messages=MSG)
+        assert len(a.requests) == n + 1
+        clock.advance(31)
+        second = asyncio.create_task(client.chat.completions.create(model="chat", messages=MSG))
+        await wait_until(lambda: len(a.requests) == n + 2, within=5)
+        a.faults.clear()
+        await asyncio.gather(probe, second)
         assert await gw.metric("modelroute_backend_up", route="chat", backend="a/gpt-4o") == 1
 
 
