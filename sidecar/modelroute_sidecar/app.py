@@ -15,14 +15,15 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .config import GatewayConfig, Keys
+from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
 from .dialects.anthropic_messages import AnthropicMessages
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
-from .errors import GatewayError, model_not_found, payload_too_large
+from .errors import GatewayError, model_not_found
 from .metrics import Metrics
+from .request_body import read_body
 from .router import Clock, Runtime, State
 from .upstream import LeanClient
 
@@ -42,7 +43,8 @@ class Gateway:
     """Holds the current Runtime and what outlives reloads (state, metrics, HTTP client)."""
 
     def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         if upstream_client not in UPSTREAM_CLIENTS:
             raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
         self.upstream_client = upstream_client
@@ -54,6 +56,8 @@ class Gateway:
         self.engine: Engine | None = None
         self.models_body = b'{"object":"list","data":[]}'
         self.draining = False
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
@@ -100,21 +104,17 @@ def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) 
                         headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise payload_too_large(limit)
-        return await request.read()  # the common case: one read, no chunk list
-    # Read in pieces and stop at the limit: a chunked body (no Content-Length) must not be
-    # buffered whole before it is judged too large.
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _refuse(request: web.Request, dialect: Dialect, err: GatewayError, rid: str | None = None) -> web.Response:
+    resp = _dialect_error(dialect, err, rid)
+    if err.status == 408:
+        # A caller too slow to send its body loses the connection at once: aiohttp would
+        # otherwise linger, reading what is left of the body, for another 10 s.
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write_eof()
+        if request.transport is not None:
+            request.transport.close()  # after the response: a transport flushes before it closes
+    return resp
 
 
 async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
@@ -124,7 +124,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
     try:
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
-        body = await _read_body(request, rt.max_body_bytes)
+        body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
         route = rt.resolve(ingress.model)
         if route is None:
@@ -133,7 +133,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":
             gw.metrics.unrouted(err.status)
-        return _dialect_error(dialect, err, request.headers.get("x-request-id"))
+        return await _refuse(request, dialect, err, request.headers.get("x-request-id"))
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         raise
     except Exception:
@@ -200,7 +200,8 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     """
     gw = request.app[GATEWAY]
     try:
-        body = await _read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024)
+        body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
+                               gw.body_timeout)
         try:
             req = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -211,11 +212,11 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
         return web.json_response({"input_tokens": max(1, len(text) // 4)},
                                  headers={"x-modelroute-estimate": "true"})
     except GatewayError as err:
-        return _dialect_error(dialect, err)
+        return await _refuse(request, dialect, err)
 
 
 def api_app(gateway: Gateway) -> web.Application:
-    # The body limit is enforced per config in _read_body; this is only the hard ceiling.
+    # The body limit is enforced per config in read_body; this is only the hard ceiling.
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -230,6 +231,15 @@ def api_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
+
+
+def api_runner(gateway: Gateway) -> web.AppRunner:
+    """The API's runner: the gateway decodes request bodies itself (request_body.py), under
+    its limits, and a connection without a complete request head is closed after
+    ``header_timeout`` (aiohttp's keep-alive timer runs from the connection's start and
+    from each response's end until the next head is complete)."""
+    return web.AppRunner(api_app(gateway), handler_cancellation=True, access_log=None, auto_decompress=False,
+                         keepalive_timeout=gateway.header_timeout)
 
 
 def admin_app(gateway: Gateway) -> web.Application:

@@ -9,7 +9,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .config import DEFAULT_CONFIG_DIR, DEFAULT_METRICS_PORT, DEFAULT_PORT
+from .config import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+)
 
 log = logging.getLogger("modelroute")
 
@@ -49,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--upstream-client", default=None, choices=["lean", "aiohttp"],
                         help="HTTP client for upstream calls: lean (modelroute's own HTTP/1.1 client, the "
                              "default) or aiohttp (its ClientSession, as before)")
+        sp.add_argument("--header-timeout", type=_seconds, default=DEFAULT_HEADER_TIMEOUT,
+                        help="seconds a connection may take to send a complete request head, counted from its "
+                             "start or its last response (so also the idle keep-alive time); then it is closed "
+                             f"(default {DEFAULT_HEADER_TIMEOUT:g})")
+        sp.add_argument("--body-timeout", type=_seconds, default=DEFAULT_BODY_TIMEOUT,
+                        help="seconds a request body may take to arrive in full; then the caller gets a 408 and "
+                             "the connection is closed "
+                             f"(default {DEFAULT_BODY_TIMEOUT:g})")
 
     serve = sub.add_parser("serve", help="run the gateway without a cluster, from ModelRoute/ProviderKey YAML")
     serve.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
@@ -97,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     from aiohttp import web
 
-    from .app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_app
+    from .app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_runner
     from .loader import ConfigError, Source, watch
 
     src: Source = source  # type: ignore[assignment]
-    gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT)
+    gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT,
+                      header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     last_sig = src.signature()
     try:
         gateway.apply(*src.load())
@@ -115,7 +130,7 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     await gateway.start()
     runners: list[web.AppRunner] = []
     try:
-        api = web.AppRunner(api_app(gateway), handler_cancellation=True, access_log=None)
+        api = api_runner(gateway)
         await api.setup()
         await web.TCPSite(api, args.host, args.port, backlog=1024).start()
         runners.append(api)

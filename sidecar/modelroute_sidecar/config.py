@@ -27,6 +27,11 @@ KEYS_SUBDIR = "keys"  # <config-dir>/keys/<ProviderKey name>  (Secret volume, on
 DEFAULT_CONFIG_DIR = "/etc/modelroute"
 DEFAULT_PORT = 8700  # API, bound to 127.0.0.1 only
 DEFAULT_METRICS_PORT = 8701  # /metrics, /healthz, /readyz on all interfaces (kubelet probes the pod IP)
+# Slow or stalled callers must not pin connections: seconds from accepting a connection (or
+# finishing its last response) to a complete request head, which also bounds an idle
+# keep-alive connection; and seconds for a whole request body to arrive.
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 60.0
 
 # ProviderKey name -> key strings, in rotation order.
 Keys = dict[str, list[str]]

@@ -15,7 +15,7 @@ import openai
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelroute_sidecar.app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_app
+from modelroute_sidecar.app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_runner
 from modelroute_sidecar.compile import compile_resources
 from modelroute_sidecar.config import GatewayConfig
 from modelroute_sidecar.router import Clock
@@ -129,7 +129,7 @@ async def running_gateway(docs: Iterable[Mapping[str, Any]], base: GatewayConfig
     assert not result.errors, result.errors
     gw.apply(result.config, result.keys)
     await gw.start()
-    api = web.AppRunner(api_app(gw), handler_cancellation=True, access_log=None)
+    api = api_runner(gw)
     admin = web.AppRunner(admin_app(gw), access_log=None)
     await api.setup()
     await admin.setup()
