@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .config import BackendConfig, GatewayConfig, Keys, ProviderKeyConfig, RouteConfig
+from .config import BackendConfig, GatewayConfig, Keys, MockSettings, ProviderKeyConfig, RouteConfig
 from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelRoute, ProviderKey, Secret
 
 Kind = Literal["ProviderKey", "ModelRoute"]
@@ -29,6 +29,7 @@ PROVIDER_ENV_VARS: dict[str, tuple[str, ...]] = {
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
     "azure-openai": ("AZURE_OPENAI_API_KEY",),
     "openai-compatible": (),
+    "mock": (),
 }
 
 
@@ -150,6 +151,7 @@ def compile_resources(
             api_version=pk.spec.api_version
             or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
             headers=pk.spec.headers,
+            mock=(pk.spec.mock or MockSettings()) if pk.spec.provider == "mock" else None,
         )
         keys[name] = found
 
@@ -205,6 +207,8 @@ def _resolve_keys(
     pk: ProviderKey, secrets: Mapping[str, Secret], env: Mapping[str, str] | None
 ) -> tuple[list[str] | None, str, str]:
     """The key strings of a ProviderKey, or None with a reason. Never puts a key in a message."""
+    if pk.spec.provider == "mock":
+        return [], "NoKeyRequired", "provider mock answers in-process: no key, no network"
     ref = pk.spec.secret_ref
     if ref is not None and ref.name in secrets:
         secret = secrets[ref.name]

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
 Strategy = Literal["failover", "weighted", "latency"]
 
 CONFIG_VERSION = 1
@@ -79,6 +79,21 @@ class Price(_Model):
     cache_write: float | None = Field(None, ge=0, alias="cacheWrite")
 
 
+class MockSettings(_Model):
+    """A ``mock`` ProviderKey's behaviour: latency and failure injection (all off by default).
+
+    Failures are chosen by a hash of the request, not by a random draw: the same request
+    meets the same fate on every run, which keeps tests and drills reproducible.
+    """
+
+    first_byte_ms: int = Field(0, ge=0, le=600_000, alias="firstByteMs")  # before the response starts
+    chunk_interval_ms: int = Field(0, ge=0, le=60_000, alias="chunkIntervalMs")  # between stream chunks
+    failure_rate: float = Field(0.0, ge=0, le=1, alias="failureRate")  # share of requests that fail
+    fail_status: int = Field(503, ge=400, le=599, alias="failStatus")  # the HTTP status they fail with
+    fail_after_chunks: int | None = Field(None, ge=0, le=1_000_000, alias="failAfterChunks")  # streams break here
+    reply: str | None = Field(None, max_length=65536)  # fixed answer text instead of one derived from the prompt
+
+
 class ProviderKeyConfig(_Model):
     name: str
     provider: ProviderKind
@@ -86,6 +101,7 @@ class ProviderKeyConfig(_Model):
     models: tuple[str, ...] = ()
     api_version: str | None = Field(None, alias="apiVersion")  # azure-openai
     headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
+    mock: MockSettings | None = None  # provider mock only
 
 
 class BackendConfig(_Model):

@@ -28,7 +28,7 @@ from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
 from .pricing import cost_usd
-from .providers.base import PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
+from .providers.base import InProcessResponse, PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
 from .router import Backend, KeyEntry, Route, Runtime
 from .sse import SSEParser
 from .upstream import LeanClient, LeanResponse
@@ -111,7 +111,7 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-UpstreamResponse = aiohttp.ClientResponse | LeanResponse
+UpstreamResponse = aiohttp.ClientResponse | LeanResponse | InProcessResponse
 
 
 class Engine:
@@ -248,7 +248,9 @@ class Engine:
             try:
                 async with asyncio.timeout_at(first_byte_at):
                     adapter = backend.adapter
-                    if self.lean is not None and adapter.proxy is None:
+                    if adapter.in_process:
+                        resp = await adapter.respond(prepared)
+                    elif self.lean is not None and adapter.proxy is None:
                         resp = await self.lean.post(prepared.url, prepared.body, headers, timeouts.connect_seconds)
                     else:
                         resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,

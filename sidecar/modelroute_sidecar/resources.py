@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import CircuitBreaker, ProviderKind, RetryPolicy, Strategy, Timeouts
+from .config import CircuitBreaker, MockSettings, ProviderKind, RetryPolicy, Strategy, Timeouts
 
 GROUP = "modelroute.dev"
 VERSION = "v1alpha1"
@@ -21,6 +21,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
+    "mock": "mock://local",  # answered in-process; never a network address
 }
 
 DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
@@ -60,6 +61,7 @@ class ProviderKeySpec(_Spec):
     models: list[str] | None = None
     api_version: str | None = Field(None, alias="apiVersion", min_length=1)
     headers: dict[str, str] = Field(default_factory=dict)
+    mock: MockSettings | None = None
 
     @field_validator("headers")
     @classmethod
@@ -75,9 +77,13 @@ class ProviderKeySpec(_Spec):
             raise ValueError(f"baseURL is required for provider {self.provider!r}")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("baseURL must start with http:// or https://")
+        if self.mock is not None and self.provider != "mock":
+            raise ValueError("spec.mock is only for provider mock")
         return self
 
     def resolved_base_url(self) -> str:
+        if self.provider == "mock":
+            return DEFAULT_BASE_URLS["mock"]  # no network: a baseURL means nothing to it
         return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
 
     def resolved_models(self) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from .config import CircuitBreaker as BreakerSettings
 from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
 from .metrics import BackendMetrics, Metrics
 from .pricing import find_price
-from .providers import ADAPTERS
+from .providers import adapter_class
 from .providers.base import ProviderAdapter
 
 _PATTERN_CACHE_MAX = 4096
@@ -136,7 +136,7 @@ class Backend:
         self.latency = state.latency.setdefault(self.id, LatencyState())
         self.metrics = BackendMetrics(metrics, route, self.provider, model, self.id)
         self.metrics.up.set(0 if self.breaker.open_until > self.clock() else 1)
-        self.price = find_price(model, cfg.prices)
+        self.price = find_price(model, cfg.prices) if adapter.priced else None
 
     def available(self, now: float) -> bool:
         """Closed, or half-open with no probe in flight."""
@@ -239,7 +239,7 @@ class Runtime:
         self.keyrings: dict[str, KeyRing] = {}
         self.secrets: list[str] = []  # every key value, for redacting upstream error text
         for name, pk in config.provider_keys.items():
-            adapter = ADAPTERS[pk.provider](pk)
+            adapter = adapter_class(pk.provider)(pk)
             self.adapters[name] = adapter
             entries = []
             for i, key in enumerate(keys.get(name, [])):

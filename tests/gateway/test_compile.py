@@ -271,7 +271,7 @@ INVALID = {
     "route-spec-a-list": ({**mr_spec(), "spec": []}, "ModelRoute default/x: spec: Input should be a valid "
                           "dictionary"),
     "unknown-provider": (pk("p", "bedrock"), "ProviderKey default/p: spec.provider: Input should be 'openai', "
-                         "'anthropic', 'gemini', 'azure-openai' or 'openai-compatible'"),
+                         "'anthropic', 'gemini', 'azure-openai', 'openai-compatible' or 'mock'"),
     "openai-compatible-without-baseURL": (pk("p", "openai-compatible"), "ProviderKey default/p: spec: Value error, "
                                           "baseURL is required for provider 'openai-compatible'"),
     "azure-without-baseURL": (pk("p", "azure-openai"), "ProviderKey default/p: spec: Value error, baseURL is "

@@ -47,6 +47,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("secretRef-name", with_spec(PK, secretRef={"key": "k"}), "spec.secretRef.name: Required value"),
     ("credential-header", with_spec(PK, headers={"Authorization": "Bearer x"}),
      "headers must not carry credentials"),
+    ("mock-settings-elsewhere", with_spec(PK, mock={"failureRate": 0.5}), "spec.mock is only for provider mock"),
+    ("mock-failure-rate", with_spec(PK, provider="mock", mock={"failureRate": 2}), "less than or equal to 1"),
     ("model-required", with_spec(MR, model=...), "spec.model: Required value"),
     ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value"),
     ("backends-required", with_spec(MR, backends=...), "spec.backends: Required value"),
@@ -69,8 +71,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 
 
 # Rules the CRD states with x-kubernetes-validations, and resources.py in the same words.
-SAME_WORDS = {"baseURL-scheme", "credential-header", "weighted-needs-weight",
-              "backoff-order", "first-byte-after-total"}
+SAME_WORDS = {"baseURL-scheme", "credential-header", "mock-settings-elsewhere", "mock-failure-rate",
+              "weighted-needs-weight", "backoff-order", "first-byte-after-total"}
 
 
 @pytest.mark.parametrize(("case", "doc", "words"), INVALID, ids=[c[0] for c in INVALID])
@@ -88,12 +90,14 @@ def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, names
 
 @pytest.mark.parametrize("doc", [
     with_spec(PK, headers={"X-Api-Key-Hint": "not a key", "OpenAI-Project": "p"}),
+    with_spec(PK, provider="mock", secretRef=..., mock={"firstByteMs": 10, "chunkIntervalMs": 5, "failureRate": 0.25,
+                                                         "failStatus": 429, "failAfterChunks": 0, "reply": "ok"}),
     # The order rules hold only between fields both written: an unset one is not compared.
     with_spec(MR, retries={"backoffBaseSeconds": 5}),
     with_spec(MR, timeouts={"firstByteSeconds": 900}),
     with_spec(MR, retries={"backoffBaseSeconds": 2, "backoffMaxSeconds": 2},
               timeouts={"firstByteSeconds": 30, "totalSeconds": 30}),
-], ids=["near-credential-names", "base-only", "first-byte-only", "equal-bounds"])
+], ids=["near-credential-names", "mock-settings", "base-only", "first-byte-only", "equal-bounds"])
 def test_edge_cases_of_the_cross_field_rules_are_accepted_by_both(cluster: Cluster, namespace: str,
                                                                   doc: dict[str, Any]) -> None:
     cluster.apply(doc, namespace)

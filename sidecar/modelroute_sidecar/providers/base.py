@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from aiohttp import BasicAuth
 from aiohttp.helpers import get_env_proxy_for_url
@@ -76,6 +76,9 @@ class ProviderAdapter(ABC):
     # Ingress dialects this upstream speaks natively: requests in them are passed through
     # with only the model replaced, which keeps every field the caller sent.
     native_dialects: ClassVar[frozenset[str]] = frozenset()
+    # In-process adapters (the mock) answer through respond() instead of the network.
+    in_process: ClassVar[bool] = False
+    priced: ClassVar[bool] = True  # False: usage costs nothing, whatever the model's name
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         self.pk = pk
@@ -111,3 +114,28 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     def error_info(self, status: int, body: bytes) -> UpstreamErrorInfo: ...
+
+    async def respond(self, prepared: PreparedRequest) -> InProcessResponse:
+        """The answer of an :attr:`in_process` adapter, read by the engine like an upstream's."""
+        raise NotImplementedError
+
+
+class _Content(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class InProcessResponse(Protocol):
+    """What the engine reads of an upstream response, for adapters that answer in-process."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> _Content: ...
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
