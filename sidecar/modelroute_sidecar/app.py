@@ -61,12 +61,21 @@ class Gateway:
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
+        self.install(self.prepare(config, keys))
+
+    def prepare(self, config: GatewayConfig, keys: Keys) -> tuple[Runtime, bytes]:
+        """Everything a config needs before it serves; safe to run in a thread (reloads do)."""
         new = Runtime(config, keys, self.state, self.metrics)
+        return new, orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in new.model_names]})
+
+    def install(self, prepared: tuple[Runtime, bytes]) -> None:
+        """Swap a prepared config in, on the event loop: one assignment, nothing to wait for."""
+        new, self.models_body = prepared
         if self.runtime is not None:
             self.runtime.retire()
+            new.continue_rotation(self.runtime)
         self.runtime = new
-        self.models_body = orjson.dumps({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in new.model_names]})
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)

@@ -112,14 +112,15 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     from aiohttp import web
 
     from .app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_runner
-    from .loader import ConfigError, Source, watch
+    from .loader import ConfigError, Source, long_lived, watch
 
     src: Source = source  # type: ignore[assignment]
     gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT,
                       header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     last_sig = src.signature()
     try:
-        gateway.apply(*src.load())
+        with long_lived():
+            gateway.apply(*src.load())
         gateway.metrics.config_reloads.labels("success").inc()
     except ConfigError as e:
         if strict:
@@ -147,7 +148,7 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         watcher = asyncio.create_task(watch(
-            src, gateway.apply, lambda r: gateway.metrics.config_reloads.labels(r).inc(),
+            src, gateway.prepare, gateway.install, lambda r: gateway.metrics.config_reloads.labels(r).inc(),
             args.reload_interval, last_sig))
         await stop.wait()
         gateway.draining = True

@@ -10,17 +10,20 @@ unlike inotify, follows kubelet's ``..data`` symlink swaps without special cases
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import orjson
 from pydantic import ValidationError
 
 from .compile import SourceDoc, compile_resources, format_validation_error, split_keys
-from .config import CONFIG_FILE, CONFIG_SUBDIR, KEYS_SUBDIR, GatewayConfig, Keys
+from .config import CONFIG_FILE, CONFIG_SUBDIR, KEYS_SUBDIR, GatewayConfig, Keys, RouteConfig
 
 log = logging.getLogger("modelroute.config")
 
@@ -38,25 +41,56 @@ class Source(Protocol):
 
 
 def _files(paths: Sequence[str | Path]) -> list[Path]:
+    """Every YAML file ``paths`` name. A source that is gone or unreadable is an error, never an
+    empty config: a deleted file or directory must not take every route down with it."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file()
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.exists():
+            found: list[Path] = []
+            for root, dirs, files in os.walk(p, onerror=_raise):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # kubelet's ..data and friends
+                for name in files:
+                    if name.startswith(".") or not name.endswith(YAML_SUFFIXES):
+                        continue
+                    f = Path(root, name)
+                    if not f.is_file():
+                        raise ConfigError(f"{f}: not a readable file (a dangling symlink?)")
+                    found.append(f)
+            if not found:
+                raise ConfigError(f"{p}: no YAML files ({', '.join(YAML_SUFFIXES)}) in this directory")
+            out.extend(sorted(found))
+        elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise ConfigError(f"{p}: not a regular file")
         else:
             raise ConfigError(f"{p}: no such file or directory")
     return out
 
 
+def _raise(e: OSError) -> None:
+    raise ConfigError(f"{e.filename}: unreadable ({e.strerror})")
+
+
+def _yaml_loader() -> type:
+    """libyaml's loader when PyYAML was built with it: about ten times the pure-Python speed."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_documents(paths: Sequence[str | Path]) -> list[SourceDoc]:
     import yaml  # only `serve` reads YAML; the sidecar never pays for the import
 
+    loader = _yaml_loader()
     docs: list[SourceDoc] = []
     for f in _files(paths):
         try:
-            loaded = list(yaml.safe_load_all(f.read_text()))
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{f}: not UTF-8 text") from None
+        try:
+            loaded = list(yaml.load_all(text, Loader=loader))
         except yaml.YAMLError as e:
             raise ConfigError(f"{f}: invalid YAML: {_yaml_problem(e)}") from None
         for i, body in enumerate(loaded):
@@ -114,11 +148,16 @@ class FileSource:
         return result.config, result.keys
 
     def signature(self) -> object:
-        sig = []
-        for f in _files(self.paths):
+        try:
+            files = _files(self.paths)
+        except ConfigError as e:
+            return ("unusable", str(e))  # load() says what is wrong, once, as a failed reload
+        sig: list[object] = []
+        for f in files:
             try:
                 st = f.stat()
-            except FileNotFoundError:
+            except OSError as e:
+                sig.append((str(f), type(e).__name__))
                 continue
             sig.append((str(f), st.st_mtime_ns, st.st_size))
         return tuple(sig)
@@ -150,33 +189,56 @@ class ConfigDirSource:
         self.dir = Path(directory)
         self.config_dir = self.dir / CONFIG_SUBDIR
         self.keys_dir = self.dir / KEYS_SUBDIR
+        self.had_config = False  # once a config was read, its vanishing is an error, not "no routes"
+        self.had_keys = False
 
     def load(self) -> tuple[GatewayConfig, Keys]:
         path = self.config_dir / CONFIG_FILE
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
+            if self.had_config:
+                raise ConfigError(f"{path} vanished") from None
             # The operator writes modelroute-config once the namespace has a ModelRoute or
             # ProviderKey; until then the (optional) volume is empty. Serving no routes, and
             # being ready, keeps the pod's readiness from waiting on a platform team.
             log.warning(f"{path} not found: serving no routes until the ConfigMap modelroute-config exists")
             return GatewayConfig(), {}
-        try:
-            config = GatewayConfig.model_validate_json(raw)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(str(path), e)) from None
+        config = parse_config(raw, str(path))
         keys: Keys = {}
         if self.keys_dir.is_dir():
             for entry in sorted(os.listdir(self.keys_dir)):
                 if entry.startswith("."):
                     continue  # ..data, ..2026_11_24_...: kubelet's bookkeeping
                 f = self.keys_dir / entry
-                if f.is_file():
-                    keys[entry] = split_keys(f.read_text())
+                if not f.is_file():
+                    raise ConfigError(f"{f}: not a readable file (a dangling symlink?)")
+                keys[entry] = split_keys(f.read_text())
+        elif self.had_keys:
+            raise ConfigError(f"{self.keys_dir} vanished")
+        self.had_config = True
+        self.had_keys = self.had_keys or bool(keys)
         return config, keys
 
     def signature(self) -> object:
         return (_dir_signature(self.config_dir), _dir_signature(self.keys_dir))
+
+
+def parse_config(raw: bytes, origin: str) -> GatewayConfig:
+    """The compiled config, validated one route at a time: pydantic holds the GIL for a whole
+    call, and one call over 10,000 routes would stall the event loop while a reload runs in
+    a thread. An error is reported by the whole-document validation, which locates it."""
+    try:
+        doc = orjson.loads(raw)
+        if isinstance(doc, dict) and isinstance(doc.get("routes"), dict):
+            doc["routes"] = {name: RouteConfig.model_validate(r) for name, r in doc["routes"].items()}
+            return GatewayConfig.model_validate(doc)
+    except (orjson.JSONDecodeError, ValidationError):
+        pass
+    try:
+        return GatewayConfig.model_validate_json(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(origin, e)) from None
 
 
 def _dir_signature(d: Path) -> object:
@@ -192,19 +254,50 @@ def _dir_signature(d: Path) -> object:
             return None
 
 
-async def watch(source: Source, apply: Callable[[GatewayConfig, Keys], None], on_result: Callable[[str], None],
-                interval: float = 1.0, last: object = None) -> None:
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def long_lived() -> Iterator[None]:
+    """Build a config without the cyclic GC, then freeze what is alive.
+
+    A big config is hundreds of thousands of objects that live until the next reload. The
+    collector would scan them on every full collection, each a pause of the whole process
+    (the GIL is held) of a third of a second at 10,000 routes; during the load itself such
+    collections made up most of its time. Frozen objects are still freed by reference
+    counting once the config is replaced; only cycles among them would outlive it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+async def watch(source: Source, prepare: Callable[[GatewayConfig, Keys], T], install: Callable[[T], None],
+                on_result: Callable[[str], None], interval: float = 1.0, last: object = None) -> None:
     """Poll ``source`` and apply changes until cancelled. A failed load keeps the old config.
 
     A change is loaded once the files have held still for one interval: an editor saving in
     place (truncate, then write) or a slow `cat > file` must not get its empty or half-written
-    file applied, which would drop routes until the next good edit.
+    file applied, which would drop routes until the next good edit. Reading, parsing and
+    ``prepare`` (building what requests use) run in a thread, so a big config never stalls
+    requests; ``install`` then swaps the result in on the event loop, in one step.
     """
     seen = last
+
+    def load() -> tuple[T, int, int]:
+        with long_lived():
+            config, keys = source.load()
+            return prepare(config, keys), len(config.routes), len(config.provider_keys)
+
     while True:
         await asyncio.sleep(interval)
         try:
-            sig = source.signature()
+            sig = await asyncio.to_thread(source.signature)
         except (ConfigError, OSError) as e:
             log.warning(f"config source unreadable: {e}")
             continue
@@ -212,14 +305,18 @@ async def watch(source: Source, apply: Callable[[GatewayConfig, Keys], None], on
             seen = sig
             continue
         try:
-            config, keys = source.load()
+            prepared, routes, provider_keys = await asyncio.to_thread(load)
         except (ConfigError, OSError) as e:
             log.error(f"config reload failed, keeping the previous config: {e}")
             on_result("error")
             last = sig  # do not retry the same broken files every second
             continue
-        apply(config, keys)
+        except Exception as e:  # a bug must not end reloads for good; its text may quote a key
+            log.error(f"config reload failed, keeping the previous config: {type(e).__name__}")
+            on_result("error")
+            last = sig
+            continue
+        install(prepared)
         last = sig
         on_result("success")
-        log.info("config reloaded", extra={"fields": {"routes": len(config.routes),
-                                                       "provider_keys": len(config.provider_keys)}})
+        log.info("config reloaded", extra={"fields": {"routes": routes, "provider_keys": provider_keys}})

@@ -291,6 +291,13 @@ class Runtime:
             out.update(p for p in pk.models if not any(c in p for c in "*?["))
         return out
 
+    def continue_rotation(self, old: Runtime) -> None:
+        """Key rotation goes on where the Runtime this one replaces left it."""
+        for name, ring in self.keyrings.items():
+            prev = old.keyrings.get(name)
+            if prev is not None:
+                ring._next = prev.position
+
     def retire(self) -> None:
         """Hand key rotation positions to the next Runtime."""
         for name, ring in self.keyrings.items():
