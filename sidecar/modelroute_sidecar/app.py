@@ -21,10 +21,11 @@ from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
-from .errors import GatewayError, model_not_found
+from .errors import GatewayError, bad_request, model_not_found
 from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
+from .syntax import MODEL_NAME_RULE, valid_model_name
 from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
@@ -135,6 +136,9 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
+        if not valid_model_name(ingress.model):
+            # The one gate for caller-chosen names: nothing past here sees URL syntax.
+            raise bad_request(f"Invalid 'model': {MODEL_NAME_RULE}.", "model", "invalid_model_name")
         route = rt.resolve(ingress.model)
         if route is None:
             raise model_not_found(ingress.model)
@@ -179,7 +183,7 @@ async def models(request: web.Request) -> web.Response:
 async def model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info["name"]
-    if gw.runtime is None or gw.runtime.resolve(name) is None:
+    if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
         return _dialect_error(OPENAI_CHAT, model_not_found(name))
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "modelroute"},
                              dumps=lambda o: orjson.dumps(o).decode())

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import CircuitBreaker, MockSettings, ProviderKind, RetryPolicy, Strategy, Timeouts
+from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
 GROUP = "modelroute.dev"
 VERSION = "v1alpha1"
@@ -65,10 +66,17 @@ class ProviderKeySpec(_Spec):
 
     @field_validator("headers")
     @classmethod
-    def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
         if any(h.lower() in CREDENTIAL_HEADERS for h in headers):
             raise ValueError("headers must not carry credentials (Authorization, x-api-key, api-key, "
                              "x-goog-api-key): put the key in the Secret named by secretRef")
+        # Refused here, not at request time: a bad header would fail every request of the key.
+        for name, value in headers.items():
+            if not valid_header_name(name):
+                raise ValueError(f"header names must be HTTP tokens (letters, digits, !#$%&*+.^_|~-): {name!r}")
+            if not valid_header_value(value):
+                raise ValueError(f"header {name}: the value may hold only visible ASCII, spaces and tabs "
+                                 "(no CR, LF or other control characters)")
         return headers
 
     @model_validator(mode="after")
@@ -92,18 +100,28 @@ class ProviderKeySpec(_Spec):
         return DEFAULT_MODELS.get(self.provider, ())
 
 
+def _model_name(name: str | None) -> str | None:
+    if name is not None and not valid_model_name(name):
+        raise ValueError(MODEL_NAME_RULE)  # the same rule callers' names meet at ingress
+    return name
+
+
 class BackendSpec(_Spec):
     provider_key: str = Field(alias="providerKey", min_length=1)
-    model: str | None = Field(None, min_length=1)
+    model: str | None = Field(None, min_length=1, max_length=MODEL_NAME_MAX)
     weight: int = Field(1, ge=0, le=1_000_000)
+
+    _model = field_validator("model")(_model_name)
 
 
 class ModelRouteSpec(_Spec):
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=MODEL_NAME_MAX)
     strategy: Strategy = "failover"
     backends: list[BackendSpec] = Field(min_length=1)
     retries: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+
+    _model = field_validator("model")(_model_name)
 
     # As the CRD's rules: only when both fields are written (an unset one takes its default).
     @field_validator("retries")

@@ -67,12 +67,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("first-byte-after-total", with_spec(MR, timeouts={"firstByteSeconds": 100, "totalSeconds": 50}),
      "firstByteSeconds must not exceed totalSeconds"),
     ("unknown-field", with_spec(MR, retry={"maxAttempts": 2}), 'unknown field "spec.retry"'),
+    # Model names are data, never URL syntax (syntax.MODEL_NAME_PATTERN).
+    ("model-dot-segment", with_spec(MR, model="gpt-4o/../other"), "spec.model in body should match"),
+    ("model-query", with_spec(MR, model="gemini-x?key=EVIL#"), "spec.model in body should match"),
+    ("model-newline", with_spec(MR, model="gpt-x\nfoo"), "spec.model in body should match"),
+    ("backend-model-slash-dot", with_spec(MR, backends=[{"providerKey": "a", "model": "x/./y"}]),
+     "spec.backends[0].model in body should match"),
+    ("backend-model-unicode", with_spec(MR, backends=[{"providerKey": "a", "model": "gpt\u2024\u2024"}]),
+     "spec.backends[0].model in body should match"),
+    # Headers are validated where they enter: no CR/LF or other controls, names are tokens.
+    ("header-crlf", with_spec(PK, headers={"X-Team": "a\r\nX-Injected: 1"}), "should match"),
+    ("header-lf", with_spec(PK, headers={"X-Team": "a\nb"}), "should match"),
+    ("header-nul", with_spec(PK, headers={"X-Team": "a\x00b"}), "should match"),
+    ("header-non-ascii", with_spec(PK, headers={"X-Team": "caf\u00e9"}), "should match"),
+    ("header-name", with_spec(PK, headers={"X Team:": "a"}), "header names must be HTTP tokens"),
 ]
 
 
 # Rules the CRD states with x-kubernetes-validations, and resources.py in the same words.
 SAME_WORDS = {"baseURL-scheme", "credential-header", "mock-settings-elsewhere", "mock-failure-rate",
-              "weighted-needs-weight", "backoff-order", "first-byte-after-total"}
+              "weighted-needs-weight", "backoff-order", "first-byte-after-total", "header-name"}
 
 
 @pytest.mark.parametrize(("case", "doc", "words"), INVALID, ids=[c[0] for c in INVALID])
@@ -92,12 +106,15 @@ def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, names
     with_spec(PK, headers={"X-Api-Key-Hint": "not a key", "OpenAI-Project": "p"}),
     with_spec(PK, provider="mock", secretRef=..., mock={"firstByteMs": 10, "chunkIntervalMs": 5, "failureRate": 0.25,
                                                          "failStatus": 429, "failAfterChunks": 0, "reply": "ok"}),
+    with_spec(PK, headers={"X-Odd_Name.v2": "spaces and\ttabs, symbols !#$%&*+^|~ are fine"}),
+    with_spec(MR, model="Qwen/Qwen2.5-7B-Instruct", backends=[{"providerKey": "a", "model": "qwen2.5:7b"}]),
     # The order rules hold only between fields both written: an unset one is not compared.
     with_spec(MR, retries={"backoffBaseSeconds": 5}),
     with_spec(MR, timeouts={"firstByteSeconds": 900}),
     with_spec(MR, retries={"backoffBaseSeconds": 2, "backoffMaxSeconds": 2},
               timeouts={"firstByteSeconds": 30, "totalSeconds": 30}),
-], ids=["near-credential-names", "mock-settings", "base-only", "first-byte-only", "equal-bounds"])
+], ids=["near-credential-names", "mock-settings", "header-value-edges", "model-with-slash-and-colon", "base-only",
+        "first-byte-only", "equal-bounds"])
 def test_edge_cases_of_the_cross_field_rules_are_accepted_by_both(cluster: Cluster, namespace: str,
                                                                   doc: dict[str, Any]) -> None:
     cluster.apply(doc, namespace)

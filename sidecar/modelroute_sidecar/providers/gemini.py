@@ -29,6 +29,7 @@ from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
 from ..config import ProviderKeyConfig
 from ..errors import ErrorType, bad_request
 from ..sse import SSEEvent
+from ..syntax import path_segment
 from ._parts import content_text, dump_arguments, new_id, parse_arguments, split_data_url, stop_list
 from .base import PreparedRequest, ProviderAdapter, StreamDecoder, StreamError, UpstreamErrorInfo
 
@@ -555,7 +556,8 @@ class GeminiAdapter(ProviderAdapter):
         return {"x-goog-api-key": key}
 
     def _url(self, model: str, method: str) -> str:
-        return f"{self.models_url}{model.removeprefix('models/')}:{method}"
+        # The name is one path segment, whatever it holds: it can never reach another path.
+        return f"{self.models_url}{path_segment(model.removeprefix('models/'))}:{method}"
 
     def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest:
         url = self._url(model, "streamGenerateContent?alt=sse" if stream else "generateContent")

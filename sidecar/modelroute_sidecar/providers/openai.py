@@ -14,6 +14,7 @@ from ..canonical import ChatChunk, ChatRequest, ChatResponse, usage_from_openai
 from ..config import ProviderKeyConfig
 from ..errors import ErrorType
 from ..sse import SSEEvent
+from ..syntax import path_segment
 from .base import PreparedRequest, ProviderAdapter, StreamDecoder, StreamError, UpstreamErrorInfo
 
 _STATUS_TYPES: dict[int, ErrorType] = {
@@ -160,7 +161,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             if self._api_version == "v1":
                 cached = f"{self.base_url}/openai/v1/{operation}"
             else:
-                cached = (f"{self.base_url}/openai/deployments/{model}/{operation}"
+                # The deployment is one path segment, whatever the name holds.
+                cached = (f"{self.base_url}/openai/deployments/{path_segment(model)}/{operation}"
                           f"?api-version={self._api_version}")
             self._urls[(operation, model)] = cached
         return cached
