@@ -3,7 +3,8 @@
     python bench/operator_scale.py [--namespaces 50] [--routes 10] [--pods 300] [--kubeconfig FILE]
 
 What it measures, with the operator running as users run it (`python -m modelroute_operator`,
-as a ServiceAccount bound to deploy/clusterrole.yaml):
+as a ServiceAccount bound to deploy/clusterrole.yaml, and to deploy/namespace-clusterrole.yaml
+in each benchmark namespace):
 
 1. 500 ModelRoutes (10 in each of 50 namespaces, each with a ProviderKey and its Secret)
    applied at once: the time until every ModelRoute is Ready, and until every namespace's
@@ -82,6 +83,17 @@ def setup_rbac(cp_kubectl: Callable[..., Any]) -> None:
     cp_kubectl("apply", "-f", str(ROOT / "deploy" / "clusterrole.yaml"))
     cp_kubectl("create", "clusterrolebinding", "modelroute-operator", "--clusterrole=modelroute-operator",
                "--serviceaccount=modelroute-system:modelroute-operator")
+    cp_kubectl("apply", "-f", str(ROOT / "deploy" / "namespace-clusterrole.yaml"))
+    cp_kubectl("apply", "-f", str(ROOT / "deploy" / "admission-policy.yaml"))
+
+
+def enabled(namespace: str) -> dict[str, Any]:
+    """The RoleBinding that lets the operator serve ``namespace`` (docs/install.md)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "modelroute-operator", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "modelroute-operator-namespace"},
+            "subjects": [{"kind": "ServiceAccount", "name": "modelroute-operator", "namespace": "modelroute-system"}]}
 
 
 async def webhook_metrics(kube: Kube) -> tuple[float, float]:
@@ -138,6 +150,8 @@ async def bench(args: argparse.Namespace, admin: Kube, kubeconfig: Path, log_pat
 
         # --- 1. 500 routes ----------------------------------------------------------------
         await bounded(16, [admin.create("/api/v1/namespaces", {"metadata": {"name": ns}}) for ns in namespaces])
+        await bounded(16, [admin.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+                                        enabled(ns)) for ns in namespaces])
         docs: list[tuple[str, dict[str, Any]]] = []
         for ns in namespaces:
             docs.append((core_path("secrets", ns), {"metadata": {"name": "openai-key"},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -145,6 +145,35 @@ class Kube:
                 return False
             raise
         return True
+
+    async def watch(self, path: str, query: Mapping[str, str], *, timeout_seconds: int = 300) -> AsyncIterator[JSON]:
+        """The events of one watch request (``{"type", "object"}``), until the server ends it
+        (after ``timeout_seconds``). A refused request raises :class:`ApiError`."""
+        params = await self._api.param_serialize(
+            method="GET", resource_path=path,
+            query_params=list({**query, "watch": "1", "timeoutSeconds": str(timeout_seconds)}.items()),
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )
+        response = await self._api.call_api(*params, _request_timeout=timeout_seconds + 30)
+        try:
+            if not 200 <= response.status < 300:
+                data = await response.read()
+                try:
+                    status = json.loads(data)
+                    message, reason = status.get("message", ""), status.get("reason", "")
+                except (ValueError, AttributeError):
+                    message, reason = data.decode("utf-8", "replace")[:500], ""
+                raise ApiError(response.status, reason or str(response.reason), message, "WATCH", path)
+            # One JSON document per line; a line can exceed aiohttp's readline limit (a large Secret).
+            buffer = b""
+            async for chunk in response.response.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            response.response.release()
 
     async def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 33); a "+" suffix is ignored."""

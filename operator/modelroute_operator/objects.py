@@ -13,6 +13,7 @@ down then, the garbage collector does, once every owner is gone.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,6 +66,23 @@ def all_statuses(result: CompileResult, sources: Iterable[Body]) -> dict[tuple[K
     return statuses
 
 
+def failed_statuses(statuses: Mapping[tuple[Kind, str], ObjectStatus], reason: str,
+                    message: str) -> dict[tuple[Kind, str], ObjectStatus]:
+    """Every object not ready, for a reason of the namespace's (its config could not be written);
+    the compiler's summary (keys, backends) stays."""
+    return {k: dataclasses.replace(s, ready=False, reason=reason, message=message) for k, s in statuses.items()}
+
+
+def redact(text: str, keys: Mapping[str, Sequence[str]], limit: int = 512) -> str:
+    """``text`` (e.g. an API server's or an admission webhook's refusal) without any of ``keys``,
+    as written or base64-encoded as in the Secret, and at most ``limit`` characters."""
+    secrets = {k for values in keys.values() for k in values if k}
+    secrets |= {v for v in keys_data_values(keys) if v}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # --- the ConfigMap and the Secret -----------------------------------------------------------
 
 
@@ -93,10 +111,12 @@ def desired_configmap(namespace: str, result: CompileResult, owners: Sequence[Ma
 
 def keys_data(result: CompileResult) -> dict[str, str]:
     """Secret data: one entry per ProviderKey in the config, its keys one per line (base64)."""
-    return {
-        name: base64.b64encode("\n".join(keys).encode("utf-8")).decode("ascii")
-        for name, keys in sorted(result.keys.items())
-    }
+    return dict(zip(sorted(result.keys), keys_data_values(result.keys), strict=True))
+
+
+def keys_data_values(keys: Mapping[str, Sequence[str]]) -> list[str]:
+    """The Secret's data values, in the order of the sorted ProviderKey names."""
+    return [base64.b64encode("\n".join(keys[name]).encode("utf-8")).decode("ascii") for name in sorted(keys)]
 
 
 def desired_keys_secret(namespace: str, result: CompileResult, owners: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from modelroute_sidecar.compile import ObjectStatus, compile_resources
 from modelroute_sidecar.config import CONFIGMAP_NAME, KEYS_SECRET_NAME, GatewayConfig
 
-from . import objects
+from . import names, objects
 from .kube import ApiError, Kube, core_path, custom_path
 from .metrics import OperatorMetrics, ReconcileResult
 
@@ -53,6 +53,34 @@ class Report:
     status_writes: int = 0
     failures: list[str] = field(default_factory=list)
     terminating: bool = False  # the namespace is being deleted: nothing was done
+    # The Secrets its ProviderKeys reference, and whether the operator may read them here.
+    referenced: frozenset[str] = frozenset()
+    secrets_readable: bool = True
+    # Why the namespace's config could not be written (the reason its objects carry), if so.
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a namespace's config was not written: every source gets Ready=False with it."""
+
+    reason: str
+    message: str
+
+
+NOT_ENABLED = "NamespaceNotEnabled"
+WRITE_FAILED = "ConfigWriteFailed"
+
+
+def not_enabled(namespace: str) -> Problem:
+    return Problem(NOT_ENABLED, f"the operator may not read Secrets in namespace {namespace}: an administrator "
+                                "enables a namespace with a RoleBinding to the operator's namespace ClusterRole "
+                                "(see docs/install.md)")
+
+
+class ConfigWriteError(Exception):
+    """``modelroute-config`` or ``modelroute-keys`` could not be written; the message is the user's
+    (the API server's reason, never object content)."""
 
 
 async def reconcile_namespace(
@@ -73,31 +101,49 @@ async def reconcile_namespace(
         generated = (core_path("configmaps", namespace, CONFIGMAP_NAME),
                      core_path("secrets", namespace, KEYS_SECRET_NAME))
         for path in generated:
-            existing = await kube.get(path)
-            if existing is not None and objects.is_ours(existing):
-                await kube.delete(path, resource_version=existing["metadata"].get("resourceVersion"))
-                report.wrote.append(f"deleted {path.rsplit('/', 1)[-1]} (no sources left)")
+            try:
+                existing = await kube.get(path)
+                if existing is not None and objects.is_ours(existing):
+                    await kube.delete(path, resource_version=existing["metadata"].get("resourceVersion"))
+                    report.wrote.append(f"deleted {path.rsplit('/', 1)[-1]} (no sources left)")
+            except ApiError as e:
+                if e.status != 403:
+                    raise
+                # Not enabled: the operator cannot have written anything here (or no longer may).
         return report
 
-    names = sorted(objects.referenced_secret_names(keys))
-    fetched = await asyncio.gather(*(kube.get(core_path("secrets", namespace, n)) for n in names))
+    secret_names = sorted(objects.referenced_secret_names(keys))
+    report.referenced = frozenset(secret_names)
+    try:
+        fetched = await asyncio.gather(*(kube.get(core_path("secrets", namespace, n)) for n in secret_names))
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        fetched, report.secrets_readable, report.problem = [], False, not_enabled(namespace)
     secrets = [s for s in fetched if s is not None]
     result = compile_resources(objects.source_docs(sources, secrets), base=base)
     del secrets, fetched  # key material stays in `result.keys` only
 
-    owners = objects.owner_references(sources)
-    outputs = (objects.desired_configmap(namespace, result, owners),
-               objects.desired_keys_secret(namespace, result, owners))
-    try:
-        changed = await asyncio.gather(*(_apply(kube, desired) for desired in outputs))
-    except ApiError as e:
-        if e.namespace_terminating:  # it is going, and everything in it: nothing to do
-            report.terminating = True
-            return report
-        raise
-    report.wrote += [f"{d['kind']} {d['metadata']['name']}" for d, c in zip(outputs, changed, strict=True) if c]
+    if report.problem is None:
+        owners = objects.owner_references(sources)
+        outputs = (objects.desired_configmap(namespace, result, owners),
+                   objects.desired_keys_secret(namespace, result, owners))
+        try:
+            changed = await asyncio.gather(*(_apply(kube, desired) for desired in outputs))
+        except ApiError as e:
+            if e.namespace_terminating:  # it is going, and everything in it: nothing to do
+                report.terminating = True
+                return report
+            raise
+        except ConfigWriteError as e:
+            report.problem = Problem(WRITE_FAILED, objects.redact(str(e), result.keys))
+        else:
+            report.wrote += [f"{d['kind']} {d['metadata']['name']}"
+                             for d, c in zip(outputs, changed, strict=True) if c]
 
     statuses = objects.all_statuses(result, sources)
+    if report.problem is not None:
+        statuses = objects.failed_statuses(statuses, report.problem.reason, report.problem.message)
     now = utcnow()
     writes = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
 
@@ -119,22 +165,39 @@ async def reconcile_namespace(
     await asyncio.gather(*pending)
     if report.failures:
         # The other objects got their status; a retry of the namespace will finish these.
-        raise ReconcileIncomplete("; ".join(report.failures))
+        raise ReconcileIncomplete("; ".join(report.failures), report)
+    if report.problem is not None:
+        # Said on every object (and in an Event); retried with backoff until it can be written.
+        raise ReconcileIncomplete(f"{report.problem.reason}: {report.problem.message}", report)
     return report
 
 
 class ReconcileIncomplete(Exception):
-    """Some objects' status could not be written."""
+    """Some objects' status could not be written, or the namespace's config could not be."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report
 
 
-async def reconcile_and_log(kube: Kube, namespace: str, metrics: OperatorMetrics | None = None) -> Report:
+FollowFn = Callable[[str, frozenset[str]], None]
+
+
+async def reconcile_and_log(kube: Kube, namespace: str, metrics: OperatorMetrics | None = None,
+                            follow: FollowFn | None = None) -> Report:
+    """Reconcile, count and log; ``follow(namespace, secret names)`` is told which Secrets to
+    watch for rotation afterwards (none where they cannot be read)."""
     start = time.perf_counter()
     try:
         report = await reconcile_namespace(kube, namespace)
-    except Exception:
+    except Exception as e:
         if metrics is not None:
             metrics.reconciled(namespace, "error", time.perf_counter() - start)
+        if follow is not None and isinstance(e, ReconcileIncomplete):
+            follow(namespace, e.report.referenced if e.report.secrets_readable else frozenset())
         raise
+    if follow is not None:
+        follow(namespace, report.referenced)
     if metrics is not None:
         result: ReconcileResult = "terminating" if report.terminating else \
             "changed" if report.wrote or report.status_writes else "unchanged"
@@ -176,15 +239,26 @@ async def _apply(kube: Kube, desired: dict[str, Any]) -> bool:
     meta = desired["metadata"]
     plural = "configmaps" if desired["kind"] == "ConfigMap" else "secrets"
     path = core_path(plural, meta["namespace"], meta["name"])
-    existing = await kube.get(path)
-    if existing is None:
-        await kube.create(core_path(plural, meta["namespace"]), desired)
+    what = f"{desired['kind']} {meta['name']}"
+    try:
+        existing = await kube.get(path)
+        if existing is None:
+            await kube.create(core_path(plural, meta["namespace"]), desired)
+            return True
+        if not objects.is_ours(existing):
+            raise ConfigWriteError(f"cannot write {what}: an object of that name exists that the operator does "
+                                   f"not manage (no label {names.MANAGED_BY_LABEL}={names.MANAGED_BY_VALUE}); "
+                                   "rename or delete it")
+        update = objects.merged_for_update(existing, desired)
+        if update is None:
+            return False
+        await kube.replace(path, update)
         return True
-    update = objects.merged_for_update(existing, desired)
-    if update is None:
-        return False
-    await kube.replace(path, update)
-    return True
+    except ApiError as e:
+        if e.namespace_terminating or e.status == 409 or e.status >= 500:
+            raise  # going away, a concurrent write, or the server's trouble: retried as it is
+        # Refused: by RBAC (not enabled), an admission policy or webhook, a quota, validation...
+        raise ConfigWriteError(f"cannot write {what}: {e.message or e.reason} ({e.status})") from None
 
 
 ReconcileFn = Callable[[str], Awaitable[object]]

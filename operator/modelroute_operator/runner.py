@@ -16,6 +16,7 @@ from .handlers import build_registry, configure
 from .kube import Kube
 from .metrics import OperatorMetrics, serve_metrics
 from .reconcile import Reconciler, reconcile_and_log
+from .secret_watch import SecretWatches
 from .settings import InjectionSettings, OperatorSettings, WebhookSettings
 
 logger = logging.getLogger("modelroute.operator")
@@ -57,7 +58,10 @@ async def run(settings: OperatorSettings) -> None:
     metrics = OperatorMetrics()
     metrics_server = None
     server: RegisteringWebhookServer | None = None
-    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics), concurrency=settings.concurrency)
+    watches: SecretWatches | None = None
+    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics, watches.follow if watches else None),
+                            concurrency=settings.concurrency)
+    watches = SecretWatches(kube, reconciler.trigger)
     try:
         if settings.metrics_listen is not None:
             metrics_server = await serve_metrics(metrics, *settings.metrics_listen)
@@ -94,6 +98,7 @@ async def run(settings: OperatorSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await reconciler.close()
+        await watches.close()
         if metrics_server is not None:
             await metrics_server.cleanup()
         # Only what this process registered: a failed start leaves another operator's alone.

@@ -30,8 +30,11 @@ from tests.controlplane.cluster import ControlPlane, wait_for
 
 @pytest.fixture(scope="module")
 def crds(control_plane: ControlPlane) -> None:
-    """modelroute's CRDs, and minimal Prometheus Operator and cert-manager ones."""
+    """modelroute's CRDs, minimal Prometheus Operator and cert-manager ones, and the namespaces
+    EVERYTHING serves (the chart binds the operator's namespace role in each)."""
     apply_crds(control_plane, *sorted(CRDS.glob("*.yaml")), *sorted(TEST_CRDS.glob("*.yaml")))
+    for ns in EVERYTHING["operator"]["watchNamespaces"]:
+        ensure_namespace(control_plane, ns)
 
 
 @pytest.mark.parametrize("values", [None, EVERYTHING], ids=["default", "everything"])
@@ -40,8 +43,8 @@ def test_rendered_chart_passes_server_side_dry_run(control_plane: ControlPlane, 
     ns = unique("mr-dry")
     ensure_namespace(control_plane, ns)
     rendered = control_plane.helm("template", ns, str(CHART), "--namespace", ns, *values_args(tmp_path, values)).stdout
-    out = control_plane.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", ns, "-f", "-",
-                                input=rendered).stdout
+    # Every namespaced object names its namespace (the RoleBindings are in the served namespaces).
+    out = control_plane.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered).stdout
     assert f"deployment.apps/{ns}-modelroute-operator created (server dry run)" in out, out
     if values:
         assert "podmonitor.monitoring.coreos.com" in out and "certificate.cert-manager.io" in out, out
@@ -61,6 +64,8 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     out = cp.helm("install", release, str(CHART), "--namespace", ns, "--create-namespace").stdout
     assert "STATUS: deployed" in out
     assert "modelroute.dev/inject" in out and "kubectl label namespace" in out, "NOTES tell the next step"
+    assert (f"kubectl -n demo create rolebinding {name} --clusterrole={name}-namespace "
+            f"--serviceaccount={ns}:{name}") in out, "NOTES tell how to enable a namespace"
     assert "garbage collector then deletes the configuration" in out, "NOTES tell what uninstall does"
     deployment = get_json(cp, "deployment", "-n", ns, name)
     c = operator_container(deployment)
@@ -72,6 +77,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert role["rules"] == clusterrole_rules(name)
     binding = get_json(cp, "clusterrolebinding", name)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+    assert exists(cp, "clusterrole", f"{name}-namespace") and exists(cp, "validatingadmissionpolicy", name)
     service = get_json(cp, "service", "-n", ns, f"{release}-webhook")
     assert service["spec"]["ports"][0]["port"] == 443 and service["spec"]["ports"][0]["targetPort"] == "webhook"
     for crd in ("modelroutes.modelroute.dev", "providerkeys.modelroute.dev"):
@@ -104,6 +110,8 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert cert["spec"]["secretName"] == f"{release}-webhook-tls"
     assert f"{release}-webhook.{ns}.svc" in cert["spec"]["dnsNames"]
     assert exists(cp, "issuer", "-n", ns, f"{release}-webhook-ca")
+    for served in EVERYTHING["operator"]["watchNamespaces"]:
+        assert get_json(cp, "rolebinding", "-n", served, name)["roleRef"]["name"] == f"{name}-namespace"
 
     # -- upgrade back to the defaults: the optional objects go away
     cp.helm("upgrade", release, str(CHART), "--namespace", ns, "--reset-values")
@@ -112,13 +120,15 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
                       ("configmap", f"{release}-dashboard"), ("certificate", f"{release}-webhook"),
                       ("service", f"{name}-metrics")):
         assert not exists(cp, kind, "-n", ns, obj), f"{kind}/{obj} outlived the upgrade"
+    assert not exists(cp, "rolebinding", "-n", "team-a", name)
     status = json.loads(cp.helm("status", release, "--namespace", ns, "-o", "json").stdout)
     assert status["version"] == 3
 
     # -- uninstall: the release's objects go, the CRDs (and users' resources) stay
     cp.helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s")
     owned = [("deployment", "-n", ns, name), ("clusterrole", name), ("clusterrolebinding", name),
-             ("service", "-n", ns, f"{release}-webhook")]
+             ("service", "-n", ns, f"{release}-webhook"), ("clusterrole", f"{name}-namespace"),
+             ("validatingadmissionpolicy", name), ("validatingadmissionpolicybinding", name)]
 
     def all_gone() -> bool:
         return not any(exists(cp, *a) for a in owned)

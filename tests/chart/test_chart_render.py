@@ -18,11 +18,13 @@ from modelroute_operator.cli import parser, settings_from_args
 from modelroute_operator.settings import InjectionSettings, OperatorSettings
 from modelroute_sidecar.config import DEFAULT_METRICS_PORT, DEFAULT_PORT
 from tests.chart.chart import (
+    ADMISSION_POLICY,
     CHART,
     CLUSTERROLE,
     CRDS,
     DASHBOARD,
     EVERYTHING,
+    NAMESPACE_CLUSTERROLE,
     ROOT,
     clusterrole_rules,
     docs_of,
@@ -86,8 +88,7 @@ def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path
     link = CHART / "files" / "clusterrole.yaml"
     assert link.is_symlink() and link.resolve() == CLUSTERROLE.resolve()
     docs = render(control_plane, tmp_path)
-    role = find(docs, "ClusterRole")
-    assert role["metadata"]["name"] == "mr-modelroute-operator"
+    role = find(docs, "ClusterRole", "mr-modelroute-operator")
     # The rules as written, but the one about the ClusterRole itself names the release's.
     assert role["rules"] == clusterrole_rules("mr-modelroute-operator") != clusterrole_rules()
     assert {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
@@ -98,6 +99,47 @@ def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NS}]
     assert packaged_files(control_plane, tmp_path)["modelroute/files/clusterrole.yaml"] == CLUSTERROLE.read_bytes()
+
+
+def test_namespace_role_and_admission_policy_are_deploys(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """deploy/namespace-clusterrole.yaml and deploy/admission-policy.yaml as written, with the release's
+    names and ServiceAccount; a RoleBinding in each namespace of rbac.namespaces and watchNamespaces."""
+    for name, source in (("namespace-clusterrole.yaml", NAMESPACE_CLUSTERROLE), ("admission-policy.yaml",
+                                                                                  ADMISSION_POLICY)):
+        link = CHART / "files" / name
+        assert link.is_symlink() and link.resolve() == source.resolve()
+        assert packaged_files(control_plane, tmp_path)[f"modelroute/files/{name}"] == source.read_bytes()
+    docs = render(control_plane, tmp_path, {"rbac": {"namespaces": ["team-a", "team-c"]},
+                                            "operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    sa = find(docs, "ServiceAccount")["metadata"]["name"]
+    role = find(docs, "ClusterRole", "mr-modelroute-operator-namespace")
+    assert role["rules"] == yaml.safe_load(NAMESPACE_CLUSTERROLE.read_text())["rules"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b", "team-c"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": role["metadata"]["name"]}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NS}]
+
+    policy_file, binding_file = (d for d in yaml.safe_load_all(ADMISSION_POLICY.read_text()) if d)
+    policy = find(docs, "ValidatingAdmissionPolicy")
+    assert policy["metadata"]["name"] == "mr-modelroute-operator"
+    assert policy["spec"]["validations"] == policy_file["spec"]["validations"]
+    assert policy["spec"]["matchConstraints"] == policy_file["spec"]["matchConstraints"]
+    assert policy["spec"]["matchConditions"] == [{
+        "name": "the-operator", "expression": f"request.userInfo.username == 'system:serviceaccount:{NS}:{sa}'"}]
+    assert find(docs, "ValidatingAdmissionPolicyBinding")["spec"] == {
+        **binding_file["spec"], "policyName": policy["metadata"]["name"]}
+    # And what the API server makes of them.
+    rendered = control_plane.helm("template", "mr", str(CHART), "--namespace", NS).stdout
+    out = control_plane.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-",
+                                input=yaml.safe_dump_all([d for d in docs_of(rendered) if d["kind"].startswith(
+                                    "ValidatingAdmissionPolicy")])).stdout
+    assert sorted(out.split()) == [
+        "validatingadmissionpolicy.admissionregistration.k8s.io/mr-modelroute-operator",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/mr-modelroute-operator"], out
+    assert "ValidatingAdmissionPolicy" not in kinds(render(control_plane, tmp_path, {"rbac": {
+        "admissionPolicy": False}}))
 
 
 def test_dashboard_configmap_holds_the_dashboard_file(control_plane: ControlPlane, tmp_path: Path) -> None:
@@ -127,7 +169,8 @@ def packaged_files(cp: ControlPlane, tmp_path: Path) -> dict[str, bytes]:
 
 def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     docs = render(control_plane, tmp_path)
-    assert kinds(docs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds(docs) == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+                           "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     deployment = find(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 1
@@ -155,7 +198,7 @@ def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert settings.liveness_endpoint == f"http://0.0.0.0:{ports['health']}/healthz"
     assert settings.metrics_listen == ("0.0.0.0", ports["metrics"])
     # The webhook configuration belongs to the release's ClusterRole: uninstalling removes it.
-    assert settings.webhook.owner_clusterrole == find(docs, "ClusterRole")["metadata"]["name"]
+    assert settings.webhook.owner_clusterrole == find(docs, "ClusterRole", "mr-modelroute-operator")["metadata"]["name"]
     assert settings.standalone and settings.namespaces == ()
     # The webhook: listens on the container port the Service targets; registers that Service.
     service = find(docs, "Service")
@@ -180,9 +223,10 @@ def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
 
 def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     docs = render(control_plane, tmp_path, EVERYTHING, namespace="llm")
-    assert kinds(docs) == sorted(["Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                                  "Deployment", "Issuer", "Issuer", "PodMonitor", "Service", "Service",
-                                  "ServiceAccount", "ServiceMonitor"])
+    assert kinds(docs) == sorted(["Certificate", "Certificate", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+                                  "ConfigMap", "Deployment", "Issuer", "Issuer", "PodMonitor", "RoleBinding",
+                                  "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceMonitor",
+                                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
     deployment = find(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2
     c = operator_container(deployment)
@@ -240,7 +284,8 @@ def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
 def test_the_webhook_can_be_off_and_the_certificate_can_be_a_secret(control_plane: ControlPlane,
                                                                     tmp_path: Path) -> None:
     docs = render(control_plane, tmp_path, {"webhook": {"enabled": False}})
-    assert kinds(docs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds(docs) == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount",
+                           "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     settings = operator_settings(find(docs, "Deployment"))
     assert not settings.webhook.enabled
     # Without the chart's ClusterRole, nothing to own the webhook configuration.
@@ -277,6 +322,7 @@ def test_no_monitoring_objects_unless_asked(control_plane: ControlPlane, tmp_pat
     ({"operator": {"metricsPort": 8080}}, "operator.healthPort, operator.metricsPort and webhook.port must differ"),
     ({"sidecar": {"port": 8701}}, "sidecar.port and sidecar.metricsPort must differ"),
     ({"sidecar": {"metricsPort": 70000}}, "metricsPort"),
+    ({"rbac": {"namespaces": ["kube-system"]}}, "/rbac/namespaces/0"),
 ])
 def test_bad_values_are_refused(control_plane: ControlPlane, tmp_path: Path, values: dict[str, Any],
                                 message: str) -> None:

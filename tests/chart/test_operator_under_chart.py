@@ -138,6 +138,9 @@ def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(
                          cluster, *args)
     app_ns = unique("mr-app")
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": app_ns}})
+    # The administrator enables the namespace as the chart's NOTES say.
+    cp.kubectl("-n", app_ns, "create", "rolebinding", f"{rel}-operator", f"--clusterrole={rel}-operator-namespace",
+               f"--serviceaccount={ns}:{rel}-operator")
     op.start()
     try:
         cp.kubectl("apply", "-n", app_ns, "-f", str(EXAMPLES / "openai-anthropic-failover.yaml"))

@@ -39,13 +39,15 @@ BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 
 # What the tests need from kube-controller-manager: garbage collection, namespace
 # deletion, a `default` ServiceAccount per namespace, the aggregated admin/edit/view
-# ClusterRoles and kube-root-ca.crt. Nothing that wants nodes or a cloud, and no
-# workload controllers (a Deployment stays a Deployment: no pods appear behind the
-# tests' backs).
+# ClusterRoles and kube-root-ca.crt, and the token controller (it fills Secrets of type
+# kubernetes.io/service-account-token: the operator's least-privilege tests attack through
+# it). Nothing that wants nodes or a cloud, and no workload controllers (a Deployment stays
+# a Deployment: no pods appear behind the tests' backs).
 DEFAULT_CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
     "serviceaccount-controller",
+    "serviceaccount-token-controller",
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
 )
@@ -476,6 +478,8 @@ class ControlPlane:
                 # Each controller acts as its own ServiceAccount, with the bootstrap RBAC roles.
                 "--use-service-account-credentials=true",
                 f"--root-ca-file={self._pki('ca.crt')}",
+                # The token controller signs with the key the API server verifies with.
+                f"--service-account-private-key-file={self._pki('sa.key')}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self._ports.controller_manager}",
                 f"--cert-dir={self.work_dir / 'controller-manager-certs'}",

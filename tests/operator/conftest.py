@@ -1,7 +1,9 @@
 """Fixtures for the operator's tests on the real control plane (tests/controlplane).
 
 The operator runs as users run it, ``python -m modelroute_operator`` in a subprocess,
-authenticated as a ServiceAccount bound to exactly ``deploy/clusterrole.yaml``.
+authenticated as a ServiceAccount bound to exactly ``deploy/clusterrole.yaml`` (cluster-wide) and,
+in each test namespace (the ``namespace`` fixture enables it), ``deploy/namespace-clusterrole.yaml``;
+``deploy/admission-policy.yaml`` is in force.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.controlplane.cluster import ControlPlane, free_port, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
 CLUSTERROLE = ROOT / "deploy" / "clusterrole.yaml"
+NAMESPACE_CLUSTERROLE = ROOT / "deploy" / "namespace-clusterrole.yaml"
+ADMISSION_POLICY = ROOT / "deploy" / "admission-policy.yaml"
 IMAGE = "registry.test/modelroute:test"
 OPERATOR_NS = "modelroute-system"
 OPERATOR_SA = "modelroute-operator"
@@ -180,12 +184,14 @@ def crds(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: Cluster, crds: None) -> Path:
-    """A ServiceAccount bound to exactly deploy/clusterrole.yaml, and a kubeconfig for it."""
+    """A ServiceAccount bound to exactly deploy/clusterrole.yaml (and, per namespace, what
+    ``enable_namespace`` binds), deploy/admission-policy.yaml in force, and a kubeconfig for it."""
     cluster.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
     ])
-    cluster.kubectl("apply", "-f", str(CLUSTERROLE))
+    for path in (CLUSTERROLE, NAMESPACE_CLUSTERROLE, ADMISSION_POLICY):
+        cluster.kubectl("apply", "-f", str(path))
     role = yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"]
     cluster.apply({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -229,11 +235,31 @@ def webhook_config_restored(control_plane: ControlPlane) -> Iterator[None]:
         cluster.kubectl("create", "-f", "-", input=yaml.safe_dump({**prior, "metadata": meta}))
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def enable_namespace(cluster: Cluster, namespace: str) -> None:
+    """What an administrator does to let the operator serve a namespace: a RoleBinding of the
+    operator's ServiceAccount to deploy/namespace-clusterrole.yaml there."""
+    role = yaml.safe_load(NAMESPACE_CLUSTERROLE.read_text())["metadata"]["name"]
+    cluster.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": OPERATOR_SA, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}],
+    })
+
+
+def new_namespace(cluster: Cluster, request: pytest.FixtureRequest, enabled: bool = True) -> str:
     name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
     name = "".join(c for c in name if c.isalnum() or c == "-")
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    if enabled:
+        enable_namespace(cluster, name)
+    return name
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace the operator is enabled in."""
+    name = new_namespace(cluster, request)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 

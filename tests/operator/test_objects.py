@@ -158,3 +158,20 @@ def test_event_body_names_the_object_and_never_the_key() -> None:
                                     "name": "openai", "namespace": NS, "uid": "u-pk-openai", "resourceVersion": None}
     assert ev["type"] == "Warning" and ev["reason"] == "KeyEmpty"
     assert ev["metadata"] == {"generateName": "openai.", "namespace": NS}
+
+
+def test_a_write_failure_makes_every_object_not_ready_and_keeps_its_summary() -> None:
+    result = compile_ns([pk("openai"), mr("chat", "chat", "openai")], [secret("openai", KEY)])
+    statuses = objects.failed_statuses(objects.all_statuses(result, []), "ConfigWriteFailed", "cannot write")
+    assert {(s.ready, s.reason, s.message) for s in statuses.values()} == {(False, "ConfigWriteFailed", "cannot write")}
+    assert statuses[("ProviderKey", "openai")].summary == result.statuses[("ProviderKey", "openai")].summary
+
+
+def test_redact_removes_keys_raw_and_as_stored_and_bounds_the_length() -> None:
+    keys = {"openai": [KEY, "sk-second"], "empty": []}
+    stored = objects.keys_data_values(keys)
+    text = f"denied: {KEY} and data[openai]={stored[1]} and sk-second; empty entry ''"
+    out = objects.redact(text, keys)
+    assert KEY not in out and "sk-second" not in out and stored[1] not in out
+    assert out.startswith("denied: [redacted]") and out.endswith("empty entry ''")
+    assert len(objects.redact("x" * 5000, keys)) == 512
