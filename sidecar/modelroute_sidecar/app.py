@@ -7,6 +7,7 @@ probes and Prometheus).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
-from .dialects.anthropic_messages import AnthropicMessages
+from .dialects.anthropic_messages import AnthropicMessages, parse_count_tokens
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .dialects.openai_responses import OpenAIResponses
@@ -215,22 +217,36 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     try:
         body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
                                gw.body_timeout)
-        try:
-            req = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise GatewayError(400, "The request body is not valid JSON") from None
-        if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
-            raise GatewayError(400, "messages: Field required", param="messages")
-        text = orjson.dumps([req.get("system"), req["messages"], req.get("tools")])
-        return web.json_response({"input_tokens": max(1, len(text) // 4)},
+        parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
+        # What the model reads (system, messages, tools) is nearly all of the body.
+        return web.json_response({"input_tokens": max(1, len(body) // 4)},
                                  headers={"x-modelroute-estimate": "true"})
     except GatewayError as err:
         return await _refuse(request, dialect, err)
 
 
+def _caller_dialect(request: web.Request) -> Dialect:
+    return ANTHROPIC_MESSAGES if request.path.startswith("/v1/messages") else OPENAI_CHAT
+
+
+@web.middleware
+async def internal_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The last line: an exception no handler expected is a 500 in the caller's dialect,
+    logged with its traceback; never aiohttp's plain-text page."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise
+    except Exception:
+        rid = request_id()
+        log.exception("internal error", extra={"fields": {"request_id": rid, "path": request.path}})
+        return _dialect_error(_caller_dialect(request), GatewayError(
+            500, f"Internal gateway error (request {rid})", type="api_error"), rid)
+
+
 def api_app(gateway: Gateway) -> web.Application:
     # The body limit is enforced per config in read_body; this is only the hard ceiling.
-    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[internal_errors])
     app[GATEWAY] = gateway
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
@@ -192,6 +193,34 @@ async def test_messages_errors_in_anthropic_shape(w: World, kind: str) -> None:
         await w.anthropic().messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert nf.value.body["type"] == "error"  # type: ignore[index]
     assert nf.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+# What the OpenAI dialects refuse, the Anthropic one refuses too: no coercion, no NaN. Raw
+# bytes, as a careless client sends them (the SDK itself will not encode a NaN).
+STRICT_MESSAGES: dict[str, tuple[bytes, str]] = {
+    "max_tokens-string": (b'"max_tokens":"5"', "max_tokens: Input should be a valid integer"),
+    "stream-yes": (b'"max_tokens":5,"stream":"yes"', "stream: Input should be a valid boolean"),
+    "temperature-nan": (b'"max_tokens":5,"temperature":NaN', "temperature: Input should be a finite number"),
+    "temperature-1e999": (b'"max_tokens":5,"temperature":1e999', "temperature: Input should be a finite number"),
+    "temperature-string": (b'"max_tokens":5,"temperature":"0.5"', "temperature: Input should be a valid number"),
+    "unknown-field-inf": (b'"max_tokens":5,"new_field_2027":{"x":[-Infinity]}',
+                          "new_field_2027.x.0: Input should be a finite number"),
+    "top_k-float": (b'"max_tokens":5,"top_k":2.5', "top_k: Input should be a valid integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_MESSAGES))
+async def test_messages_refuse_what_openai_dialects_refuse(case: str) -> None:
+    fields, message = STRICT_MESSAGES[case]
+    async with world() as x, aiohttp.ClientSession() as http:
+        for kind in KINDS:
+            body = b'{"model":"via-' + kind.encode() + b'","messages":[{"role":"user","content":"x"}],' + fields + b"}"
+            async with http.post(x.gw.root + "/v1/messages", data=body, headers={
+                    "content-type": "application/json", "anthropic-version": "2023-06-01"}) as r:
+                assert r.status == 400
+                assert await r.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                                     "message": message}}
+        assert all(up.requests == [] for up in x.up.values())
 
 
 # ---------------------------------------------------------------- OpenAI Chat callers

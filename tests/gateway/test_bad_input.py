@@ -129,11 +129,13 @@ CASES: dict[str, Case] = {
     # ---- numbers ----
     "chat-huge-max-tokens": Case(CHAT, chat(max_tokens=BIG), ANY, ("64-bit",)),
     "chat-huge-unknown-field": Case(CHAT, chat(seed=-BIG), ANY, ("64-bit",)),
-    "chat-1000-digit-number": Case(CHAT, PREFIX + b',"seed":' + b"9" * 1000 + b"}", says=("64-bit",)),
+    "chat-1000-digit-number": Case(CHAT, PREFIX + b',"seed":' + b"9" * 1000 + b"}", "seed", ("64-bit",)),
     "chat-number-out-of-range": Case(CHAT, PREFIX + b',"seed":' + b"9" * 5000 + b"}",
                                      says=("could not parse the json", "number out of range")),
     "chat-infinite-temperature": Case(CHAT, PREFIX + b',"temperature":1e999}', "temperature", ("finite",)),
     "chat-nan-temperature": Case(CHAT, PREFIX + b',"temperature":NaN}', "temperature", ("finite",)),
+    "chat-nan-unknown-field": Case(CHAT, PREFIX + b',"presence_penalty":NaN}', "presence_penalty", ("finite",)),
+    "chat-infinite-in-metadata": Case(CHAT, PREFIX + b',"metadata":{"a":[1,-1e999]}}', "metadata.a[1]", ("finite",)),
     # ---- routing ----
     "chat-unknown-model": Case(CHAT, chat(model="mistral-nope"), "model", ("'mistral-nope'",), 404, "model_not_found"),
     "chat-unknown-model-streamed": Case(CHAT, chat(model="claude-nope", stream=True), "model", ("'claude-nope'",),

@@ -21,8 +21,12 @@ from ..providers._parts import content_text, dump_arguments, new_id, parse_argum
 from ..providers.anthropic import info_from_error, usage_from_anthropic
 from ..sse import SSEEvent, frame
 from .base import Dialect, Ingress, NativeTap, StreamEncoder
+from .json_numbers import NON_FINITE, bad_number
 
-_OPEN = ConfigDict(extra="allow")
+# strict, as the OpenAI dialects: a wrong JSON type is refused, never coerced ("5" into 5,
+# "yes" into true), and NaN or infinities are no numbers (Anthropic's API refuses them too).
+# Fields and blocks the gateway does not know stay allowed and pass through as sent.
+_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 # A cap every current OpenAI and Gemini chat model accepts. Claude Code asks for 32k-64k
 # as "as much as it takes"; passing that on makes e.g. gpt-4o answer 400, so larger caps
@@ -42,18 +46,32 @@ class _Message(TypedDict):
     content: str | list[_Block]
 
 
-class MessagesRequestModel(TypedDict):
+class CountTokensRequestModel(TypedDict):
+    """``/v1/messages/count_tokens``: a Messages request without ``max_tokens``."""
+
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     model: str
     messages: list[_Message]
-    max_tokens: int
     system: NotRequired[str | list[_Block] | None]
-    stream: NotRequired[bool | None]
     tools: NotRequired[list[dict[str, Any]] | None]
+    tool_choice: NotRequired[dict[str, Any] | None]
+    thinking: NotRequired[dict[str, Any] | None]
+
+
+class MessagesRequestModel(CountTokensRequestModel):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    max_tokens: int
+    stream: NotRequired[bool | None]
     stop_sequences: NotRequired[list[str] | None]
+    temperature: NotRequired[float | None]
+    top_p: NotRequired[float | None]
+    top_k: NotRequired[int | None]
+    metadata: NotRequired[dict[str, Any] | None]
+    service_tier: NotRequired[str | None]
 
 
 _REQUEST: TypeAdapter[Any] = TypeAdapter(MessagesRequestModel)
+_COUNT_TOKENS: TypeAdapter[Any] = TypeAdapter(CountTokensRequestModel)
 
 
 def _invalid(message: str) -> GatewayError:
@@ -70,9 +88,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
+def _validate(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
     try:
-        req: dict[str, Any] = _REQUEST.validate_json(body)
+        req: dict[str, Any] = adapter.validate_json(body)
     except ValidationError as e:
         errors = e.errors(include_url=False)
         if errors[0]["type"] in ("json_invalid", "json_type"):
@@ -80,6 +98,23 @@ def parse_request(body: bytes) -> dict[str, Any]:
         first = max(errors, key=lambda err: len(err["loc"]))
         loc = _loc(first["loc"])
         raise _invalid(f"{loc}: {first['msg']}" if loc else "The request body must be a JSON object.") from None
+    bad = bad_number(body, req)
+    if bad is not None:
+        loc = ".".join(str(p) for p in bad[0])
+        why = "Input should be a finite number" if bad[1] == NON_FINITE else "Input should be a 64-bit integer"
+        raise _invalid(f"{loc}: {why}" if loc else f"The request body holds a number no API takes: {bad[1]}")
+    return req
+
+
+def parse_count_tokens(body: bytes) -> dict[str, Any]:
+    req = _validate(body, _COUNT_TOKENS)
+    if not req["model"]:
+        raise _invalid("model: String should have at least 1 character")
+    return req
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    req = _validate(body, _REQUEST)
     if req["max_tokens"] < 1:
         raise _invalid("max_tokens: Input should be greater than or equal to 1")
     if not req["messages"]:
@@ -482,4 +517,4 @@ class AnthropicMessages(Dialect):
         return _MessagesTap()
 
 
-__all__ = ["AnthropicMessages", "from_canonical", "parse_request", "to_canonical"]
+__all__ = ["AnthropicMessages", "from_canonical", "parse_count_tokens", "parse_request", "to_canonical"]

@@ -20,6 +20,7 @@ from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_
 from ..errors import GatewayError, bad_request
 from ..sse import SSEEvent, frame
 from .base import Dialect, Ingress, NativeTap, StreamEncoder
+from .json_numbers import bad_number
 
 # strict: a wrong JSON type is the caller's mistake to hear about, not to have coerced
 # ("10" into 10, "yes" into true); NaN and infinities are not numbers an upstream takes.
@@ -174,6 +175,10 @@ def parse_json_object(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
     except ValidationError as e:
         message, param = validation_message(e)
         raise bad_request(message, param) from None
+    bad = bad_number(body, parsed)
+    if bad is not None:
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in bad[0]).lstrip(".") or None
+        raise bad_request(f"Invalid value for '{param}': {bad[1]}." if param else f"Invalid body: {bad[1]}.", param)
     return parsed
 
 
