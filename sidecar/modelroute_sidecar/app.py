@@ -24,6 +24,7 @@ from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_er
 from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
 from .errors import GatewayError, bad_request, model_not_found
+from .logs import redact_with
 from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
@@ -75,9 +76,12 @@ class Gateway:
     def install(self, prepared: tuple[Runtime, bytes]) -> None:
         """Swap a prepared config in, on the event loop: one assignment, nothing to wait for."""
         new, self.models_body = prepared
-        if self.runtime is not None:
-            self.runtime.retire()
-            new.continue_rotation(self.runtime)
+        old = self.runtime
+        if old is not None:
+            old.retire()
+            new.continue_rotation(old)
+        # Requests on the old config may still log its keys' echoes: redact both sets.
+        redact_with(new.redactor | old.redactor if old is not None else new.redactor)
         self.runtime = new
 
     async def start(self) -> None:

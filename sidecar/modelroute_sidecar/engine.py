@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -49,7 +50,7 @@ class AttemptFailed(Exception):
 
     def __init__(self, reason: str, status: str, info: UpstreamErrorInfo, retry_after: float | None = None,
                  http_status: int = 502) -> None:
-        super().__init__(info.message)
+        super().__init__(reason)  # not the message: it is upstream text, redacted in Engine._failed
         self.reason = reason  # failover reason label: connect_error, timeout, rate_limit, auth, server_error...
         self.status = status  # requests_total status label
         self.info = info
@@ -61,7 +62,7 @@ class CallerError(Exception):
     """A 4xx the upstream blamed on the request itself: goes back to the caller as is."""
 
     def __init__(self, status: int, body: bytes, info: UpstreamErrorInfo, native: bool) -> None:
-        super().__init__(info.message)
+        super().__init__(status)  # not the message: it is upstream text, redacted in Engine._caller_error
         self.status = status
         self.body = body
         self.info = info
@@ -84,31 +85,35 @@ class Call:
     finished: bool = False  # metrics and the access log written
 
 
+_MAX_RETRY_AFTER = 86400.0  # longer means "not soon" to every policy; and never inf or nan
+
+
+def _seconds(value: str, scale: float = 1.0) -> float | None:
+    try:
+        seconds = float(value) / scale
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER) if math.isfinite(seconds) else None
+
+
 def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after``; None for anything unreadable.
+
+    These are upstream text: garbage (a huge exponent, a quoted key) must never fail the request.
+    """
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
+    if ms and (seconds := _seconds(ms, 1000.0)) is not None:
+        return seconds
     value = headers.get("retry-after")
     if not value:
         return None
+    if (seconds := _seconds(value)) is not None:
+        return seconds
     try:
-        return max(float(value), 0.0)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(when.timestamp() - time.time(), 0.0) if when else None
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Upstream error text may echo a key (or part of one); never pass that on."""
-    for s in secrets:
-        if s and s in text:
-            text = text.replace(s, "[redacted]")
-        elif len(s) > 12 and s[-4:] in text and ("key" in text.lower()):
-            text = text.replace(s[-4:], "****")
-    return text
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
 
 
 UpstreamResponse = aiohttp.ClientResponse | LeanResponse | InProcessResponse
@@ -185,6 +190,9 @@ class Engine:
     def _failed(self, rt: Runtime, call: Call, backend: Backend, key: KeyEntry, failed: AttemptFailed,
                 spare_keys: dict[str, int]) -> bool:
         """Record a failed attempt; True when the same backend should be retried with another key."""
+        # Every failed attempt passes here before its text is logged or can reach the caller
+        # (the last one becomes the caller's error): the one place its upstream text is redacted.
+        failed.info = failed.info._replace(message=rt.redactor.text(failed.info.message))
         backend.metrics.attempt(failed.status)
         self._log_attempt(call, backend, key, failed)
         if failed.reason == "auth":
@@ -280,7 +288,6 @@ class Engine:
                   native: bool) -> Exception:
         status = resp.status
         info = backend.adapter.error_info(status, body)
-        info = info._replace(message=redact(info.message, rt.secrets))
         if status in (401, 403) or info.type == "authentication_error":  # Gemini: 400 API_KEY_INVALID
             # The gateway's credentials were refused: the caller can do nothing about it.
             return AttemptFailed("auth", str(status), info._replace(
@@ -371,12 +378,12 @@ class Engine:
                 error = GatewayError(504, f"{backend.id} stopped sending for {between:g}s", type="timeout_error",
                                      code="upstream_timeout")
             except StreamError as e:
-                error = GatewayError(502, redact(e.info.message, rt.secrets), type=e.info.type,
-                                     code="upstream_error")
+                error = GatewayError(502, e.info.message, type=e.info.type, code="upstream_error")
             except _UpstreamBroke as e:
                 error = GatewayError(502, f"{backend.id} broke off its stream: {e}", type="api_error",
                                      code="upstream_stream_ended")
             if error is not None:
+                error.message = rt.redactor.text(error.message)  # upstream text, after the first byte
                 backend.metrics.attempt("stream_error")
                 backend.failed()
                 await out.write(reader.encoder.error(error))
@@ -435,11 +442,12 @@ class Engine:
         if err.native and err.body:
             try:
                 orjson.loads(err.body)
-                body = redact(err.body.decode("utf-8", "replace"), rt.secrets).encode()
+                # An upstream's own error body, passed on: redacted whole (any JSON escaping).
+                body = rt.redactor.body(err.body)
                 return web.Response(body=body, status=err.status, content_type=JSON, headers=headers)
             except orjson.JSONDecodeError:
                 pass
-        gerr = GatewayError(err.status, err.info.message, type=err.info.type)
+        gerr = GatewayError(err.status, rt.redactor.text(err.info.message), type=err.info.type)
         return web.Response(body=call.dialect.render_error(gerr), status=err.status, content_type=JSON,
                             headers=headers)
 

@@ -1,8 +1,9 @@
 """Structured (JSON lines) logging.
 
 Log calls pass their fields in ``extra={"fields": {...}}``; the formatter merges them
-into one JSON object per line. Nothing in this module ever sees a key: callers log
-key *labels* (``openai#2``), and upstream error text is redacted before it gets here.
+into one JSON object per line. Callers log key *labels* (``openai#2``), and the engine
+redacts upstream error text before logging it; a filter on the handler redacts every
+record once more (message, fields, exception text) as the last line of defence.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from typing import Any
 
 import orjson
+
+from .redact import Redactor
 
 
 class JSONFormatter(logging.Formatter):
@@ -30,7 +33,51 @@ class JSONFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return orjson.dumps(out, default=str).decode()
+
+
+class RedactingFilter(logging.Filter):
+    """Keys out of every record the handler writes (see redact.py); set per config load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactor: Redactor | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        r = self.redactor
+        if not r:
+            return True
+        record.msg, record.args = r.text(record.getMessage()), None
+        fields = getattr(record, "fields", None)
+        if fields:
+            record.fields = _redact_value(r, fields)
+        if record.exc_info:
+            # Exception messages can quote upstream text: format now, redact, keep the text.
+            record.exc_text = r.text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = r.text(record.exc_text)
+        return True
+
+
+def _redact_value(r: Redactor, v: Any) -> Any:
+    if isinstance(v, str):
+        return r.text(v)
+    if isinstance(v, dict):
+        return {k: _redact_value(r, x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_redact_value(r, x) for x in v]
+    return v
+
+
+redacting_filter = RedactingFilter()
+
+
+def redact_with(redactor: Redactor) -> None:
+    """Use ``redactor`` for every log record from now on (called at each config load)."""
+    redacting_filter.redactor = redactor
 
 
 class TextFormatter(logging.Formatter):
@@ -54,6 +101,7 @@ def setup(level: str = "info", json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     plain = TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(JSONFormatter() if json else plain)
+    handler.addFilter(redacting_filter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

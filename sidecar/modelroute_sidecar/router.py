@@ -25,6 +25,7 @@ from .metrics import BackendMetrics, Metrics
 from .pricing import find_price
 from .providers import adapter_class
 from .providers.base import ProviderAdapter
+from .redact import Redactor
 
 _PATTERN_CACHE_MAX = 4096
 
@@ -237,7 +238,7 @@ class Runtime:
         self.max_body_bytes = config.max_body_bytes
         self.adapters: dict[str, ProviderAdapter] = {}
         self.keyrings: dict[str, KeyRing] = {}
-        self.secrets: list[str] = []  # every key value, for redacting upstream error text
+        self.secrets: list[str] = []  # every key value
         for name, pk in config.provider_keys.items():
             adapter = adapter_class(pk.provider)(pk)
             self.adapters[name] = adapter
@@ -251,6 +252,7 @@ class Runtime:
                 entries.append(KeyEntry({}, f"{name}#none", KeyState()))
             self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0),
                                           state.clock)
+        self.redactor = Redactor(self.secrets)  # built here, once: upstream error text passes through it
         # Forget health of keys that are gone, so the state cannot grow without bound.
         live = {_key_id(n, k) for n, ks in keys.items() for k in ks}
         for kid in [k for k in state.keys if k not in live]:

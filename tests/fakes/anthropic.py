@@ -95,7 +95,8 @@ class FakeAnthropic(FakeUpstream):
         return self.error(404, "not_found_error", "Not Found")
 
     def stream_error_frame(self, sent: int) -> bytes:
-        return sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        message = self.faults.error_message or "Overloaded"
+        return sse({"type": "error", "error": {"type": "overloaded_error", "message": message}})
 
     # ---- checks --------------------------------------------------------------------
     def check_headers(self, request: web.Request) -> None:

@@ -56,6 +56,7 @@ class Failure:
     retry_after: float | None
     message: str | None
     body: Any  # replaces the provider's error body when not None (dict -> JSON, bytes/str raw)
+    headers: Mapping[str, str] | None = None  # added to the error response
 
 
 class Rejected(Exception):
@@ -85,6 +86,7 @@ class Faults:
         self.event_delay = 0.0
         self.die_after: int | None = None
         self.error_after: int | None = None
+        self.error_message: str | None = None  # the in-stream error's message, instead of the provider's
         self.hanging = False
 
     def fail_next(
@@ -95,9 +97,10 @@ class Faults:
         *,
         message: str | None = None,
         body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """The next `n` requests get `status` in the provider's own error shape."""
-        failure = Failure(status=status, retry_after=retry_after, message=message, body=body)
+        failure = Failure(status=status, retry_after=retry_after, message=message, body=body, headers=headers)
         with self._lock:
             self._failures.extend([failure] * n)
 
@@ -118,9 +121,10 @@ class Faults:
         """Streams send `after_chunks` events, then the TCP connection is aborted (no terminator)."""
         self.die_after = after_chunks
 
-    def error_mid_stream(self, after_chunks: int = 1) -> None:
+    def error_mid_stream(self, after_chunks: int = 1, message: str | None = None) -> None:
         """Streams send `after_chunks` events, then the provider's in-stream error event, then end."""
         self.error_after = after_chunks
+        self.error_message = message
 
     def hang(self) -> None:
         """Never answer (until `clear()` or shutdown), for timeout tests."""
@@ -134,6 +138,7 @@ class Faults:
         self.event_delay = 0.0
         self.die_after = None
         self.error_after = None
+        self.error_message = None
         self.hanging = False
 
     @property
@@ -422,6 +427,7 @@ class FakeUpstream:
             resp = json_response(failure.body, status=failure.status)
         if failure.retry_after is not None:
             resp.headers["retry-after"] = retry_after_value(failure.retry_after)
+        resp.headers.update(failure.headers or {})
         return resp
 
     def body_of(self, request: web.Request) -> Any:

@@ -93,9 +93,8 @@ class FakeGemini(FakeUpstream):
         return self.error(404, f"Method not found: {request.method} {request.path}")
 
     def stream_error_frame(self, sent: int) -> bytes:
-        return (
-            b"data: " + dumps({"error": {"code": 500, "message": STATUS[500][1], "status": "INTERNAL"}}) + b"\r\n\r\n"
-        )
+        message = self.faults.error_message or STATUS[500][1]
+        return b"data: " + dumps({"error": {"code": 500, "message": message, "status": "INTERNAL"}}) + b"\r\n\r\n"
 
     # ---- checks -------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> None:

@@ -120,7 +120,7 @@ class FakeOpenAI(FakeUpstream):
 
     def stream_error_frame(self, sent: int) -> bytes:
         # Mid-stream failures arrive as a data line holding an `error` object, and no [DONE].
-        return sse_data(status_error(500))
+        return sse_data(status_error(500, self.faults.error_message))
 
     # ---- shared checks -----------------------------------------------------------
     def authenticate(self, request: web.Request) -> None:
