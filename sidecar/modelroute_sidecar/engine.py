@@ -182,7 +182,8 @@ class Engine:
                     queue.insert(i, backend)  # another key of the same account, right away
             except CallerError as err:
                 backend.metrics.attempt(str(err.status))
-                backend.succeeded(loop.time() - call.started)  # the backend is fine; the request is not
+                backend.first_byte(loop.time() - call.started)
+                backend.succeeded()  # the backend is fine; the request is not
                 return self._caller_error(rt, call, backend, err)
         assert last is not None
         raise self._exhausted(rt, call, last)
@@ -276,10 +277,12 @@ class Engine:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
                 raise AttemptFailed("connect_error", "connect_error", UpstreamErrorInfo(
                     f"could not reach {backend.id}: {type(e).__name__}", "api_error", True)) from None
-            backend.succeeded(loop.time() - started)
+            backend.first_byte(loop.time() - started)
             if call.ingress.stream:
                 return await self._stream(request, rt, call, backend, resp, first, reader)
-            return await self._complete(rt, call, backend, resp, native)
+            response = await self._complete(rt, call, backend, resp, native)
+            backend.succeeded()
+            return response
         finally:
             if resp is not None:
                 resp.close()  # a finished body was already released; an unfinished one must not be reused
@@ -389,6 +392,7 @@ class Engine:
                 await out.write(reader.encoder.error(error))
             else:
                 backend.metrics.attempt("200")
+                backend.succeeded()  # only now: a stream that breaks after output is a failure
                 tail = reader.end()
                 if tail:
                     await out.write(tail)
@@ -479,9 +483,10 @@ async def _read_upstream(resp: UpstreamResponse) -> bytes:
 class _Reader:
     """Turns upstream bytes into caller bytes: pass-through with a tap, or decode + encode."""
 
-    __slots__ = ("decoder", "encoder", "finished", "native", "parser", "tap", "usage")
+    __slots__ = ("backend_id", "decoder", "encoder", "finished", "native", "parser", "tap", "usage")
 
     def __init__(self, call: Call, backend: Backend, native: bool) -> None:
+        self.backend_id = backend.id
         self.parser = SSEParser()
         self.native = native
         self.usage: Usage | None = None
@@ -495,11 +500,27 @@ class _Reader:
             self.decoder = backend.adapter.stream_decoder(backend.model)
 
     def process(self, data: bytes) -> bytes:
+        """Caller bytes for these upstream bytes. An upstream whose stream is not valid SSE and
+        JSON raises :class:`StreamError`, as an in-band error would: never passed on as content."""
+        try:
+            return self._process(data)
+        except StreamError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # JSONDecodeError, SSEError
+            raise StreamError(UpstreamErrorInfo(
+                f"{self.backend_id} sent an invalid stream ({type(e).__name__})", "api_error", True)) from None
+
+    def _process(self, data: bytes) -> bytes:
         events = self.parser.feed(data)
         if not events:
             return b""
         if self.tap is not None:
             tap = self.tap
+            for ev in events:
+                # Passed through unread otherwise: parse each payload once (about a microsecond),
+                # so `data: {not json}` fails the attempt instead of reaching the caller.
+                if ev.data and ev.data != b"[DONE]" and not isinstance(orjson.loads(ev.data), dict):
+                    raise ValueError("an event that is not a JSON object")
             out = b"".join([ev.raw for ev in events if tap.feed(ev)])
             if tap.error is not None:
                 raise StreamError(tap.error)

@@ -153,15 +153,19 @@ class Backend:
         """The attempt ended without a verdict (the caller left): admit the next probe."""
         self.breaker.probe_until = 0.0
 
-    def succeeded(self, first_byte_seconds: float) -> None:
+    def first_byte(self, seconds: float) -> None:
+        """The upstream answered: its time to first byte feeds the latency strategy."""
+        lat = self.latency
+        lat.ewma = seconds if lat.ewma is None else 0.8 * lat.ewma + 0.2 * seconds
+
+    def succeeded(self) -> None:
+        """The attempt ended well (a stream only once it has ended): the circuit closes."""
         b = self.breaker
         if b.failures or b.open_until:
             b.failures = 0
             b.open_until = 0.0
             b.probe_until = 0.0
             self.metrics.up.set(1)
-        lat = self.latency
-        lat.ewma = first_byte_seconds if lat.ewma is None else 0.8 * lat.ewma + 0.2 * first_byte_seconds
 
     def failed(self) -> None:
         b = self.breaker

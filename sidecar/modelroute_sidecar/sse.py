@@ -16,8 +16,21 @@ class SSEEvent(NamedTuple):
     raw: bytes  # the whole event as received, terminator included, for pass-through
 
 
+# The longest event accepted; more bytes without an event's end is not an event stream.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+_FIELDS = frozenset((b"data", b"event", b"id", b"retry"))
+
+
+class SSEError(ValueError):
+    """The bytes are not an event stream (an HTML page, plain text, a runaway line)."""
+
+
 class SSEParser:
-    """Feed bytes, get complete events. Handles ``\\n``, ``\\r\\n`` and ``\\r`` line ends."""
+    """Feed bytes, get complete events. Handles ``\\n``, ``\\r\\n`` and ``\\r`` line ends.
+
+    Raises :class:`SSEError` for a line that is no SSE field, or an event past
+    :data:`MAX_EVENT_BYTES`: an upstream sending that is broken, not saying something.
+    """
 
     __slots__ = ("_buf",)
 
@@ -41,6 +54,8 @@ class SSEParser:
             if ev is not None:
                 events.append(ev)
         self._buf = buf[start:]
+        if len(self._buf) > MAX_EVENT_BYTES:
+            raise SSEError(f"an event longer than {MAX_EVENT_BYTES} bytes")
         return events
 
     @property
@@ -61,6 +76,8 @@ def _parse_block(block: bytes) -> SSEEvent | None:
             data_lines.append(value)
         elif field == b"event":
             event = value.decode("utf-8", "replace")
+        elif field not in _FIELDS:
+            raise SSEError("a line that is not an SSE field")
     if not data_lines and event is None:
         return None
     return SSEEvent(event, b"\n".join(data_lines), block + b"\n\n")

@@ -87,6 +87,7 @@ class Faults:
         self.die_after: int | None = None
         self.error_after: int | None = None
         self.error_message: str | None = None  # the in-stream error's message, instead of the provider's
+        self.garbage: tuple[int, bytes] | None = None
         self.hanging = False
 
     def fail_next(
@@ -126,6 +127,10 @@ class Faults:
         self.error_after = after_chunks
         self.error_message = message
 
+    def garbage_mid_stream(self, after_chunks: int = 0, raw: bytes = b"data: {not json}\n\n") -> None:
+        """Streams send `after_chunks` events, then the bytes `raw` (not a valid event), then carry on."""
+        self.garbage = (after_chunks, raw)
+
     def hang(self) -> None:
         """Never answer (until `clear()` or shutdown), for timeout tests."""
         self.hanging = True
@@ -139,6 +144,7 @@ class Faults:
         self.die_after = None
         self.error_after = None
         self.error_message = None
+        self.garbage = None
         self.hanging = False
 
     @property
@@ -227,6 +233,8 @@ class SseWriter:
             raise StreamAborted
         if faults.event_delay:
             await asyncio.sleep(faults.event_delay)
+        if faults.garbage is not None and self.sent == faults.garbage[0]:
+            await self.response.write(faults.garbage[1])
         await self.response.write(frame)
         self.sent += 1
 
