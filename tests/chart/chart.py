@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.controlplane.cluster import ControlPlane, wait_for
+from tests.controlplane.cluster import ControlPlane, Helm, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelroute"
@@ -61,7 +61,7 @@ def docs_of(text: str) -> list[Doc]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def render(cp: ControlPlane, tmp_path: Path, values: Mapping[str, Any] | None = None, *, release: str = "mr",
+def render(cp: ControlPlane | Helm, tmp_path: Path, values: Mapping[str, Any] | None = None, *, release: str = "mr",
            namespace: str = "modelroute-system", extra: Sequence[str] = ()) -> list[Doc]:
     """`helm template` as a list of documents (templates only, no CRDs)."""
     out = cp.helm("template", release, str(CHART), "--namespace", namespace,

@@ -34,7 +34,7 @@ from tests.chart.chart import (
     render,
     values_args,
 )
-from tests.controlplane.cluster import CommandError, ControlPlane
+from tests.controlplane.cluster import CommandError, ControlPlane, Helm
 
 NS = "modelroute-system"
 
@@ -50,19 +50,19 @@ def operator_settings(deployment: dict[str, Any]) -> OperatorSettings:
 
 
 @pytest.mark.parametrize("values", [None, EVERYTHING], ids=["default", "everything"])
-def test_helm_lint_strict(control_plane: ControlPlane, tmp_path: Path, values: dict[str, Any] | None) -> None:
-    out = control_plane.helm("lint", "--strict", str(CHART), *values_args(tmp_path, values)).stdout
+def test_helm_lint_strict(helm: Helm, tmp_path: Path, values: dict[str, Any] | None) -> None:
+    out = helm("lint", "--strict", str(CHART), *values_args(tmp_path, values)).stdout
     assert "1 chart(s) linted, 0 chart(s) failed" in out, out
 
 
 # --- one source of truth ----------------------------------------------------------------------
 
 
-def test_crds_are_the_repository_crds(control_plane: ControlPlane, tmp_path: Path) -> None:
+def test_crds_are_the_repository_crds(helm: Helm, tmp_path: Path) -> None:
     link = CHART / "crds"
     assert link.is_symlink() and link.resolve() == CRDS.resolve(), "charts/modelroute/crds must link to crds/"
     # `helm show crds` joins the files as they are: each starts with `---`, so each is its own document.
-    shown = docs_of(control_plane.helm("show", "crds", str(CHART)).stdout)
+    shown = docs_of(helm("show", "crds", str(CHART)).stdout)
     assert [d["kind"] for d in shown] == ["CustomResourceDefinition"] * len(shown)
     sources = [doc for f in sorted(CRDS.glob("*.yaml")) for doc in docs_of(f.read_text())]
     for f in CRDS.glob("*.yaml"):
@@ -70,7 +70,7 @@ def test_crds_are_the_repository_crds(control_plane: ControlPlane, tmp_path: Pat
     assert sorted(d["metadata"]["name"] for d in shown) == sorted(d["metadata"]["name"] for d in sources)
     assert sorted(shown, key=lambda d: d["metadata"]["name"]) == sorted(sources, key=lambda d: d["metadata"]["name"])
     # The packaged chart (what users install from a repository) holds the same bytes.
-    packaged = packaged_files(control_plane, tmp_path)
+    packaged = packaged_files(helm, tmp_path)
     in_package = {p.removeprefix("modelroute/crds/"): data for p, data in packaged.items()
                   if p.startswith("modelroute/crds/")}
     assert in_package == {f.name: f.read_bytes() for f in CRDS.iterdir() if f.is_file()}
@@ -84,10 +84,10 @@ def test_helm_show_crds_applies(control_plane: ControlPlane) -> None:
                                    "customresourcedefinition.apiextensions.k8s.io/providerkeys.modelroute.dev"], out
 
 
-def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path: Path) -> None:
+def test_clusterrole_is_deploy_clusterrole(helm: Helm, tmp_path: Path) -> None:
     link = CHART / "files" / "clusterrole.yaml"
     assert link.is_symlink() and link.resolve() == CLUSTERROLE.resolve()
-    docs = render(control_plane, tmp_path)
+    docs = render(helm, tmp_path)
     role = find(docs, "ClusterRole", "mr-modelroute-operator")
     # The rules as written, but the one about the ClusterRole itself names the release's.
     assert role["rules"] == clusterrole_rules("mr-modelroute-operator") != clusterrole_rules()
@@ -98,7 +98,7 @@ def test_clusterrole_is_deploy_clusterrole(control_plane: ControlPlane, tmp_path
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NS}]
-    assert packaged_files(control_plane, tmp_path)["modelroute/files/clusterrole.yaml"] == CLUSTERROLE.read_bytes()
+    assert packaged_files(helm, tmp_path)["modelroute/files/clusterrole.yaml"] == CLUSTERROLE.read_bytes()
 
 
 def test_namespace_role_and_admission_policy_are_deploys(control_plane: ControlPlane, tmp_path: Path) -> None:
@@ -142,14 +142,14 @@ def test_namespace_role_and_admission_policy_are_deploys(control_plane: ControlP
         "admissionPolicy": False}}))
 
 
-def test_dashboard_configmap_holds_the_dashboard_file(control_plane: ControlPlane, tmp_path: Path) -> None:
-    docs = render(control_plane, tmp_path, {"monitoring": {"dashboard": {"enabled": True}}})
+def test_dashboard_configmap_holds_the_dashboard_file(helm: Helm, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"monitoring": {"dashboard": {"enabled": True}}})
     cm = find(docs, "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["modelroute.json"]) == json.loads(DASHBOARD.read_text())
 
 
-def packaged_files(cp: ControlPlane, tmp_path: Path) -> dict[str, bytes]:
+def packaged_files(cp: ControlPlane | Helm, tmp_path: Path) -> dict[str, bytes]:
     out = tmp_path / "package"
     cp.helm("package", str(CHART), "--destination", str(out))
     (tgz,) = out.glob("modelroute-*.tgz")
@@ -167,8 +167,8 @@ def packaged_files(cp: ControlPlane, tmp_path: Path) -> dict[str, bytes]:
 # --- the default install ------------------------------------------------------------------------
 
 
-def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
-    docs = render(control_plane, tmp_path)
+def test_default_render(helm: Helm, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path)
     assert kinds(docs) == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
                            "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     deployment = find(docs, "Deployment")
@@ -221,8 +221,8 @@ def test_default_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert (settings.injection.port, settings.injection.metrics_port) == (DEFAULT_PORT, DEFAULT_METRICS_PORT)
 
 
-def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
-    docs = render(control_plane, tmp_path, EVERYTHING, namespace="llm")
+def test_everything_render(helm: Helm, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, EVERYTHING, namespace="llm")
     assert kinds(docs) == sorted(["Certificate", "Certificate", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
                                   "ConfigMap", "Deployment", "Issuer", "Issuer", "PodMonitor", "RoleBinding",
                                   "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceMonitor",
@@ -281,18 +281,18 @@ def test_everything_render(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
 
 
-def test_the_webhook_can_be_off_and_the_certificate_can_be_a_secret(control_plane: ControlPlane,
+def test_the_webhook_can_be_off_and_the_certificate_can_be_a_secret(helm: Helm,
                                                                     tmp_path: Path) -> None:
-    docs = render(control_plane, tmp_path, {"webhook": {"enabled": False}})
+    docs = render(helm, tmp_path, {"webhook": {"enabled": False}})
     assert kinds(docs) == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount",
                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     settings = operator_settings(find(docs, "Deployment"))
     assert not settings.webhook.enabled
     # Without the chart's ClusterRole, nothing to own the webhook configuration.
-    docs = render(control_plane, tmp_path, {"rbac": {"create": False}})
+    docs = render(helm, tmp_path, {"rbac": {"create": False}})
     assert "ClusterRole" not in kinds(docs)
     assert operator_settings(find(docs, "Deployment")).webhook.owner_clusterrole is None
-    docs = render(control_plane, tmp_path, {"operator": {"replicas": 3}, "webhook": {"certificate": {
+    docs = render(helm, tmp_path, {"operator": {"replicas": 3}, "webhook": {"certificate": {
         "source": "secret", "secretName": "my-webhook-tls"}}})
     assert "Certificate" not in kinds(docs)
     pod = find(docs, "Deployment")["spec"]["template"]["spec"]
@@ -301,8 +301,8 @@ def test_the_webhook_can_be_off_and_the_certificate_can_be_a_secret(control_plan
         {"key": "ca.crt", "path": "ca.crt"}]}} in pod["volumes"]
 
 
-def test_no_monitoring_objects_unless_asked(control_plane: ControlPlane, tmp_path: Path) -> None:
-    kinds_ = kinds(render(control_plane, tmp_path, {"monitoring": {"podMonitor": {"enabled": True}}}))
+def test_no_monitoring_objects_unless_asked(helm: Helm, tmp_path: Path) -> None:
+    kinds_ = kinds(render(helm, tmp_path, {"monitoring": {"podMonitor": {"enabled": True}}}))
     assert "PodMonitor" in kinds_ and "ServiceMonitor" not in kinds_ and "ConfigMap" not in kinds_
 
 
@@ -324,17 +324,17 @@ def test_no_monitoring_objects_unless_asked(control_plane: ControlPlane, tmp_pat
     ({"sidecar": {"metricsPort": 70000}}, "metricsPort"),
     ({"rbac": {"namespaces": ["kube-system"]}}, "/rbac/namespaces/0"),
 ])
-def test_bad_values_are_refused(control_plane: ControlPlane, tmp_path: Path, values: dict[str, Any],
+def test_bad_values_are_refused(helm: Helm, tmp_path: Path, values: dict[str, Any],
                                 message: str) -> None:
     with pytest.raises(CommandError) as e:
-        render(control_plane, tmp_path, values)
+        render(helm, tmp_path, values)
     assert message in str(e.value)
 
 
 # --- the image --------------------------------------------------------------------------------
 
 
-def test_dockerfile_is_slim_non_root_and_runs_both_commands(control_plane: ControlPlane, tmp_path: Path) -> None:
+def test_dockerfile_is_slim_non_root_and_runs_both_commands(helm: Helm, tmp_path: Path) -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I)
     assert len(stages) == 2 and stages[0][1] == "build" and not stages[1][1], stages
@@ -345,7 +345,7 @@ def test_dockerfile_is_slim_non_root_and_runs_both_commands(control_plane: Contr
     uid = int(user.split(":")[0])
     # The image's user is the one the chart and the injected sidecar run as.
     assert uid == InjectionSettings().run_as_user
-    c = operator_container(find(render(control_plane, tmp_path), "Deployment"))
+    c = operator_container(find(render(helm, tmp_path), "Deployment"))
     assert c["securityContext"]["runAsUser"] == uid
     assert re.search(r'^ENTRYPOINT \["modelroute"\]$', final, re.M), "the chart and the webhook pass only args"
     injected = names.SIDECAR_CONTAINER  # the webhook's container runs `modelroute sidecar ...` via the entrypoint

@@ -3,7 +3,6 @@ a real sidecar exports, after real traffic: success, failover and a stream."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.chart.chart import DASHBOARD, find, render
+from tests.chart.chart import find, render
+from tests.chart.dashboard import dashboard, panels, queries, variable_queries
 from tests.chart.promql import Usage, parse, parse_grafana_query
-from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.cluster import Helm
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, model_route, provider_key
 from tests.gateway.procs import modelroute, scrape
@@ -31,34 +31,6 @@ DESIGN_METRICS = {
 PROMETHEUS_LABELS = {"job", "instance", "container"}
 LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 VARIABLE = re.compile(r"\$\{?([a-zA-Z_][a-zA-Z0-9_]*)")
-
-
-def dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
-
-
-def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in d["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))  # collapsed rows keep their panels inside
-    return out
-
-
-def queries(d: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(where, expr, legendFormat) of every panel target."""
-    return [(f"panel {p['title']!r} target {t['refId']}", t["expr"], t.get("legendFormat", ""))
-            for p in panels(d) for t in p.get("targets", [])]
-
-
-def variable_queries(d: dict[str, Any]) -> list[tuple[str, str]]:
-    out = []
-    for v in d["templating"]["list"]:
-        if v["type"] == "query":
-            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-            out.append((f"variable {v['name']}", q))
-    return out
 
 
 def test_dashboard_is_valid_and_laid_out() -> None:
@@ -92,9 +64,9 @@ def test_dashboard_shows_every_metric_of_the_design() -> None:
     assert used >= DESIGN_METRICS, f"not on the dashboard: {sorted(DESIGN_METRICS - used)}"
 
 
-def scrape_labels(cp: ControlPlane, tmp_path: Path) -> set[str]:
+def scrape_labels(helm: Helm, tmp_path: Path) -> set[str]:
     """What the chart's PodMonitor puts on every sidecar series, plus Prometheus' own."""
-    docs = render(cp, tmp_path, {"monitoring": {"podMonitor": {"enabled": True}}})
+    docs = render(helm, tmp_path, {"monitoring": {"podMonitor": {"enabled": True}}})
     pm = find(docs, "PodMonitor")
     targets = {r["targetLabel"] for e in pm["spec"]["podMetricsEndpoints"] for r in e.get("relabelings", [])}
     assert "namespace" in targets
@@ -142,9 +114,9 @@ async def drive_traffic(tmp_path: Path) -> str:
 
 
 async def test_every_dashboard_metric_and_label_is_exported_by_a_real_sidecar(
-        control_plane: ControlPlane, tmp_path: Path) -> None:
+        helm: Helm, tmp_path: Path) -> None:
     exported = series_labels(await drive_traffic(tmp_path))
-    extra = scrape_labels(control_plane, tmp_path)
+    extra = scrape_labels(helm, tmp_path)
     d = dashboard()
     checked: list[tuple[str, str, Usage, str]] = [(w, e, parse(e), legend) for w, e, legend in queries(d)]
     checked += [(w, q, parse_grafana_query(q), "") for w, q in variable_queries(d)]

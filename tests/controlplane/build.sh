@@ -20,8 +20,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod_dir="$here/go"
 binaries=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
-log() { printf 'controlplane: %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+build_name=controlplane
+# shellcheck source=buildlib.sh
+source "$here/buildlib.sh"
 
 has_all_binaries() {
     local dir="$1" b
@@ -71,10 +72,9 @@ fi
 command -v go >/dev/null || die "go is not on PATH; it is needed to build the control plane into $dest"
 mkdir -p "$cache_root"
 
-# Serialise concurrent builds (several pytest sessions, make and a test run at once):
-# the second caller waits, then finds the finished cache.
-exec 9>"$cache_root/.build.lock"
-flock 9
+# Serialise concurrent builds (several pytest sessions, make and a test run at once, and the
+# other Go builds of the tests): the second caller waits, then finds the finished cache.
+take_build_lock "controlplane build of $dest"
 if has_all_binaries "$dest"; then
     log "built meanwhile by another process: $dest"
     echo "$dest"
@@ -100,16 +100,13 @@ ldflags=(
 tmp="$(mktemp -d "$cache_root/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-log "building kubernetes $k8s_version, etcd $etcd_version, helm $helm_version into $dest"
-log "(a cold build takes a long while on 2 cores; later runs reuse the cache)"
+log "into $dest (a cold build takes about 10 minutes on 2 cores; later runs reuse the cache)"
 start=$SECONDS
-(
-    cd "$mod_dir"
-    # CGO off: static binaries, no C toolchain needed, as upstream ships them.
-    # `tool` is the go.mod tool directives: all five main packages in one build.
-    CGO_ENABLED=0 GOFLAGS="-trimpath ${GOFLAGS:-}" GOTOOLCHAIN=local \
-        go build -ldflags "${ldflags[*]}" -o "$tmp/" tool
-)
+# CGO off: static binaries, no C toolchain needed, as upstream ships them.
+# `tool` is the go.mod tool directives: all five main packages in one build.
+CGO_ENABLED=0 GOFLAGS="-trimpath ${GOFLAGS:-}" GOTOOLCHAIN=local \
+    go_build_with_progress "kubernetes $k8s_version (${binaries[*]}), etcd $etcd_version, helm $helm_version" \
+    "$mod_dir" -ldflags "${ldflags[*]}" -o "$tmp/" tool
 # etcd's main package is the module root go.etcd.io/etcd/server/v3: go names it "server".
 mv "$tmp/server" "$tmp/etcd"
 has_all_binaries "$tmp" || die "build finished without: $(missing_binaries "$tmp")"
@@ -118,5 +115,5 @@ chmod 755 "$tmp"  # mktemp made it private
 rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
-log "built in $((SECONDS - start))s: $dest"
+log "built in $(duration $((SECONDS - start))): $dest"
 echo "$dest"

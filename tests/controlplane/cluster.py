@@ -223,6 +223,53 @@ class Component:
         return tail(self.log_path, lines)
 
 
+# --- helm without a cluster ------------------------------------------------------------
+
+
+def tool_env(bin_dir: Path, work_dir: Path) -> dict[str, str]:
+    """os.environ with bin_dir first on PATH and helm's and kubectl's caches under work_dir."""
+    helm_home = work_dir / "helm"
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        # Keep helm off the user's own ~/.config, ~/.cache and repositories.
+        HELM_CACHE_HOME=str(helm_home / "cache"),
+        HELM_CONFIG_HOME=str(helm_home / "config"),
+        HELM_DATA_HOME=str(helm_home / "data"),
+        # kubectl's discovery cache, per work dir rather than in ~/.kube.
+        KUBECACHEDIR=str(work_dir / "kube-cache"),
+    )
+    env.pop("KUBECONFIG", None)  # no cluster unless the caller says which
+    return env
+
+
+def run_tool(
+    bin_dir: Path, binary: str, args: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str], check: bool,
+    input: str | None,
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(bin_dir / binary), *[str(a) for a in args]]
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, env=dict(env), check=False)
+    if check and result.returncode != 0:
+        raise CommandError(result.returncode, argv, result.stdout, result.stderr)
+    return result
+
+
+class Helm:
+    """The tests' helm for what needs no cluster (template, lint, package, show): no control
+    plane is started. Call it, or use `.helm(...)` like ControlPlane.helm."""
+
+    def __init__(self, bin_dir: Path, work_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.env = tool_env(bin_dir, work_dir)
+
+    def helm(
+        self, *args: str | os.PathLike[str], check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_tool(self.bin_dir, "helm", args, env=self.env, check=check, input=input)
+
+    __call__ = helm
+
+
 # --- the control plane ----------------------------------------------------------------
 
 
@@ -403,19 +450,7 @@ class ControlPlane:
         return self.work_dir / "controller-manager.kubeconfig"
 
     def _make_env(self) -> dict[str, str]:
-        helm_home = self.work_dir / "helm"
-        env = dict(os.environ)
-        env.update(
-            KUBECONFIG=str(self.kubeconfig),
-            PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
-            # Keep helm off the user's own ~/.config, ~/.cache and repositories.
-            HELM_CACHE_HOME=str(helm_home / "cache"),
-            HELM_CONFIG_HOME=str(helm_home / "config"),
-            HELM_DATA_HOME=str(helm_home / "data"),
-            # kubectl's discovery cache, per control plane rather than in ~/.kube.
-            KUBECACHEDIR=str(self.work_dir / "kube-cache"),
-        )
-        return env
+        return {**tool_env(self.bin_dir, self.work_dir), "KUBECONFIG": str(self.kubeconfig)}
 
     # -- the three programs
 
@@ -532,11 +567,7 @@ class ControlPlane:
     def _run(
         self, binary: str, args: Sequence[str], check: bool, input: str | None
     ) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.bin_dir / binary), *[str(a) for a in args]]
-        result = subprocess.run(argv, input=input, capture_output=True, text=True, env=self.env, check=False)
-        if check and result.returncode != 0:
-            raise CommandError(result.returncode, argv, result.stdout, result.stderr)
-        return result
+        return run_tool(self.bin_dir, binary, args, env=self.env, check=check, input=input)
 
     def kubectl(
         self, *args: str | os.PathLike[str], check: bool = True, input: str | None = None

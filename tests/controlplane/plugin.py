@@ -2,12 +2,14 @@
 
 Load it with `pytest_plugins = ["tests.controlplane.plugin"]` (tests/conftest.py does).
 A test asks for the `control_plane` fixture; such tests get the `controlplane` marker
-automatically, so `-m "not controlplane"` leaves them out.
+automatically, so `-m "not controlplane"` leaves them out. A test that only renders, lints or
+packages the chart asks for the `helm` fixture instead (marker `helm`): the same binaries,
+no control plane started.
 
 The binaries come from $KUBEBUILDER_ASSETS, else from `tests/controlplane/build.sh`
 (its cache, or a build). That happens once, after collection and before the first test,
-so a cold build is not cut short by a test's timeout. Missing binaries are an error in
-every test that needs them, never a skip.
+so a cold build is not cut short by a test's timeout; `--collect-only` builds nothing.
+Missing binaries are an error in every test that needs them, never a skip.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from typing import IO
 
 import pytest
 
-from tests.controlplane.cluster import ControlPlane, ControlPlaneError, find_binaries
+from tests.controlplane.cluster import ControlPlane, ControlPlaneError, Helm, find_binaries
 
 FIXTURE = "control_plane"
 MARKER = "controlplane"
+HELM_FIXTURE = "helm"
+HELM_MARKER = "helm"
+# Fixture -> the marker its tests get.
+MARKERS = {FIXTURE: MARKER, HELM_FIXTURE: HELM_MARKER}
 _BIN_DIR = pytest.StashKey[Path | ControlPlaneError]()
 _CONTROL_PLANE = pytest.StashKey[ControlPlane]()
 
@@ -33,16 +39,21 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}: runs against a real etcd + kube-apiserver + kube-controller-manager "
         "(local processes, see tests/controlplane)",
     )
+    config.addinivalue_line(
+        "markers", f"{HELM_MARKER}: runs the tests' helm (built with the control plane) without a cluster")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    if FIXTURE in getattr(item, "fixturenames", ()):
-        item.add_marker(MARKER)
+    for fixture, marker in MARKERS.items():
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(marker)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only if a selected test needs it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if any(FIXTURE in getattr(item, "fixturenames", ()) for item in items):
+    if config.option.collectonly:
+        return  # listing tests never builds anything
+    if any(f in getattr(item, "fixturenames", ()) for item in items for f in MARKERS):
         _resolve(config)  # an error is kept and raised by the fixture, in each test
 
 
@@ -88,6 +99,12 @@ def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def helm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The tests' helm, for what needs no cluster (template, lint, package, show)."""
+    return Helm(_bin_dir(request.config), tmp_path_factory.mktemp("helm"))
 
 
 @pytest.hookimpl(wrapper=True)
