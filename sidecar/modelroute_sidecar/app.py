@@ -28,7 +28,7 @@ from .logs import redact_with
 from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
-from .syntax import MODEL_NAME_RULE, valid_model_name
+from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
@@ -110,6 +110,8 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = "x-request-id"
+MAX_FORWARDED_HEADER = 1024
 
 
 def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) -> web.Response:
@@ -133,11 +135,28 @@ async def _refuse(request: web.Request, dialect: Dialect, err: GatewayError, rid
     return resp
 
 
+def _checked_headers(request: web.Request, dialect: Dialect) -> str | None:
+    """The caller's x-request-id, once the headers the gateway echoes or forwards are known good.
+
+    HTTP parsers refuse CR and LF, but bytes beyond ASCII arrive (as surrogates) and could not
+    be echoed in a response header or forwarded upstream: a 400 here, before any upstream call.
+    """
+    headers = request.headers
+    for name in (REQUEST_ID, *dialect.forward_headers):
+        value = headers.get(name)
+        if value is not None and not (valid_header_value(value) and len(value) <= MAX_FORWARDED_HEADER):
+            raise bad_request(f"Invalid header {name}: at most {MAX_FORWARDED_HEADER} characters of visible ASCII, "
+                              "spaces and tabs", name, "invalid_header")
+    return headers.get(REQUEST_ID) or None
+
+
 async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
                         parse: Callable[[bytes], Ingress] | None = None) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     rt = gw.runtime  # this request's config, whatever reloads happen meanwhile
+    rid: str | None = None
     try:
+        rid = _checked_headers(request, dialect)
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
@@ -152,11 +171,11 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":
             gw.metrics.unrouted(err.status)
-        return await _refuse(request, dialect, err, request.headers.get("x-request-id"))
+        return await _refuse(request, dialect, err, rid)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         raise
     except Exception:
-        rid = request.headers.get("x-request-id") or request_id()
+        rid = rid or request_id()
         log.exception("internal error", extra={"fields": {"request_id": rid}})
         return _dialect_error(dialect, GatewayError(500, f"Internal gateway error (request {rid})",
                                                     type="api_error"), rid)
