@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .syntax import valid_header_name, valid_header_value
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
 Strategy = Literal["failover", "weighted", "latency"]
@@ -102,6 +104,16 @@ class ProviderKeyConfig(_Model):
     api_version: str | None = Field(None, alias="apiVersion")  # azure-openai
     headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
     mock: MockSettings | None = None  # provider mock only
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, headers: dict[str, str]) -> dict[str, str]:
+        # compile refuses these already; a config.json from elsewhere must not fail every request.
+        for name, value in headers.items():
+            if not (valid_header_name(name) and valid_header_value(value)):
+                raise ValueError(f"header {name!r} cannot be sent: names are HTTP tokens, values visible ASCII, "
+                                 "spaces and tabs")
+        return headers
 
 
 class BackendConfig(_Model):

@@ -18,7 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from modelroute_sidecar.config import GatewayConfig
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import free_port, provider_key
@@ -134,3 +136,12 @@ def test_a_provider_key_header_with_a_line_break_is_refused_at_compile(tmp_path:
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, out
         assert "ProviderKey openai" in out and "spec.headers" in out and "visible ASCII" in out, out
+
+
+def test_a_compiled_config_with_such_a_header_does_not_load() -> None:
+    """The sidecar's own config (config.json, from the operator or written by hand) is checked too."""
+    pk = {"name": "openai", "provider": "openai", "baseURL": "http://127.0.0.1:9/v1"}
+    GatewayConfig.model_validate({"providerKeys": {"openai": {**pk, "headers": {"X-Team": "a b\tc"}}}})
+    for headers in ({"X-Team": "a\r\nX-Injected: 1"}, {"X-Team": "caf\u00e9"}, {"X Team": "a"}):
+        with pytest.raises(ValidationError, match="cannot be sent"):
+            GatewayConfig.model_validate({"providerKeys": {"openai": {**pk, "headers": headers}}})

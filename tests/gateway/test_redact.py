@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from urllib.parse import quote
 
 import pytest
 
+from modelroute_sidecar import logs
 from modelroute_sidecar.redact import Redactor
 
 KEY = "sk-proj-Ab3dEfGh1jKlMnOp+/QrStUvWxYz0123456789~XY~"
@@ -51,3 +53,27 @@ def test_no_keys_no_work_and_union() -> None:
     assert not Redactor([]) and Redactor([]).text(KEY) == KEY
     both = Redactor([KEY]) | Redactor(["another-secret-value-1234"])
     assert both.text(f"{KEY} another-secret-value-1234") == "[redacted] [redacted]"
+
+
+def test_the_log_filter_redacts_messages_fields_and_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
+    """The last line of defence: whatever reaches a log record, the handler writes it redacted."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for json_lines in (True, False):
+            logs.setup("debug", json=json_lines)
+            logs.redact_with(R)
+            log = logging.getLogger("modelroute.test")
+            log.debug("upstream said %s", KEY, extra={"fields": {"error": f"key {KEY[:16]}", "n": [KEY[-12:]]}})
+            try:
+                raise RuntimeError(f"boom {escaped(KEY)}")
+            except RuntimeError:
+                log.exception("failed")
+            out = capsys.readouterr().err
+            assert "upstream said [redacted]" in out and "boom [redacted]" in out and "RuntimeError" in out, out
+            for piece in (KEY[:8], KEY[-8:], KEY[12:20], escaped(KEY[:2])):
+                assert piece not in out, (piece, out)
+    finally:
+        logs.redact_with(Redactor([]))
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -28,6 +28,7 @@ _STATUS_TYPES: dict[int, ErrorType] = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+_URL_MEMO_MAX = 1024
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 
 
@@ -155,7 +156,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return {"api-key": key} if key else {}
 
     def url(self, operation: str, model: str) -> str:
-        # Backends are few; memoise so the hot path does no formatting.
+        # Backends are few; memoise so the hot path does no formatting. Glob-routed names are
+        # the caller's choice, so the memo is bounded.
         cached = self._urls.get((operation, model))
         if cached is None:
             if self._api_version == "v1":
@@ -164,5 +166,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
                 # The deployment is one path segment, whatever the name holds.
                 cached = (f"{self.base_url}/openai/deployments/{path_segment(model)}/{operation}"
                           f"?api-version={self._api_version}")
-            self._urls[(operation, model)] = cached
+            if len(self._urls) < _URL_MEMO_MAX:
+                self._urls[(operation, model)] = cached
         return cached
