@@ -152,6 +152,7 @@ def compile_resources(
             or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
             headers=pk.spec.headers,
             mock=(pk.spec.mock or MockSettings()) if pk.spec.provider == "mock" else None,
+            responses_api=pk.spec.responses_api,
         )
         keys[name] = found
 

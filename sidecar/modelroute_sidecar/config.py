@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .syntax import valid_header_name, valid_header_value
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
+# How `POST /v1/responses` reaches an OpenAI-shaped upstream: passed through (native),
+# translated to Chat Completions (bridge), or passed through until the upstream answers
+# 404/405 there, then bridged for good (auto).
+ResponsesAPI = Literal["native", "bridge", "auto"]
 Strategy = Literal["failover", "weighted", "latency"]
 
 CONFIG_VERSION = 1
@@ -104,6 +108,7 @@ class ProviderKeyConfig(_Model):
     api_version: str | None = Field(None, alias="apiVersion")  # azure-openai
     headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
     mock: MockSettings | None = None  # provider mock only
+    responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")  # openai, openai-compatible
 
     @field_validator("headers")
     @classmethod

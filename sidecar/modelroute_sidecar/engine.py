@@ -41,6 +41,11 @@ _ID_PREFIX = os.urandom(4).hex()
 JSON = "application/json"
 
 
+# The failover reason of an attempt that found no Responses API upstream; the same backend
+# is tried again at once through the Chat Completions bridge.
+BRIDGE_REASON = "no_responses_api"
+
+
 def request_id() -> str:
     return f"mr-{_ID_PREFIX}-{next(_ids):x}"
 
@@ -196,6 +201,8 @@ class Engine:
         failed.info = failed.info._replace(message=rt.redactor.text(failed.info.message))
         backend.metrics.attempt(failed.status)
         self._log_attempt(call, backend, key, failed)
+        if failed.reason == BRIDGE_REASON:
+            return True  # not the backend's fault: again, bridged
         if failed.reason == "auth":
             backend.keyring.cool_down(key, rt.config.key_cooldowns.auth_seconds)  # the key, not the backend
         else:
@@ -232,8 +239,8 @@ class Engine:
         ingress = call.ingress
         if call.operation == "embeddings":
             # The caller speaks OpenAI embeddings; only OpenAI-shaped upstreams pass through.
-            return adapter.embeddings(ingress.body, backend.model), call.dialect.name in adapter.native_dialects
-        if call.dialect.name in adapter.native_dialects:
+            return adapter.embeddings(ingress.body, backend.model), adapter.speaks(call.dialect.name)
+        if adapter.speaks(call.dialect.name):
             return adapter.native(call.dialect.name, ingress.body, backend.model, ingress.stream), True
         if call.canonical is None:
             call.canonical = call.dialect.to_canonical(ingress)
@@ -267,6 +274,9 @@ class Engine:
                                                        proxy_auth=adapter.proxy_auth)
                     if resp.status >= 400:
                         body = await resp.read()
+                        if native and resp.status in (404, 405) and call.dialect.name == "openai-responses" \
+                                and backend.adapter.probes_responses:
+                            raise self._no_responses_api(rt, backend, resp.status)
                         raise self._classify(rt, backend, resp, body, native)
                     if call.ingress.stream:
                         first, reader = await self._first_output(resp, call, backend, native)
@@ -286,6 +296,16 @@ class Engine:
         finally:
             if resp is not None:
                 resp.close()  # a finished body was already released; an unfinished one must not be reused
+
+    def _no_responses_api(self, rt: Runtime, backend: Backend, status: int) -> AttemptFailed:
+        """An upstream without ``/v1/responses`` (many OpenAI-compatible servers): bridge it to
+        Chat Completions from now on, remembered across reloads, and try it again at once."""
+        adapter = backend.adapter
+        adapter.bridge_responses()
+        rt.state.no_responses_api.add(f"{adapter.pk.name}|{adapter.pk.base_url}")
+        return AttemptFailed(BRIDGE_REASON, str(status), UpstreamErrorInfo(
+            f"{backend.id} has no Responses API (HTTP {status} on /responses); bridged to Chat Completions",
+            "not_found_error", True), retry_after=0.0, http_status=502)
 
     def _classify(self, rt: Runtime, backend: Backend, resp: UpstreamResponse, body: bytes,
                   native: bool) -> Exception:
@@ -326,7 +346,7 @@ class Engine:
             else:
                 canon = backend.adapter.parse_chat(body, backend.model)
                 usage = usage_from_openai(canon.get("usage"))
-                out = orjson.dumps(call.dialect.from_canonical(canon, call.ingress.model))
+                out = orjson.dumps(call.dialect.response_for(canon, call.ingress))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise AttemptFailed("bad_response", "bad_response", UpstreamErrorInfo(
                 f"{backend.id} sent a response that could not be read", "api_error", True)) from None
@@ -493,7 +513,7 @@ class _Reader:
         self.finished = False
         self.tap: NativeTap | None = None
         self.decoder: StreamDecoder | None = None
-        self.encoder: StreamEncoder = call.dialect.stream_encoder(call.ingress.model, call.ingress.include_usage)
+        self.encoder: StreamEncoder = call.dialect.encoder_for(call.ingress)
         if native:
             self.tap = call.dialect.native_tap(call.ingress.include_usage)
         else:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import CircuitBreaker, MockSettings, ProviderKind, RetryPolicy, Strategy, Timeouts
+from .config import CircuitBreaker, MockSettings, ProviderKind, ResponsesAPI, RetryPolicy, Strategy, Timeouts
 from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
 GROUP = "modelroute.dev"
@@ -63,6 +63,7 @@ class ProviderKeySpec(_Spec):
     api_version: str | None = Field(None, alias="apiVersion", min_length=1)
     headers: dict[str, str] = Field(default_factory=dict)
     mock: MockSettings | None = None
+    responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")
 
     @field_validator("headers")
     @classmethod

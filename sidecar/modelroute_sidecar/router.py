@@ -64,6 +64,8 @@ class State:
     latency: dict[str, LatencyState] = field(default_factory=dict)
     rotation: dict[str, int] = field(default_factory=dict)
     clock: Clock = time.monotonic  # injectable, so tests step time instead of sleeping through it
+    # "<ProviderKey>|<baseURL>" of upstreams found without a Responses API (bridged since).
+    no_responses_api: set[str] = field(default_factory=set)
 
 
 class KeyEntry:
@@ -245,6 +247,8 @@ class Runtime:
         self.secrets: list[str] = []  # every key value
         for name, pk in config.provider_keys.items():
             adapter = adapter_class(pk.provider)(pk)
+            if f"{name}|{pk.base_url}" in self.state.no_responses_api:
+                adapter.bridge_responses()
             self.adapters[name] = adapter
             entries = []
             for i, key in enumerate(keys.get(name, [])):

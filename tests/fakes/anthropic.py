@@ -124,7 +124,8 @@ class FakeAnthropic(FakeUpstream):
     # ---- routes ----------------------------------------------------------------------
     async def messages(self, request: web.Request) -> web.StreamResponse:
         req = self._parse(request, count_only=False)
-        render = new_message_render(req, respond(req.prompt), self.cache_read_tokens, self.cache_creation_tokens)
+        reply = respond(req.prompt, self.agent)
+        render = new_message_render(req, reply, self.cache_read_tokens, self.cache_creation_tokens)
         headers = {"request-id": self.request_id()}
         if not req.stream:
             return json_response(render.message(), headers=headers)

@@ -110,14 +110,13 @@ def parse_messages(body: Any, *, count_only: bool = False, strict_params: bool =
     thinking = _read_thinking(body, prompt)
     if not count_only:
         prompt.max_tokens = _require_int(body, "max_tokens", 1)
-        if thinking:
-            budget = body["thinking"]["budget_tokens"]
-            if prompt.max_tokens <= budget:
-                raise AnthropicError(
-                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
-                    "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
-                    "#max-tokens-and-context-window-size"
-                )
+        budget = body["thinking"].get("budget_tokens") if thinking else None
+        if budget is not None and prompt.max_tokens <= budget:  # adaptive thinking has no budget
+            raise AnthropicError(
+                "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                "#max-tokens-and-context-window-size"
+            )
         temperature = body.get("temperature")
         if temperature is not None:
             if not isinstance(temperature, int | float) or isinstance(temperature, bool):
@@ -140,19 +139,19 @@ def parse_messages(body: Any, *, count_only: bool = False, strict_params: bool =
     return MessagesRequest(model=model, prompt=prompt, stream=body.get("stream") is True, thinking=thinking)
 
 
-def _read_system(system: Any, prompt: Prompt) -> None:
+def _read_system(system: Any, prompt: Prompt, at: str = "system") -> None:
     if system is None:
         return
     if isinstance(system, str):
         prompt.texts.append(system)
         return
     if not isinstance(system, list):
-        raise AnthropicError("system: Input should be a valid list")
+        raise AnthropicError(f"{at}: Input should be a valid list")
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise AnthropicError(f"system.{i}.type: Input should be 'text'")
+            raise AnthropicError(f"{at}.{i}.type: Input should be 'text'")
         if not isinstance(block.get("text"), str):
-            raise AnthropicError(f"system.{i}.text: Field required")
+            raise AnthropicError(f"{at}.{i}.text: Field required")
         prompt.texts.append(block["text"])
 
 
@@ -160,17 +159,25 @@ def _read_messages(messages: Any, prompt: Prompt) -> None:
     if not isinstance(messages, list):
         raise AnthropicError("messages: Input should be a valid list")
     pending: list[str] = []  # tool_use ids of the previous assistant turn
+    last_turn = ""  # role of the previous user/assistant message
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise AnthropicError(f"messages.{i}: Input should be a valid dictionary or object")
         role = msg.get("role")
         if role == "system":
-            raise AnthropicError(
-                'messages: Unexpected role "system". The Messages API accepts a top-level `system` '
-                'parameter, not "system" as an input message role.'
-            )
+            # Mid-conversation system messages: text instructions added right after a user
+            # turn (the top-level ``system`` stays the cached prefix). They count as input
+            # and leave the turn order as it was. Anywhere else the old refusal stands.
+            if last_turn != "user":
+                raise AnthropicError(
+                    'messages: Unexpected role "system". The Messages API accepts a top-level `system` '
+                    'parameter, not "system" as an input message role.'
+                )
+            _read_system(msg.get("content"), prompt, f"messages.{i}.content")
+            continue
+        last_turn = str(role)
         if role not in ("user", "assistant"):
-            raise AnthropicError(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            raise AnthropicError(f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'")
         if "content" not in msg:
             raise AnthropicError(f"messages.{i}.content: Field required")
         blocks = _blocks(msg["content"], i)

@@ -261,6 +261,9 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_died = 0
         self.cancelled = 0  # handlers that saw their client go away mid-request
+        # Agent mode (tests/clis): tools are called only when a ``tool-call:`` line asks
+        # (see behaviour.respond), since coding agents offer tools on every turn.
+        self.agent = False
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None

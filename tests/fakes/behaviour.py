@@ -9,6 +9,11 @@ in its own wire format.  Rules (identical for all providers):
   from the user: ONE call to the first offered (or the forced) function with
   arguments ``{"echo": "<last user text>"}``;
 * if the last message is a tool result: ``"tool said: <result content>"``;
+* a line ``tool-call: NAME {json}`` in the last user text, NAME an offered tool: ONE
+  call to NAME with those arguments (how tests script a coding agent's turn: the
+  agent runs the tool and sends its result back); a freeform (custom) tool gets
+  the ``input`` member as its raw input. A fake in ``agent`` mode makes no other
+  calls: a coding agent offers tools on every turn, and a plain prompt must get text;
 * stop sequences cut the reply before the first match (finish = stop_sequence);
 * max tokens below the reply's word count truncates it (finish = length);
 * input tokens = whitespace-separated words over all system/message text and tool
@@ -24,7 +29,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -57,7 +62,7 @@ class Prompt:
 @dataclass
 class ToolCall:
     name: str
-    args: dict[str, str]
+    args: dict[str, Any]
 
     @property
     def arguments(self) -> str:
@@ -85,14 +90,31 @@ def split_words(text: str) -> list[str]:
     return pieces
 
 
-def respond(prompt: Prompt) -> Reply:
-    wants_tool = prompt.tools and prompt.tool_choice != "none" and prompt.last_role == "user"
-    if wants_tool:
+TOOL_DIRECTIVE = re.compile(r"^tool-call: (\S+) (\{.*\})[ \t]*$", re.M)
+
+
+def scripted_call(prompt: Prompt) -> ToolCall | None:
+    """The call a ``tool-call:`` line in the last user text asks for, if its tool is offered."""
+    if prompt.last_role != "user" or prompt.tool_choice == "none":
+        return None
+    for m in TOOL_DIRECTIVE.finditer(prompt.last_user_text):
+        if m.group(1) in prompt.tools:
+            args = orjson.loads(m.group(2))
+            return ToolCall(name=m.group(1), args=args if isinstance(args, dict) else {})
+    return None
+
+
+def respond(prompt: Prompt, agent: bool = False) -> Reply:
+    call = scripted_call(prompt)
+    wants_tool = not agent and prompt.tools and prompt.tool_choice != "none" and prompt.last_role == "user"
+    if call is None and wants_tool:
         name = prompt.tool_choice[1] if isinstance(prompt.tool_choice, tuple) else prompt.tools[0]
+        call = ToolCall(name=name, args={"echo": prompt.last_user_text})
+    if call is not None:
         return Reply(
             text="",
             pieces=[],
-            tool_call=ToolCall(name=name, args={"echo": prompt.last_user_text}),
+            tool_call=call,
             finish="tool_call",
             stop_sequence=None,
             input_tokens=prompt.input_tokens,

@@ -158,7 +158,7 @@ class FakeGemini(FakeUpstream):
         render = GenerateRender(
             model=model,
             response_id=base64.urlsafe_b64encode(secrets.token_bytes(15)).decode(),
-            reply=respond(req.prompt),
+            reply=respond(req.prompt, self.agent),
             cached_tokens=self.cached_tokens,
             thoughts_tokens=self.thoughts_tokens,
         )

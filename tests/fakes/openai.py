@@ -63,8 +63,12 @@ class FakeOpenAI(FakeUpstream):
         served_models: Mapping[str, str] | None = None,
         embedding_dimensions: int = 8,
         strict_params: bool = True,
+        responses_api: bool = True,
     ) -> None:
         super().__init__(keys, models=models)
+        # False: an OpenAI-compatible server without the Responses API (DeepSeek, Mistral,
+        # many vLLM/Ollama builds): `POST /responses` is a 404 like any unknown URL.
+        self.responses_api = responses_api
         self.base_path = base_path.rstrip("/")
         self.served_models = dict(served_models or {})
         self.embedding_dimensions = embedding_dimensions
@@ -82,7 +86,8 @@ class FakeOpenAI(FakeUpstream):
     def add_routes(self, app: web.Application) -> None:
         bp = self.base_path
         app.router.add_post(f"{bp}/chat/completions", self._guard(self.chat_completions))
-        app.router.add_post(f"{bp}/responses", self._guard(self.responses))
+        if self.responses_api:
+            app.router.add_post(f"{bp}/responses", self._guard(self.responses))
         app.router.add_post(f"{bp}/embeddings", self._guard(self.embeddings))
         app.router.add_get(f"{bp}/models", self._guard(self.list_models))
         app.router.add_get(f"{bp}/models/{{model}}", self._guard(self.get_model))
@@ -169,7 +174,7 @@ class FakeOpenAI(FakeUpstream):
     ) -> web.StreamResponse:
         # Validate against the served model: reasoning-model rules follow the real model.
         req = parse_chat(body, served, strict_params=self.strict_params)
-        reply = respond(req.prompt)
+        reply = respond(req.prompt, self.agent)
         render = ChatRender(
             id=rand_id("chatcmpl-", 29),
             created=int(time.time()),
@@ -202,7 +207,7 @@ class FakeOpenAI(FakeUpstream):
         req.model = self.served(model)
         render = new_render(
             req,
-            respond(req.prompt),
+            respond(req.prompt, self.agent),
             int(time.time()),
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,

@@ -28,6 +28,7 @@ from .openai_wire import (
 RESPONSES_PARAMS = frozenset(
     [
         "background",
+        "client_metadata",
         "context_management",
         "conversation",
         "include",
@@ -68,6 +69,8 @@ class ResponsesRequest:
     prompt: Prompt
     stream: bool
     body: dict[str, Any]
+    custom_tools: frozenset[str] = frozenset()  # freeform tools: called with raw `input`, not JSON
+    namespaces: dict[str, str] | None = None  # tool name -> the namespace it was offered in
 
 
 def hex_id(prefix: str) -> str:
@@ -85,8 +88,10 @@ def parse_responses(body: dict[str, Any], model: str, *, strict_params: bool = T
         if not isinstance(instructions, str):
             raise invalid_type("instructions", "a string", instructions)
         prompt.texts.append(instructions)
-    _read_input(body.get("input"), prompt, has_previous=body.get("previous_response_id") is not None)
-    _read_tools(body, prompt)
+    offered: list[dict[str, Any]] = []  # tools added by `additional_tools` input items
+    _read_input(body.get("input"), prompt, has_previous=body.get("previous_response_id") is not None,
+                offered=offered)
+    custom, namespaces = _read_tools(body, prompt, offered)
     limit = body.get("max_output_tokens")
     if limit is not None:
         if not isinstance(limit, int) or isinstance(limit, bool):
@@ -94,7 +99,8 @@ def parse_responses(body: dict[str, Any], model: str, *, strict_params: bool = T
         if limit < 16:
             raise below_minimum("max_output_tokens", 16, limit)
         prompt.max_tokens = limit
-    return ResponsesRequest(model=model, prompt=prompt, stream=body.get("stream") is True, body=body)
+    return ResponsesRequest(model=model, prompt=prompt, stream=body.get("stream") is True, body=body,
+                            custom_tools=frozenset(custom), namespaces=namespaces)
 
 
 def _parts_text(content: Any, param: str) -> str:
@@ -115,7 +121,7 @@ def _parts_text(content: Any, param: str) -> str:
     return " ".join(texts)
 
 
-def _read_input(items: Any, prompt: Prompt, *, has_previous: bool) -> None:
+def _read_input(items: Any, prompt: Prompt, *, has_previous: bool, offered: list[dict[str, Any]]) -> None:
     if items is None:
         return
     if isinstance(items, str):
@@ -142,13 +148,19 @@ def _read_input(items: Any, prompt: Prompt, *, has_previous: bool) -> None:
                 prompt.last_role, prompt.last_user_text = "user", text
             elif role == "assistant":
                 prompt.last_role = "assistant"
-        elif kind == "function_call":
-            for key in ("call_id", "name", "arguments"):
+        elif kind in ("function_call", "custom_tool_call"):
+            for key in ("call_id", "name", "arguments" if kind == "function_call" else "input"):
                 if key not in item:
                     raise missing(f"{at}.{key}")
             calls.add(str(item["call_id"]))
             prompt.last_role = "assistant"
-        elif kind == "function_call_output":
+        elif kind == "additional_tools":
+            # Tools added at this point of the conversation (Codex sends its tools this way).
+            tools = item.get("tools")
+            if not isinstance(tools, list):
+                raise missing(f"{at}.tools")
+            offered.extend(t for t in tools if isinstance(t, dict))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             for key in ("call_id", "output"):
                 if key not in item:
                     raise missing(f"{at}.{key}")
@@ -168,17 +180,36 @@ def _read_input(items: Any, prompt: Prompt, *, has_previous: bool) -> None:
         # Other item types (reasoning, item_reference, built-in tool calls) carry no text we count.
 
 
-def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
+def _read_tools(body: dict[str, Any], prompt: Prompt,
+                offered: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
     tools = body.get("tools")
     names: list[str] = []
-    if tools is not None:
-        for at, tool, kind in typed_objects(tools, "tools"):
-            if kind != "function":
+    custom: set[str] = set()
+    namespaces: dict[str, str] = {}
+
+    def read(items: Any, param: str, namespace: str | None) -> None:
+        for at, tool, kind in typed_objects(items, param):
+            if kind == "namespace" and namespace is None:
+                # A group of function/custom tools; calls name it in their `namespace`.
+                if not isinstance(tool.get("name"), str):
+                    raise missing(f"{at}.name")
+                read(tool.get("tools"), f"{at}.tools", tool["name"])
+                continue
+            if kind not in ("function", "custom"):
                 continue  # built-in tools: accepted, never called by this model
             # The Chat Completions nesting ({"function": {...}}) is rejected by the real API.
             if not isinstance(tool.get("name"), str):
                 raise missing(f"{at}.name")
             names.append(tool["name"])
+            if kind == "custom":
+                custom.add(tool["name"])
+            if namespace is not None:
+                namespaces[tool["name"]] = namespace
+
+    if tools is not None:
+        read(tools, "tools", None)
+    if offered:
+        read(offered, "input.tools", None)
     choice = body.get("tool_choice")
     parsed: ToolChoice = "auto"
     if isinstance(choice, str):
@@ -191,6 +222,7 @@ def _read_tools(body: dict[str, Any], prompt: Prompt) -> None:
         parsed = ("function", choice["name"])
     prompt.tools = names
     prompt.tool_choice = parsed
+    return custom, namespaces
 
 
 @dataclass
@@ -220,17 +252,33 @@ class ResponsesRender:
             "total_tokens": inp + out,
         }
 
+    @property
+    def custom(self) -> bool:
+        call = self.reply.tool_call
+        return call is not None and call.name in self.req.custom_tools
+
+    @property
+    def call_input(self) -> str:
+        """A call's arguments JSON, or a freeform tool's raw input."""
+        call = self.reply.tool_call
+        assert call is not None
+        return str(call.args.get("input", "")) if self.custom else call.arguments
+
     def item(self, done: bool) -> dict[str, Any]:
         call = self.reply.tool_call
         if call is not None:
-            return {
+            item: dict[str, Any] = {
                 "id": self.item_id,
-                "type": "function_call",
+                "type": "custom_tool_call" if self.custom else "function_call",
                 "status": "completed" if done else "in_progress",
-                "arguments": call.arguments if done else "",
+                "input" if self.custom else "arguments": self.call_input if done else "",
                 "call_id": self.call_id,
                 "name": call.name,
             }
+            namespace = (self.req.namespaces or {}).get(call.name)
+            if namespace is not None:
+                item["namespace"] = namespace
+            return item
         status = ("incomplete" if self.incomplete else "completed") if done else "in_progress"
         return {
             "id": self.item_id,
@@ -285,7 +333,11 @@ class ResponsesRender:
         yield {"type": "response.output_item.added", "output_index": 0, "item": self.item(False)}
         call = self.reply.tool_call
         ref = {"item_id": self.item_id, "output_index": 0}
-        if call is not None:
+        if call is not None and self.custom:
+            for frag in fragments(self.call_input):
+                yield {"type": "response.custom_tool_call_input.delta", **ref, "delta": frag}
+            yield {"type": "response.custom_tool_call_input.done", **ref, "input": self.call_input}
+        elif call is not None:
             for frag in fragments(call.arguments):
                 yield {"type": "response.function_call_arguments.delta", **ref, "delta": frag}
             yield {
@@ -313,7 +365,7 @@ def new_render(req: ResponsesRequest, reply: Reply, created_at: int, **usage: in
         model=req.model,
         reply=reply,
         req=req,
-        item_id=hex_id("fc_" if reply.tool_call else "msg_"),
+        item_id=hex_id(("ctc_" if reply.tool_call.name in req.custom_tools else "fc_") if reply.tool_call else "msg_"),
         call_id=rand_id("call_"),
         **usage,
     )

@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 from modelroute_sidecar.canonical import Usage
 from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.dialects.base import Ingress
 from modelroute_sidecar.dialects.openai_responses import OpenAIResponses, from_canonical, to_canonical
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.openai import AzureOpenAIAdapter, OpenAIAdapter, OpenAICompatibleAdapter
@@ -80,8 +81,13 @@ def test_codex_request_parses_and_translates() -> None:
              "function": {"name": "apply_patch", "arguments": '{"input":"*** Begin Patch"}'}}]},
         {"role": "tool", "tool_call_id": "call_3", "content": "Done"},
     ]
-    assert canon["tools"] == [{"type": "function", "function": {
-        "name": "shell", "description": "Run", "strict": False, "parameters": CODEX["tools"][0]["parameters"]}}]
+    assert canon["tools"] == [
+        {"type": "function", "function": {
+            "name": "shell", "description": "Run", "strict": False, "parameters": CODEX["tools"][0]["parameters"]}},
+        # A freeform tool becomes a function of one string, `input` (and comes back as one).
+        {"type": "function", "function": {"name": "apply_patch", "parameters": {
+            "type": "object", "properties": {"input": {"type": "string", "description": "The tool's raw input."}},
+            "required": ["input"], "additionalProperties": False}}}]
     assert (canon["tool_choice"], canon["parallel_tool_calls"]) == ("auto", True)
     assert canon["reasoning_effort"] == "medium"
     assert canon["prompt_cache_key"] == "conv-1"
@@ -280,3 +286,76 @@ def test_sdk_raises_on_error_body() -> None:
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.create(model="x", input="hi")
     assert e.value.code == "model_not_found"
+
+
+# What Codex 0.171 sends for its default model: no top-level `tools`; an `additional_tools`
+# input item holding namespaces of function and freeform (custom) tools.
+CODEX_LITE: dict[str, Any] = {
+    "model": "gpt-6.2-sol", "stream": True,
+    "input": [
+        {"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [
+            {"type": "namespace", "name": "functions", "description": "", "tools": [
+                {"type": "custom", "name": "exec", "description": "Run JavaScript",
+                 "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+                {"type": "function", "name": "wait", "strict": False,
+                 "parameters": {"type": "object", "properties": {"ms": {"type": "number"}}}}]},
+            {"type": "namespace", "name": "clock", "description": "Time", "tools": [
+                {"type": "function", "name": "sleep", "parameters": {"type": "object", "properties": {}}}]}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+    ],
+}
+
+
+def test_additional_tools_namespaces_and_freeform_tools_translate_both_ways() -> None:
+    ing = D.parse(orjson.dumps(CODEX_LITE))
+    canon = D.to_canonical(ing)
+    assert [t["function"]["name"] for t in canon["tools"]] == ["exec", "wait", "sleep"]
+    assert canon["tools"][0]["function"]["parameters"]["required"] == ["input"]
+    assert canon["messages"] == [{"role": "user", "content": "go"}]
+    answer = {"id": "chatcmpl-9", "created": 1, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_x", "type": "function", "function": {"name": "exec", "arguments": '{"input": "text(1)"}'}},
+            {"id": "call_y", "type": "function", "function": {"name": "sleep", "arguments": "{}"}}]}}]}
+    out = Response.model_validate(D.response_for(answer, ing))
+    custom, fn = out.output
+    assert (custom.type, custom.call_id, custom.name, custom.input) == (  # type: ignore[union-attr]
+        "custom_tool_call", "call_x", "exec", "text(1)")
+    assert (fn.type, fn.name, fn.arguments) == ("function_call", "sleep", "{}")  # type: ignore[union-attr]
+    raw = D.response_for(answer, ing)["output"]
+    assert (raw[0]["namespace"], raw[1]["namespace"]) == ("functions", "clock")
+    # Streamed: the freeform input is whole once its JSON arguments are.
+    enc = D.encoder_for(ing)
+    body = b"".join(enc.chunk(c) for c in canonical_stream(
+        [], [("call_x", "exec", ['{"inp', 'ut": "text(', '1)"}'])], "tool_calls", Usage(3, 5))) + enc.end()
+    evs = events(body)
+    for _, data in evs:
+        STREAM_EVENT.validate_python(data)
+    kinds = [d["type"] for _, d in evs]
+    assert "response.function_call_arguments.delta" not in kinds
+    done = next(d for _, d in evs if d["type"] == "response.custom_tool_call_input.done")
+    assert done["input"] == "text(1)"
+    final = evs[-1][1]["response"]["output"][0]
+    assert (final["type"], final["input"], final["namespace"]) == ("custom_tool_call", "text(1)", "functions")
+    # A later turn sends the call and its output back: they become a tool call and its result.
+    later = {**CODEX_LITE, "input": [*CODEX_LITE["input"],
+             {"type": "custom_tool_call", "namespace": "functions", "name": "exec", "call_id": "call_x",
+              "input": "text(1)"},
+             {"type": "custom_tool_call_output", "call_id": "call_x",
+              "output": [{"type": "input_text", "text": "1"}]}]}
+    msgs = D.to_canonical(Ingress(later, "gpt-6.2-sol", True, True))["messages"]
+    assert msgs[-2:] == [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_x", "type": "function", "function": {
+            "name": "exec", "arguments": '{"input":"text(1)"}'}}]},
+        {"role": "tool", "tool_call_id": "call_x", "content": "1"}]
+
+
+@pytest.mark.parametrize(("setting", "passes_through"), [("native", True), ("auto", True), ("bridge", False)])
+def test_responses_api_setting(setting: str, passes_through: bool) -> None:
+    pk = ProviderKeyConfig.model_validate({"name": "c", "provider": "openai-compatible",
+                                           "baseURL": "http://vllm.test/v1", "responsesAPI": setting})
+    adapter = OpenAICompatibleAdapter(pk)
+    assert adapter.speaks("openai-responses") is passes_through
+    assert adapter.speaks("openai-chat")
+    assert adapter.probes_responses is (setting == "auto")
+    adapter.bridge_responses()
+    assert not adapter.speaks("openai-responses") and not adapter.probes_responses

@@ -72,6 +72,15 @@ class Dialect(ABC):
     @abstractmethod
     def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder: ...
 
+    def response_for(self, resp: ChatResponse, ingress: Ingress) -> dict[str, Any]:
+        """The translated answer to ``ingress`` (a dialect whose answers depend on what the
+        request offered, e.g. Responses' freeform tools, overrides this)."""
+        return self.from_canonical(resp, ingress.model)
+
+    def encoder_for(self, ingress: Ingress) -> StreamEncoder:
+        """The stream encoder for ``ingress``; see :meth:`response_for`."""
+        return self.stream_encoder(ingress.model, ingress.include_usage)
+
     @abstractmethod
     def render_error(self, err: GatewayError) -> bytes:
         """The error body in this dialect (the status is ``err.status``)."""

@@ -10,7 +10,8 @@ leans on earlier responses gets a clear 400 instead of a silently shorter conver
 from __future__ import annotations
 
 import time
-from typing import Any, NotRequired
+from collections.abc import Iterator
+from typing import Any, NamedTuple, NotRequired
 
 import orjson
 from pydantic import ConfigDict, TypeAdapter
@@ -18,7 +19,7 @@ from typing_extensions import TypedDict
 
 from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
 from ..errors import GatewayError, bad_request
-from ..providers._parts import content_text, dump_arguments, new_id
+from ..providers._parts import content_text, dump_arguments, new_id, parse_arguments
 from ..providers.openai import openai_error_info
 from ..sse import SSEEvent, frame
 from .base import Dialect, Ingress, NativeTap, StreamEncoder
@@ -168,6 +169,68 @@ def _tool_choice(choice: Any) -> Any:
     return None
 
 
+def offered_tools(req: dict[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(namespace, tool) of every function and custom tool the request offers: in ``tools``
+    and in ``additional_tools`` input items (Codex sends its tools there), namespaces
+    flattened (a call names its namespace in its own ``namespace`` field)."""
+    groups: list[Any] = [req.get("tools")]
+    items = req.get("input")
+    if isinstance(items, list):
+        groups.extend(i.get("tools") for i in items if isinstance(i, dict) and i.get("type") == "additional_tools")
+    for group in groups:
+        for t in group or ():
+            if not isinstance(t, dict):
+                continue
+            if t.get("type") == "namespace" and isinstance(t.get("name"), str):
+                for inner in t.get("tools") or ():
+                    if isinstance(inner, dict) and inner.get("type") in ("function", "custom"):
+                        yield t["name"], inner
+            elif t.get("type") in ("function", "custom"):
+                yield None, t
+
+
+class ToolKinds(NamedTuple):
+    """What a translated answer's tool calls need to look like what the caller offered."""
+
+    custom: frozenset[str]  # freeform tools: called with a raw ``input`` string, not JSON
+    namespaces: dict[str, str]  # tool name -> its namespace
+
+
+def tool_kinds(req: dict[str, Any]) -> ToolKinds:
+    custom: set[str] = set()
+    namespaces: dict[str, str] = {}
+    for ns, t in offered_tools(req):
+        name = t.get("name")
+        if not isinstance(name, str):
+            continue
+        if t.get("type") == "custom":
+            custom.add(name)
+        if ns is not None:
+            namespaces.setdefault(name, ns)
+    return ToolKinds(frozenset(custom), namespaces)
+
+
+NO_TOOL_KINDS = ToolKinds(frozenset(), {})
+
+
+def _chat_tool(t: dict[str, Any]) -> dict[str, Any] | None:
+    if not t.get("name"):
+        return None
+    if t.get("type") == "custom":
+        # A freeform tool takes raw text; Chat Completions only has JSON functions, so the
+        # text travels as the one string member ``input`` (and comes back the same way).
+        fn: dict[str, Any] = {"name": t["name"], "parameters": {
+            "type": "object", "properties": {"input": {"type": "string", "description": "The tool's raw input."}},
+            "required": ["input"], "additionalProperties": False}}
+    else:
+        fn = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
+        if t.get("strict") is not None:
+            fn["strict"] = t["strict"]
+    if t.get("description"):
+        fn["description"] = t["description"]
+    return {"type": "function", "function": fn}
+
+
 _PASSED = ("temperature", "top_p", "user", "safety_identifier", "prompt_cache_key", "parallel_tool_calls")
 
 
@@ -189,17 +252,14 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
 
     out: ChatRequest = {"model": req["model"], "messages": messages}
     tools = []
-    for t in req.get("tools") or ():
-        if t.get("type") == "function" and t.get("name"):
-            fn: dict[str, Any] = {"name": t["name"],
-                                  "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
-            if t.get("description"):
-                fn["description"] = t["description"]
-            if t.get("strict") is not None:
-                fn["strict"] = t["strict"]
-            tools.append({"type": "function", "function": fn})
-        # hosted tools (web_search, file_search, code_interpreter, mcp, ...), custom and
-        # local_shell tools exist only on OpenAI: dropped
+    seen: set[str] = set()
+    for _, t in offered_tools(req):
+        tool = _chat_tool(t)
+        if tool is not None and tool["function"]["name"] not in seen:
+            seen.add(tool["function"]["name"])
+            tools.append(tool)
+        # hosted tools (web_search, file_search, code_interpreter, mcp, ...) and local_shell
+        # exist only on OpenAI: dropped
     if tools:
         out["tools"] = tools
         tc = _tool_choice(req.get("tool_choice"))
@@ -284,7 +344,23 @@ def response_id(canonical_id: Any) -> str:
     return s if s.startswith("resp_") else "resp_" + (s.removeprefix("chatcmpl-") or new_id(""))
 
 
-def from_canonical(resp: ChatResponse, model: str) -> dict[str, Any]:
+def call_item(tc_id: Any, name: str, arguments: str, kinds: ToolKinds, status: str = "completed") -> dict[str, Any]:
+    """A canonical tool call as the Responses item the caller's tool expects."""
+    item: dict[str, Any]
+    if name in kinds.custom:
+        raw = parse_arguments(arguments).get("input")
+        item = {"type": "custom_tool_call", "id": new_id("ctc_"), "call_id": tc_id or new_id("call_"), "name": name,
+                "input": raw if isinstance(raw, str) else (arguments or ""), "status": status}
+    else:
+        item = {"type": "function_call", "id": new_id("fc_"), "call_id": tc_id or new_id("call_"), "name": name,
+                "arguments": arguments or "", "status": status}
+    ns = kinds.namespaces.get(name)
+    if ns is not None:
+        item["namespace"] = ns
+    return item
+
+
+def from_canonical(resp: ChatResponse, model: str, kinds: ToolKinds = NO_TOOL_KINDS) -> dict[str, Any]:
     choice = (resp.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     incomplete = _INCOMPLETE.get(choice.get("finish_reason") or "stop")
@@ -296,9 +372,7 @@ def from_canonical(resp: ChatResponse, model: str) -> dict[str, Any]:
                        "role": "assistant", "content": [part]})
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
-        output.append({"type": "function_call", "id": new_id("fc_"), "call_id": tc.get("id") or new_id("call_"),
-                       "name": fn.get("name") or "", "arguments": fn.get("arguments") or "",
-                       "status": "completed"})
+        output.append(call_item(tc.get("id"), fn.get("name") or "", fn.get("arguments") or "", kinds))
     return response_object(response_id(resp.get("id")), int(resp.get("created") or time.time()), model,
                            "incomplete" if incomplete else "completed", output,
                            responses_usage(resp.get("usage")), incomplete)
@@ -314,8 +388,9 @@ class _ResponsesEncoder(StreamEncoder):
     item starts or the stream ends; the closing event carries every item and the usage.
     """
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, kinds: ToolKinds = NO_TOOL_KINDS) -> None:
         self.model = model
+        self.kinds = kinds
         self.seq = 0
         self.rid = ""
         self.created = 0
@@ -353,6 +428,12 @@ class _ResponsesEncoder(StreamEncoder):
             done = {**item, "status": "incomplete" if incomplete else "completed", "content": [part]}
             out = (self._ev("response.output_text.done", {**ref, "content_index": 0, "text": text, "logprobs": []})
                    + self._ev("response.content_part.done", {**ref, "content_index": 0, "part": part}))
+        elif item["type"] == "custom_tool_call":
+            # Arguments arrive as JSON fragments of {"input": ...}: the raw input is known at the end.
+            done = call_item(item["call_id"], item["name"], "".join(self.args), self.kinds)
+            done["id"] = item["id"]
+            out = (self._ev("response.custom_tool_call_input.delta", {**ref, "delta": done["input"]})
+                   + self._ev("response.custom_tool_call_input.done", {**ref, "input": done["input"]}))
         else:
             args = "".join(self.args)
             done = {**item, "status": "completed", "arguments": args}
@@ -393,17 +474,16 @@ class _ResponsesEncoder(StreamEncoder):
             i = tc.get("index", 0)
             fn = tc.get("function") or {}
             if i not in self.tools:
-                out += self._open({"id": new_id("fc_"), "type": "function_call", "status": "in_progress",
-                                   "call_id": tc.get("id") or new_id("call_"), "name": fn.get("name") or "",
-                                   "arguments": ""})
+                out += self._open(call_item(tc.get("id"), fn.get("name") or "", "", self.kinds, "in_progress"))
                 self.tools[i] = len(self.output)
             args = fn.get("arguments")
             # A call's fragments arrive before the next call starts; a stray late one
             # (never seen from real upstreams) is dropped rather than misattributed.
             if args and self.item is not None and self.tools[i] == len(self.output):
                 self.args.append(args)
-                out += self._ev("response.function_call_arguments.delta",
-                                {"item_id": self.item["id"], "output_index": len(self.output), "delta": args})
+                if self.item["type"] == "function_call":
+                    out += self._ev("response.function_call_arguments.delta",
+                                    {"item_id": self.item["id"], "output_index": len(self.output), "delta": args})
         if choice.get("finish_reason"):
             self.finish = choice["finish_reason"]
         return out
@@ -483,8 +563,14 @@ class OpenAIResponses(Dialect):
     def from_canonical(self, resp: ChatResponse, model: str) -> dict[str, Any]:
         return from_canonical(resp, model)
 
+    def response_for(self, resp: ChatResponse, ingress: Ingress) -> dict[str, Any]:
+        return from_canonical(resp, ingress.model, tool_kinds(ingress.body))
+
     def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder:
         return _ResponsesEncoder(model)
+
+    def encoder_for(self, ingress: Ingress) -> StreamEncoder:
+        return _ResponsesEncoder(ingress.model, tool_kinds(ingress.body))
 
     def render_error(self, err: GatewayError) -> bytes:
         return render_openai_error(err)

@@ -87,6 +87,18 @@ class ProviderAdapter(ABC):
         # per request (trust_env) costs two thread-pool round trips on every call.
         self.proxy, self.proxy_auth = env_proxy(pk.base_url)
 
+    def speaks(self, dialect: str) -> bool:
+        """Whether requests in ``dialect`` pass through to this upstream untranslated."""
+        return dialect in self.native_dialects
+
+    @property
+    def probes_responses(self) -> bool:
+        """Whether a 404/405 on a passed-through Responses request means "no Responses API here"."""
+        return False
+
+    def bridge_responses(self) -> None:  # noqa: B027 - only OpenAI-shaped upstreams have anything to switch
+        """Translate Responses requests to Chat Completions from now on (see OpenAIAdapter)."""
+
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]:
         """Headers that authenticate with ``key`` (computed once per key at load)."""

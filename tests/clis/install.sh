@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install (or find) one pinned coding-agent CLI from npm, into a version-keyed cache
+# outside the work tree, like tests/controlplane/build.sh does for the Go binaries.
+#
+#   tests/clis/install.sh claude|codex
+#
+# The LAST line printed on stdout is the path of the CLI's executable; everything else
+# goes to stderr. Both packages ship a native binary as a platform optional dependency
+# of the npm package, so only the npm registry is needed.
+#
+# Environment knobs:
+#   MODELROUTE_CLI_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/clis)
+set -euo pipefail
+
+# The tested versions (README "Coding agents" names them; change both together).
+CLAUDE_CODE_VERSION=2.1.332
+CODEX_VERSION=0.171.0
+
+log() { printf 'clis: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+case "${1:-}" in
+    claude) pkg=@anthropic-ai/claude-code; version=$CLAUDE_CODE_VERSION; bin=claude ;;
+    codex) pkg=@openai/codex; version=$CODEX_VERSION; bin=codex ;;
+    *) die "usage: $0 claude|codex" ;;
+esac
+
+cache_root="${MODELROUTE_CLI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/clis}"
+dest="$cache_root/${pkg//\//+}@$version"
+exe="$dest/node_modules/.bin/$bin"
+
+works() { [[ -x "$1" ]] && "$1" --version >/dev/null 2>&1; }
+
+if works "$exe"; then
+    echo "$exe"
+    exit 0
+fi
+command -v npm >/dev/null || die "npm is not on PATH; it is needed to install $pkg@$version into $dest"
+mkdir -p "$cache_root"
+
+# Serialise concurrent installs (several pytest sessions at once): the second caller
+# waits, then finds the finished cache.
+exec 9>"$cache_root/.install.lock"
+flock 9
+if works "$exe"; then
+    echo "$exe"
+    exit 0
+fi
+
+partial="$dest.partial.$$"
+rm -rf "$partial"
+trap 'rm -rf "$partial"' EXIT
+log "installing $pkg@$version into $dest"
+npm install --prefix "$partial" --no-audit --no-fund --no-save --loglevel=error "$pkg@$version" >&2
+# Claude Code's postinstall copies its platform binary over a placeholder; an npm that
+# skipped install scripts leaves the placeholder, so run it here.
+pkg_dir="$partial/node_modules/$pkg"
+if ! works "$partial/node_modules/.bin/$bin" && [[ -f "$pkg_dir/install.cjs" ]]; then
+    (cd "$pkg_dir" && node install.cjs) >&2
+fi
+works "$partial/node_modules/.bin/$bin" || die "$pkg@$version installed but \`$bin --version\` fails"
+rm -rf "$dest"
+mv "$partial" "$dest"
+trap - EXIT
+echo "$exe"
