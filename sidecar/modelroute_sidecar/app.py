@@ -299,7 +299,8 @@ def admin_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=gateway.metrics.render(),
+        # In a thread: the page grows with the config, and requests must not wait for it.
+        return web.Response(body=await asyncio.to_thread(gateway.metrics.render),
                             headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
     app.router.add_get("/metrics", metrics)

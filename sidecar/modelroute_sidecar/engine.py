@@ -156,7 +156,7 @@ class Engine:
             backend = queue[i]
             i += 1
             if prev is not None and last is not None:
-                rt.metrics.failovers.labels(route.name, prev.id, backend.id, last.reason).inc()
+                rt.metrics.failovers.labels(route.label, prev.label, backend.label, last.reason).inc()
                 wait = self._wait_before(backend, tries.get(backend.id, 0), last, route)
                 if wait is None or loop.time() + wait >= call.deadline:
                     if wait is not None and i < len(queue):

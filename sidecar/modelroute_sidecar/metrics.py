@@ -3,9 +3,15 @@
 Each gateway owns a registry (tests run many gateways in one process). The per-request
 series are plain Python accumulators (:class:`Series`), exported by a collector at scrape
 time: prometheus_client's own metric objects take a lock on every update, which cost more
-than everything else the gateway adds to a request. The event loop is the only writer, and
-scrapes run on the same loop, so no lock is needed. Rare events (failovers, circuit state,
-reloads) keep prometheus_client's objects.
+than everything else the gateway adds to a request. The event loop is the only writer, so no
+lock is needed; a scrape renders in a thread (a big config makes a big page, which must not
+hold up requests) and reads each dict through one C-level copy (``list(d.items())``), which
+the GIL keeps whole. Rare events (failovers, circuit state, reloads) keep prometheus_client's
+objects.
+
+Label values never come from callers unchecked: a model name only a ProviderKey glob matched
+is counted under that glob (see :class:`~modelroute_sidecar.router.Backend`), so the number of
+series is bounded by the config.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ class _SeriesCollector(Collector):
                                          labels=[*GENAI_LABELS, "gen_ai_token_type"])
         for s in series:
             labels = list(s.labels)
-            for status, n in s.requests.items():
+            for status, n in list(s.requests.items()):
                 requests.add_metric([*labels, status], n)
             if not s.labels[0]:
                 continue  # the unrouted series counts requests only
@@ -119,7 +125,7 @@ class _SeriesCollector(Collector):
             if s.ttft.sum or any(s.ttft.counts):
                 ttft.add_metric(labels, s.ttft.buckets(), s.ttft.sum)
             route, provider, model = s.labels
-            for (operation, error), (d, i, o) in s.genai.items():
+            for (operation, error), (d, i, o) in list(s.genai.items()):
                 g = [operation, GENAI_PROVIDER.get(provider, provider), route, model]
                 g_duration.add_metric([*g, error], d.buckets(), d.sum)
                 if any(i.counts):
@@ -145,8 +151,8 @@ class Metrics:
     def series_for(self, route: str, provider: str, model: str) -> Series:
         key = (route, provider, model)
         s = self.series.get(key)
-        if s is None:
-            s = self.series[key] = Series(key)
+        if s is None:  # setdefault: a reload builds its Runtime in a thread
+            s = self.series.setdefault(key, Series(key))
         return s
 
     def render(self) -> bytes:

@@ -27,7 +27,10 @@ from .providers import adapter_class
 from .providers.base import ProviderAdapter
 from .redact import Redactor
 
-_PATTERN_CACHE_MAX = 4096
+# Routes built for names a glob matched, kept for reuse; the oldest go first. They hold no
+# state of their own (breakers, latency and metrics are keyed by the glob), so evicting one
+# loses nothing but the microseconds to rebuild it.
+_PATTERN_CACHE_MAX = 1024
 
 Clock = Callable[[], float]
 
@@ -119,25 +122,32 @@ class KeyRing:
 
 
 class Backend:
-    """One backend of one route: adapter, model, keys, breaker, metrics."""
+    """One backend of one route: adapter, model, keys, breaker, metrics.
 
-    __slots__ = ("adapter", "breaker", "clock", "id", "keyring", "latency", "metrics", "model", "price",
+    ``label`` is what metrics and health state are keyed by: ``id`` for a configured model, the
+    ProviderKey's glob (``openai/gpt-*``) for a name only a glob matched, so that names a caller
+    makes up cannot grow them.
+    """
+
+    __slots__ = ("adapter", "breaker", "clock", "id", "keyring", "label", "latency", "metrics", "model", "price",
                  "provider", "provider_key", "settings", "weight")
 
     def __init__(self, route: str, adapter: ProviderAdapter, keyring: KeyRing, model: str, weight: int,
-                 state: State, metrics: Metrics, settings: BreakerSettings, cfg: GatewayConfig) -> None:
+                 state: State, metrics: Metrics, settings: BreakerSettings, cfg: GatewayConfig,
+                 model_label: str | None = None) -> None:
         self.adapter = adapter
         self.provider_key = adapter.pk.name
         self.provider = adapter.kind
         self.model = model
         self.weight = weight
         self.id = f"{self.provider_key}/{model}"
+        self.label = self.id if model_label is None else f"{self.provider_key}/{model_label}"
         self.keyring = keyring
         self.settings = settings
         self.clock = state.clock
-        self.breaker = state.breakers.setdefault(f"{route}|{self.id}", BreakerState())
-        self.latency = state.latency.setdefault(self.id, LatencyState())
-        self.metrics = BackendMetrics(metrics, route, self.provider, model, self.id)
+        self.breaker = state.breakers.setdefault(f"{route}|{self.label}", BreakerState())
+        self.latency = state.latency.setdefault(self.label, LatencyState())
+        self.metrics = BackendMetrics(metrics, route, self.provider, model_label or model, self.label)
         self.metrics.up.set(0 if self.breaker.open_until > self.clock() else 1)
         self.price = find_price(model, cfg.prices) if adapter.priced else None
 
@@ -179,11 +189,12 @@ class Backend:
 
 
 class Route:
-    __slots__ = ("backends", "client_timeout", "name", "order", "retries", "source", "timeouts")
+    __slots__ = ("backends", "client_timeout", "label", "name", "order", "retries", "source", "timeouts")
 
     def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
-                 timeouts: Timeouts, source: str) -> None:
+                 timeouts: Timeouts, source: str, label: str | None = None) -> None:
         self.name = name
+        self.label = name if label is None else label  # the `route` label of its metrics
         self.backends = backends
         self.retries = retries
         self.timeouts = timeouts
@@ -268,30 +279,43 @@ class Runtime:
         self.routes: dict[str, Route] = {
             model: self._route(model, rc.backends_as_pairs(), rc) for model, rc in config.routes.items()
         }
-        self._patterns = [(name, [re.compile(fnmatch.translate(p)) for p in pk.models])
+        self._patterns = [(name, [(p, re.compile(fnmatch.translate(p))) for p in pk.models])
                           for name, pk in sorted(config.provider_keys.items()) if pk.models]
         self._pattern_routes: dict[str, Route | None] = {}
         self.model_names = sorted(set(self.routes) | self._literal_models())
 
-    def _route(self, model: str, pairs: list[tuple[str, str, int]], rc: RouteConfig | None) -> Route:
+    def _route(self, model: str, pairs: list[tuple[str, str, int]], rc: RouteConfig) -> Route:
         cfg = self.config
         backends = [Backend(model, self.adapters[pk], self.keyrings[pk], m, w, self.state, self.metrics,
                             cfg.circuit_breaker, cfg) for pk, m, w in pairs]
-        if rc is None:
-            return Route(model, backends, "failover", cfg.default_retries, cfg.default_timeouts,
-                         "ProviderKey pattern")
         return Route(model, backends, rc.strategy, rc.retries, rc.timeouts, rc.source)
+
+    def _glob_route(self, model: str, matched: list[tuple[str, str]]) -> Route:
+        """A name no ModelRoute names: the ProviderKeys whose globs match it, in name order,
+        labelled (and kept healthy or not) by the first glob that matched it."""
+        cfg = self.config
+        label = matched[0][1]
+        backends = [Backend(label, self.adapters[pk], self.keyrings[pk], model, 1, self.state, self.metrics,
+                            cfg.circuit_breaker, cfg, pattern) for pk, pattern in matched]
+        return Route(model, backends, "failover", cfg.default_retries, cfg.default_timeouts, "ProviderKey pattern",
+                     label)
 
     def resolve(self, model: str) -> Route | None:
         route = self.routes.get(model)
         if route is not None:
             return route
-        if model in self._pattern_routes:
-            return self._pattern_routes[model]
-        matched = [(name, model, 1) for name, pats in self._patterns if any(p.match(model) for p in pats)]
-        found = self._route(model, matched, None) if matched else None
-        if len(self._pattern_routes) < _PATTERN_CACHE_MAX:
-            self._pattern_routes[model] = found
+        cache = self._pattern_routes
+        if model in cache:
+            return cache[model]
+        matched = []
+        for name, pats in self._patterns:
+            pattern = next((p for p, rx in pats if rx.match(model)), None)
+            if pattern is not None:
+                matched.append((name, pattern))
+        found = self._glob_route(model, matched) if matched else None
+        if len(cache) >= _PATTERN_CACHE_MAX:
+            del cache[next(iter(cache))]  # the oldest: bounded, whatever names callers send
+        cache[model] = found
         return found
 
     def _literal_models(self) -> set[str]:
