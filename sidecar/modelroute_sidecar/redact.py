@@ -21,40 +21,40 @@ import re
 from collections.abc import Iterable
 
 MIN_FRAGMENT = 8  # shorter runs are too common to be told from ordinary text
+ANCHOR = 4  # 2 * ANCHOR - 1 <= MIN_FRAGMENT: every fragment holds an aligned anchor (see _fragments)
 MIN_KEY = 4  # a "key" shorter than this is no secret (and would match everywhere)
 MASKED_TAIL = 4  # OpenAI-style masks keep the last four characters
 MARK = "[redacted]"
 
-# Any depth of nesting too: JSON inside a JSON string, a URL encoded twice (%252B).
-_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})|\\+([\"/])|%(?:25)*([0-9a-fA-F]{2})")
+# Escapes of printable ASCII only (keys are ASCII; escaped text in other scripts is left alone,
+# which keeps the work small), at any depth of nesting: JSON in a JSON string, %252B.
+_ESCAPE = re.compile(r"\\+u00([2-7][0-9a-fA-F])|\\+([\"/])|%(?:25)*([2-7][0-9a-fA-F])")
 _MASKS = frozenset("*.\u2026\u2022")
 
 
 class Redactor:
     """Matchers for one set of keys; ``text()`` and ``body()`` are pure and cheap when nothing matches."""
 
-    __slots__ = ("_alphabet", "_grams", "_run", "_short", "_tails")
+    __slots__ = ("_anchors", "_keys", "_short", "_tails")
 
     def __init__(self, keys: Iterable[str]) -> None:
         found = {k for k in keys if len(k) >= MIN_KEY}
-        self._grams = frozenset(k[i:i + MIN_FRAGMENT] for k in found for i in range(len(k) - MIN_FRAGMENT + 1))
+        self._keys = frozenset(found)
+        anchors: dict[str, list[tuple[str, int]]] = {}
+        for k in found:
+            if len(k) >= MIN_FRAGMENT:
+                for o in range(len(k) - ANCHOR + 1):
+                    anchors.setdefault(k[o:o + ANCHOR], []).append((k, o))
+        self._anchors = {piece: tuple(at) for piece, at in anchors.items()}
         self._short = tuple(sorted(k for k in found if len(k) < MIN_FRAGMENT))
         self._tails = frozenset(k[-MASKED_TAIL:] for k in found if len(k) > 2 * MASKED_TAIL)
-        self._alphabet = frozenset(c for k in found for c in k)
-        self._run = _run_pattern(self._alphabet) if self._grams else None
 
     def __or__(self, other: Redactor) -> Redactor:
-        """Both sets of keys (cheap: the matchers are merged, not rebuilt)."""
-        both = Redactor(())
-        both._grams = self._grams | other._grams
-        both._short = tuple(sorted({*self._short, *other._short}))
-        both._tails = self._tails | other._tails
-        both._alphabet = self._alphabet | other._alphabet
-        both._run = _run_pattern(both._alphabet) if both._grams else None
-        return both
+        """Both sets of keys."""
+        return Redactor(self._keys | other._keys)
 
     def __bool__(self) -> bool:
-        return bool(self._grams or self._short)
+        return bool(self._keys)
 
     def text(self, s: str) -> str:
         if not s or not self:
@@ -81,15 +81,38 @@ class Redactor:
         clean = self.text(text)
         return data if clean == text else clean.encode()
 
-    def _spans(self, view: str) -> list[tuple[int, int]]:
+    def _fragments(self, view: str) -> list[tuple[int, int]]:
+        """Runs of MIN_FRAGMENT or more characters that occur in a key.
+
+        Such a run holds a whole ANCHOR-long piece of the text at an offset divisible by
+        ANCHOR, so the text's aligned pieces are intersected with the keys' pieces (both
+        sets, built in C); only the few pieces that meet are looked at, and extended both
+        ways along the key they came from.
+        """
+        anchors = self._anchors
+        n = len(view)
+        pieces = set(map(view.__getitem__, map(slice, range(0, n, ANCHOR), range(ANCHOR, n + ANCHOR, ANCHOR))))
         hits: list[tuple[int, int]] = []
-        grams = self._grams
-        if self._run is not None:
-            n = MIN_FRAGMENT
-            for m in self._run.finditer(view):
-                for i in range(m.start(), m.end() - n + 1):
-                    if view[i:i + n] in grams:
-                        hits.append((i, i + n))
+        covered = bytearray(n)  # an echo repeated many times is extended once per copy, not once per piece
+        for piece in anchors.keys() & pieces:
+            q = view.find(piece)
+            while q >= 0:
+                if not covered[q]:
+                    for key, o in anchors[piece]:
+                        a = 0
+                        while a < o and a < q and view[q - a - 1] == key[o - a - 1]:
+                            a += 1
+                        b = ANCHOR
+                        while o + b < len(key) and q + b < n and view[q + b] == key[o + b]:
+                            b += 1
+                        if a + b >= MIN_FRAGMENT:
+                            hits.append((q - a, q + b))
+                            covered[q - a:q + b] = b"\1" * (a + b)
+                q = view.find(piece, q + 1)
+        return hits
+
+    def _spans(self, view: str) -> list[tuple[int, int]]:
+        hits = self._fragments(view) if self._anchors else []
         for key in self._short:
             start = view.find(key)
             while start >= 0:
@@ -114,9 +137,6 @@ class Redactor:
         return merged
 
 
-def _run_pattern(alphabet: frozenset[str]) -> re.Pattern[str]:
-    """Candidate runs: only characters that occur in some key, long enough to hold a fragment."""
-    return re.compile(f"[{re.escape(''.join(sorted(alphabet)))}]{{{MIN_FRAGMENT},}}")
 
 
 def _unescape(s: str) -> tuple[str, list[tuple[int, int]] | None]:

@@ -77,3 +77,11 @@ def test_the_log_filter_redacts_messages_fields_and_tracebacks(capsys: pytest.Ca
         logs.redact_with(Redactor([]))
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_many_echoes_in_a_large_body_are_all_replaced() -> None:
+    text = " ".join(f"{i} {KEY} {KEY[i % 20:i % 20 + 9]} {escaped(KEY[-10:])}" for i in range(3000))
+    out = R.text(text)
+    assert out.count("[redacted]") == 3 * 3000
+    for i in range(len(KEY) - 7):
+        assert KEY[i:i + 8] not in out
