@@ -24,7 +24,7 @@ from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_er
 from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
 from .errors import GatewayError, bad_request, model_not_found
-from .logs import redact_with
+from .logs import access_log, redact_with
 from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
@@ -122,6 +122,27 @@ def _dialect_error(dialect: Dialect, err: GatewayError, rid: str | None = None) 
                         headers=headers)
 
 
+def access(request: web.Request, dialect: str | None, status: int, reason: str | None, rid: str | None,
+           model: str | None = None, message: str | None = None) -> None:
+    """The access-log line of a request the engine did not answer (refused, or not a model call)."""
+    if access_log.enabled:
+        access_log.write("request", {
+            "request_id": rid, "status": status, "method": request.method, "path": request.path,
+            "dialect": dialect, "model": model[:256] if isinstance(model, str) else model, "reason": reason,
+            "message": message[:300] if message else None})
+
+
+def log_refused(request: web.Request, dialect: Dialect | None, err: GatewayError, model: str | None,
+                rid: str | None) -> str:
+    """Log a refused request (404, 400, 413, 503...): one line, like every other; returns its id.
+
+    ``rid`` is the caller's x-request-id once checked (it is echoed in the response).
+    """
+    rid = err.headers.get("x-request-id") or rid or request_id()
+    access(request, dialect.name if dialect else None, err.status, err.code or err.type, rid, model, err.message)
+    return rid
+
+
 async def _refuse(request: web.Request, dialect: Dialect, err: GatewayError, rid: str | None = None) -> web.Response:
     resp = _dialect_error(dialect, err, rid)
     if err.status == 408:
@@ -155,12 +176,14 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
     gw = request.app[GATEWAY]
     rt = gw.runtime  # this request's config, whatever reloads happen meanwhile
     rid: str | None = None
+    model: str | None = None
     try:
         rid = _checked_headers(request, dialect)
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
+        model = ingress.model
         if not valid_model_name(ingress.model):
             # The one gate for caller-chosen names: nothing past here sees URL syntax.
             raise bad_request(f"Invalid 'model': {MODEL_NAME_RULE}.", "model", "invalid_model_name")
@@ -171,12 +194,13 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":
             gw.metrics.unrouted(err.status)
-        return await _refuse(request, dialect, err, rid)
+        return await _refuse(request, dialect, err, log_refused(request, dialect, err, model, rid))
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         raise
     except Exception:
         rid = rid or request_id()
         log.exception("internal error", extra={"fields": {"request_id": rid}})
+        access(request, dialect.name, 500, "internal_error", rid, model)
         return _dialect_error(dialect, GatewayError(500, f"Internal gateway error (request {rid})",
                                                     type="api_error"), rid)
 
@@ -202,6 +226,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
+    access(request, None, 200, None, request.headers.get("x-request-id"))
     return web.Response(body=request.app[GATEWAY].models_body, content_type="application/json")
 
 
@@ -209,7 +234,9 @@ async def model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info["name"]
     if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
-        return _dialect_error(OPENAI_CHAT, model_not_found(name))
+        err = model_not_found(name)
+        return _dialect_error(OPENAI_CHAT, err, log_refused(request, None, err, name, None))
+    access(request, None, 200, None, request.headers.get("x-request-id"), name)
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "modelroute"},
                              dumps=lambda o: orjson.dumps(o).decode())
 
@@ -227,6 +254,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def not_found(request: web.Request) -> web.Response:
     err = GatewayError(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url",
                        type="not_found_error")
+    log_refused(request, None, err, None, None)
     return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
 
 
@@ -241,11 +269,12 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
         body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
                                gw.body_timeout)
         parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
+        access(request, dialect.name, 200, None, request.headers.get("x-request-id"))
         # What the model reads (system, messages, tools) is nearly all of the body.
         return web.json_response({"input_tokens": max(1, len(body) // 4)},
                                  headers={"x-modelroute-estimate": "true"})
     except GatewayError as err:
-        return await _refuse(request, dialect, err)
+        return await _refuse(request, dialect, err, log_refused(request, dialect, err, None, None))
 
 
 def _caller_dialect(request: web.Request) -> Dialect:
@@ -263,6 +292,7 @@ async def internal_errors(request: web.Request, handler: Handler) -> web.StreamR
     except Exception:
         rid = request_id()
         log.exception("internal error", extra={"fields": {"request_id": rid, "path": request.path}})
+        access(request, None, 500, "internal_error", rid)
         return _dialect_error(_caller_dialect(request), GatewayError(
             500, f"Internal gateway error (request {rid})", type="api_error"), rid)
 

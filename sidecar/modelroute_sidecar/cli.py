@@ -38,8 +38,31 @@ def _seconds(text: str) -> float:
     return value
 
 
+# Modules of the `operator` extra; without them `modelroute operator` says what to install.
+OPERATOR_EXTRA = frozenset({"kopf", "kubernetes", "cryptography"})
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("modelroute")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is not free at start-up)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kw: object) -> None:
+        print(f"modelroute {version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelroute", description="Kubernetes-native gateway to LLM providers.")
+    p.add_argument("-V", "--version", action=_Version, nargs=0, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -82,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["operator"]:
-        from modelroute_operator.cli import main as operator_main  # kopf only where it is used
-
-        return operator_main(args_list[1:])
+        return _operator(args_list[1:])
     args = _parser().parse_args(args_list)
     from . import logs
 
@@ -105,6 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as e:
         print(f"modelroute: {e}", file=sys.stderr)
+        return 1
+
+
+def _operator(argv: list[str]) -> int:
+    try:
+        from modelroute_operator.cli import main as operator_main  # kopf only where it is used
+
+        return operator_main(argv)
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in OPERATOR_EXTRA:
+            raise
+        print(f"modelroute operator needs the operator extra (module {missing!r} is missing): "
+              "pip install 'modelroute[operator]'", file=sys.stderr)
         return 1
 
 

@@ -170,6 +170,7 @@ def compile_resources(
             continue
         backends: list[BackendConfig] = []
         missing: list[str] = []
+        why: list[str] = []
         for b in spec.backends:
             if b.provider_key in provider_keys:
                 backends.append(BackendConfig(provider_key=b.provider_key, model=b.model or spec.model,
@@ -177,9 +178,10 @@ def compile_resources(
             else:
                 state = statuses.get(("ProviderKey", b.provider_key))
                 missing.append(f"{b.provider_key} ({'not ready: ' + state.reason if state else 'not found'})")
+                why.append(f"ProviderKey {b.provider_key}: " + (state.message if state else "not found"))
         routes[spec.model] = RouteConfig(
             model=spec.model, strategy=spec.strategy, backends=tuple(backends),
-            retries=spec.retries, timeouts=spec.timeouts, source=f"ModelRoute/{name}",
+            retries=spec.retries, timeouts=spec.timeouts, source=f"ModelRoute/{name}", unavailable=tuple(why),
         )
         total = len(spec.backends)
         if missing:
@@ -204,38 +206,76 @@ def _origin(body: Mapping[str, Any]) -> str:
     return f"{body.get('kind', '<no kind>')} {ns + '/' if ns else ''}{name}"
 
 
+# Obvious stand-ins for a key, as examples and templates write them. Compared lower-case;
+# none can occur by chance in a real key (random letters and digits, or base64).
+_PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "your-key", "your_key", "yourkey",
+                      "your-api-key", "your_api_key", "yourapikey", "placeholder", "insert-", "<", ">", "...",
+                      "\u2026", "xxxxxx")
+_ONLY_X = re.compile(r"(sk-(ant-|proj-)?)?[x*.]{3,}", re.IGNORECASE)
+
+
+def is_placeholder(key: str) -> bool:
+    """Whether ``key`` is an obvious placeholder (``sk-REPLACE-ME``, ``changeme``, ``sk-...``, ``xxx``)."""
+    low = key.lower()
+    return any(w in low for w in _PLACEHOLDER_WORDS) or _ONLY_X.fullmatch(low) is not None
+
+
+def key_sources(pk_name: str, provider: str) -> list[str]:
+    """The environment variables `serve` reads for a ProviderKey, most specific first."""
+    return [env_var_for(pk_name), *PROVIDER_ENV_VARS[provider]]
+
+
 def _resolve_keys(
     pk: ProviderKey, secrets: Mapping[str, Secret], env: Mapping[str, str] | None
 ) -> tuple[list[str] | None, str, str]:
-    """The key strings of a ProviderKey, or None with a reason. Never puts a key in a message."""
+    """The key strings of a ProviderKey, or None with a reason. Never puts a key in a message.
+
+    Messages about a missing key say what would satisfy it: the Secret (and its key) and,
+    for `serve`, the environment variables. A placeholder is no key: in `serve` the
+    environment may still supply one.
+    """
     if pk.spec.provider == "mock":
         return [], "NoKeyRequired", "provider mock answers in-process: no key, no network"
     ref = pk.spec.secret_ref
+    variables = key_sources(pk.metadata.name, pk.spec.provider) if env is not None else []
+    env_hint = f", or set {' or '.join(variables)}" if variables else ""
+    placeholder: str | None = None  # where a placeholder was found
     if ref is not None and ref.name in secrets:
         secret = secrets[ref.name]
         value = _secret_value(secret, ref.key)
         if value is None:
-            return None, "SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key!r}"
+            return None, "SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key!r}{env_hint}"
         if value is _NOT_BASE64:
             return None, "KeyInvalid", (f"Secret {ref.name} key {ref.key!r} is not valid base64 (a Secret's data "
                                         "holds base64; put a plain key under stringData)")
         found = split_keys(value)
         if not found:
-            return None, "KeyEmpty", f"Secret {ref.name} key {ref.key!r} holds no API key"
-        return found, "KeysLoaded", f"{len(found)} key(s) from Secret {ref.name}"
-    if env is not None:
-        for var in (env_var_for(pk.metadata.name), *PROVIDER_ENV_VARS[pk.spec.provider]):
-            if env.get(var, "").strip():
-                found = split_keys(env[var])
+            return None, "KeyEmpty", f"Secret {ref.name} key {ref.key!r} holds no API key{env_hint}"
+        if not any(map(is_placeholder, found)):
+            return found, "KeysLoaded", f"{len(found)} key(s) from Secret {ref.name}"
+        placeholder = f"Secret {ref.name} key {ref.key!r}"
+    for var in variables:
+        assert env is not None
+        if env.get(var, "").strip():
+            found = split_keys(env[var])
+            if not any(map(is_placeholder, found)):
                 return found, "KeysLoaded", f"{len(found)} key(s) from environment variable {var}"
+            placeholder = placeholder or f"environment variable {var}"
+    if placeholder is not None:
+        return None, "KeyPlaceholder", (f"{placeholder} holds a placeholder, not an API key: "
+                                        f"put the provider's key there{env_hint}")
     if ref is None and pk.spec.provider == "openai-compatible":
         # Self-hosted backends (vLLM, Ollama) need no key: requests go without auth.
         return [], "NoKeyRequired", "no secretRef: requests are sent without an API key"
     if ref is None:
         # A hosted provider always wants a key; without one every request would be a 401.
-        hint = " or the environment" if env is not None else ""
-        return None, "SecretRefMissing", f"provider {pk.spec.provider} needs an API key: set spec.secretRef{hint}"
-    return None, "SecretNotFound", f"Secret {ref.name} not found"
+        return None, "SecretRefMissing", (f"provider {pk.spec.provider} needs an API key: "
+                                          f"set spec.secretRef to a Secret holding it{env_hint}")
+    if env is not None:
+        return None, "SecretNotFound", (f"Secret {ref.name} not found: add a Secret document {ref.name} with "
+                                        f"stringData.{ref.key}{env_hint}")
+    return None, "SecretNotFound", (f"Secret {ref.name} not found: kubectl create secret generic {ref.name} "
+                                    f"--from-literal={ref.key}=<API key>")
 
 
 _NOT_BASE64 = "\0not base64"  # a marker no decoded key can equal (split_keys never yields it)

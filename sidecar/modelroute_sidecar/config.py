@@ -135,6 +135,8 @@ class RouteConfig(_Model):
     retries: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
     source: str = ""  # e.g. "ModelRoute default/chat", for logs and status
+    # Backends left out, each with why and what would fix it: the 503 a request gets says so.
+    unavailable: tuple[str, ...] = ()
 
     def backends_as_pairs(self) -> list[tuple[str, str, int]]:
         return [(b.provider_key, b.model, b.weight) for b in self.backends]

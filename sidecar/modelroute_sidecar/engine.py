@@ -137,9 +137,9 @@ class Engine:
                     now, now + route.timeouts.total_seconds)
         plan = route.plan()
         if not plan:
-            raise GatewayError(503, f"Route '{route.name}' has no usable backend: none of its ProviderKeys is "
-                               f"ready (a missing Secret or key?); see the gateway's log, or "
-                               f"`kubectl get providerkeys` in a cluster ({route.source})",
+            why = ("; ".join(route.unavailable) if route.unavailable else "none of its ProviderKeys is ready "
+                   "(a missing Secret or key?); see the gateway's log, or `kubectl get providerkeys` in a cluster")
+            raise GatewayError(503, f"Route '{route.name}' has no usable backend ({route.source}): {why}",
                                type="api_error", code="no_backend")
         # Every backend once, then around again up to maxAttempts; a key refusal adds one
         # more try on the same backend with its next key (at most once per key).
@@ -445,14 +445,16 @@ class Engine:
         m.genai(call.operation, elapsed, usage.input_tokens if usage else None,
                 usage.output_tokens if usage else None, error or "")
         if access_log.enabled:
+            # The status the caller got: a stream that failed after its first byte was a 200.
+            status = 499 if error == "client_closed" else int(error[5:]) if error and error[:5] == "http_" else 200
             access_log.write("request", {
-                "request_id": call.rid, "route": call.route.name, "dialect": call.dialect.name,
+                "request_id": call.rid, "status": status, "route": call.route.name, "dialect": call.dialect.name,
                 "backend": backend.id, "attempts": call.attempts, "stream": call.ingress.stream,
                 "latency_ms": round(elapsed * 1000, 2),
                 "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
                 "input_tokens": usage.input_tokens if usage else None,
                 "output_tokens": usage.output_tokens if usage else None,
-                "cost_usd": round(cost, 8), "error": error})
+                "cost_usd": round(cost, 8), "reason": error})
 
     def _log_attempt(self, call: Call, backend: Backend, key: KeyEntry, failed: AttemptFailed) -> None:
         log.warning("attempt failed", extra={"fields": {

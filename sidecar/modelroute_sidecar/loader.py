@@ -145,7 +145,12 @@ class FileSource:
             if not status.ready:
                 log.warning(f"{status.kind} {status.name} not ready: {status.reason}: {status.message}",
                             extra={"fields": {"kind": status.kind, "name": status.name, "reason": status.reason}})
-        return result.config, result.keys
+        config = result.config
+        if not config.routes and not any(pk.models for pk in config.provider_keys.values()):
+            files = ", ".join(map(str, self.paths))
+            what = "no ModelRoute and no ProviderKey" if not result.statuses else "no route and no usable ProviderKey"
+            log.warning(f"{files} define {what}: every request will be a 404 (see examples/quickstart.yaml)")
+        return config, result.keys
 
     def signature(self) -> object:
         try:

@@ -189,12 +189,15 @@ class Backend:
 
 
 class Route:
-    __slots__ = ("backends", "client_timeout", "label", "name", "order", "retries", "source", "timeouts")
+    __slots__ = ("backends", "client_timeout", "label", "name", "order", "retries", "source", "timeouts",
+                 "unavailable")
 
     def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
-                 timeouts: Timeouts, source: str, label: str | None = None) -> None:
+                 timeouts: Timeouts, source: str, label: str | None = None,
+                 unavailable: tuple[str, ...] = ()) -> None:
         self.name = name
         self.label = name if label is None else label  # the `route` label of its metrics
+        self.unavailable = unavailable  # why configured backends are missing, for the 503
         self.backends = backends
         self.retries = retries
         self.timeouts = timeouts
@@ -288,7 +291,8 @@ class Runtime:
         cfg = self.config
         backends = [Backend(model, self.adapters[pk], self.keyrings[pk], m, w, self.state, self.metrics,
                             cfg.circuit_breaker, cfg) for pk, m, w in pairs]
-        return Route(model, backends, rc.strategy, rc.retries, rc.timeouts, rc.source)
+        return Route(model, backends, rc.strategy, rc.retries, rc.timeouts, rc.source,
+                     unavailable=rc.unavailable)
 
     def _glob_route(self, model: str, matched: list[tuple[str, str]]) -> Route:
         """A name no ModelRoute names: the ProviderKeys whose globs match it, in name order,

@@ -100,7 +100,8 @@ def test_missing_secret_is_reported_and_creating_it_recovers(
     cluster.apply([provider_key("anthropic", "anthropic-key", provider="anthropic"),
                    model_route("claude", "claude-default", "anthropic")], namespace)
     pk = cluster.wait_ready("providerkey", "anthropic", namespace, status="False", reason="SecretNotFound")
-    assert pk["status"]["conditions"][0]["message"] == "Secret anthropic-key not found"
+    assert pk["status"]["conditions"][0]["message"] == ("Secret anthropic-key not found: kubectl create secret "
+                                                        "generic anthropic-key --from-literal=apiKey=<API key>")
     mr = cluster.wait_ready("modelroute", "claude", namespace, status="False", reason="ProviderKeyNotReady")
     assert mr["status"]["backends"] == "0/1"
     wait_for(lambda: warnings(cluster, namespace, "SecretNotFound"), timeout=30, what="a SecretNotFound event")
