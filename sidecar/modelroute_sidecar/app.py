@@ -254,7 +254,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def not_found(request: web.Request) -> web.Response:
     err = GatewayError(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url",
                        type="not_found_error")
-    log_refused(request, None, err, None, None)
+    log_refused(request, None, err, None, request.headers.get("x-request-id"))
     return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
 
 
