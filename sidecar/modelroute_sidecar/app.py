@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -19,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
 from .dialects.anthropic_messages import AnthropicMessages, parse_count_tokens
+from .dialects.anthropic_messages import to_canonical as messages_to_canonical
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .dialects.openai_responses import OpenAIResponses
@@ -29,6 +31,7 @@ from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
+from .tokens import estimate_messages_tokens
 from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
@@ -258,23 +261,59 @@ async def not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
 
 
+COUNT_TOKENS_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
 async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Response:
     """Anthropic's ``count_tokens``, which Claude Code calls to size its context.
 
-    Routes may lead to any provider, so this is an estimate (about four characters a
-    token, the usual rule of thumb), marked as such in ``x-modelroute-estimate``.
+    Where the route's first backend can count (Anthropic's own ``count_tokens``, Gemini's
+    ``countTokens``) it does; otherwise, or when it fails, the answer is an estimate (text
+    by characters, images by pixel size: see tokens.py), marked ``x-modelroute-estimate``.
     """
     gw = request.app[GATEWAY]
     try:
         body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
                                gw.body_timeout)
-        parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
+        req = parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
         access(request, dialect.name, 200, None, request.headers.get("x-request-id"))
-        # What the model reads (system, messages, tools) is nearly all of the body.
-        return web.json_response({"input_tokens": max(1, len(body) // 4)},
+        counted = await _upstream_count(request, gw, req)
+        if counted is not None:
+            return web.json_response({"input_tokens": counted[0]}, headers={"x-modelroute-backend": counted[1]})
+        return web.json_response({"input_tokens": estimate_messages_tokens(req)},
                                  headers={"x-modelroute-estimate": "true"})
     except GatewayError as err:
         return await _refuse(request, dialect, err, log_refused(request, dialect, err, None, None))
+
+
+async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]) -> tuple[int, str] | None:
+    """(tokens, backend) as the route's first backend counts them, or None."""
+    rt = gw.runtime
+    route = rt.resolve(req["model"]) if rt is not None else None
+    if route is None or not route.backends or gw.session is None:
+        return None
+    backend = route.backends[0]
+    adapter = backend.adapter
+    prepared = adapter.count_tokens(req, lambda: messages_to_canonical({**req, "max_tokens": 1}), backend.model)
+    key = backend.keyring.pick()
+    if prepared is None or key is None:
+        return None
+    headers = {**prepared.headers, **key.headers}
+    if adapter.speaks(ANTHROPIC_MESSAGES.name):
+        for h in ANTHROPIC_MESSAGES.forward_headers:  # betas change what counts
+            if h in request.headers:
+                headers[h] = request.headers[h]
+    try:
+        async with gw.session.post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
+                                   proxy_auth=adapter.proxy_auth, timeout=COUNT_TOKENS_TIMEOUT) as resp:
+            answer = await resp.read()
+            if resp.status != 200:
+                log.info("count_tokens: %s answered %d; estimating", backend.id, resp.status)
+                return None
+        return adapter.token_count(answer), backend.id
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        log.info("count_tokens: %s failed (%s); estimating", backend.id, type(e).__name__)
+        return None
 
 
 def _caller_dialect(request: web.Request) -> Dialect:

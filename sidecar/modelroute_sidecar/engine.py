@@ -552,9 +552,14 @@ class _Reader:
         decoder = self.decoder
         assert decoder is not None
         parts = []
-        encode = self.encoder.chunk
+        encoder = self.encoder
+        encode = encoder.chunk
         for ev in events:
-            for chunk in decoder.feed(ev):
+            chunks = decoder.feed(ev)
+            if decoder.usage is not self.usage and decoder.usage is not None:
+                self.usage = decoder.usage
+                encoder.note_usage(decoder.usage)  # e.g. for Anthropic's message_start
+            for chunk in chunks:
                 parts.append(encode(chunk))
         self.usage = decoder.usage
         if decoder.done:

@@ -101,8 +101,12 @@ PARSE_ERRORS: list[tuple[bytes, str]] = [
     (b'{"model": "m", "max_tokens": 5}', "messages: Field required"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', "max_tokens: Field required"),
     (b'{"model": "m", "messages": [], "max_tokens": 5}', "messages: at least one message is required"),
+    # Anthropic's own words (Claude Code falls back on them): a system message must follow a user turn.
     (b'{"model": "m", "messages": [{"role": "system", "content": "x"}], "max_tokens": 5}',
-     "messages.0.role: Input should be 'user' or 'assistant'"),
+     'messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, not '
+     '"system" as an input message role.'),
+    (b'{"model": "m", "messages": [{"role": "tool", "content": "x"}], "max_tokens": 5}',
+     "messages.0.role: Input should be 'user', 'assistant' or 'system'"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
      "max_tokens: Input should be greater than or equal to 1"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "lots"}',

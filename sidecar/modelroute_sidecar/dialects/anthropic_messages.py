@@ -9,6 +9,7 @@ provider that cannot honour it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NotRequired
 
 import orjson
@@ -20,6 +21,7 @@ from ..errors import ErrorType, GatewayError
 from ..providers._parts import content_text, dump_arguments, new_id, parse_arguments
 from ..providers.anthropic import info_from_error, usage_from_anthropic
 from ..sse import SSEEvent, frame
+from ..tokens import estimate_messages_tokens
 from .base import Dialect, Ingress, NativeTap, StreamEncoder
 from .json_numbers import NON_FINITE, bad_number
 
@@ -42,7 +44,9 @@ class _Block(TypedDict):
 
 class _Message(TypedDict):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
-    role: Literal["user", "assistant"]
+    # "system": mid-conversation system messages (instructions added after a user turn
+    # without touching the cached prefix); Claude Code sends them for current models.
+    role: Literal["user", "assistant", "system"]
     content: str | list[_Block]
 
 
@@ -110,7 +114,26 @@ def parse_count_tokens(body: bytes) -> dict[str, Any]:
     req = _validate(body, _COUNT_TOKENS)
     if not req["model"]:
         raise _invalid("model: String should have at least 1 character")
+    _check_system_placement(req["messages"])
     return req
+
+
+# Anthropic's own words for a system message where none may be: clients (Claude Code)
+# recognise them and fall back to sending the instructions another way.
+UNEXPECTED_SYSTEM = ('messages: Unexpected role "system". The Messages API accepts a top-level `system` '
+                     'parameter, not "system" as an input message role.')
+
+
+def _check_system_placement(messages: list[dict[str, Any]]) -> None:
+    """A ``system`` message must follow a user turn (or another system message that does)."""
+    last = ""
+    for m in messages:
+        role = m["role"]
+        if role == "system":
+            if last != "user":
+                raise _invalid(UNEXPECTED_SYSTEM)
+        else:
+            last = role
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
@@ -121,6 +144,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
         raise _invalid("messages: at least one message is required")
     if not req["model"]:
         raise _invalid("model: String should have at least 1 character")
+    _check_system_placement(req["messages"])
     return req
 
 
@@ -244,7 +268,11 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
         messages.append({"role": "system", "content": system})
     for m in req["messages"]:
         content = m.get("content")
-        if m["role"] == "user":
+        if m["role"] == "system":
+            text = _text_of(content)
+            if text:  # where it was sent: every canonical upstream takes system messages anywhere
+                messages.append({"role": "system", "content": text})
+        elif m["role"] == "user":
             if isinstance(content, str):
                 messages.append({"role": "user", "content": content})
             else:
@@ -359,13 +387,16 @@ class _MessagesEncoder(StreamEncoder):
     """Canonical chunks -> the Messages event sequence.
 
     Text and each tool call become content blocks, opened on their first delta and
-    closed when another block starts or the stream ends. Usage arrives last in
-    canonical streams, so ``message_start`` carries zeros and the final
-    ``message_delta`` the cumulative totals (as Anthropic's own do for output).
+    closed when another block starts or the stream ends. ``message_start`` carries the
+    best usage known when it goes out: the upstream's, where its stream reports usage
+    early (Gemini), else an estimate of the input; the final ``message_delta`` carries
+    the upstream's cumulative totals.
     """
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, estimate: Callable[[], int] | None = None) -> None:
         self.model = model
+        self.estimate = estimate
+        self.known: Usage | None = None
         self.started = False
         self.block = -1  # index of the open content block, -1 when none
         self.block_kind = ""  # "text" | "tool"
@@ -374,12 +405,18 @@ class _MessagesEncoder(StreamEncoder):
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
 
+    def note_usage(self, usage: Usage) -> None:
+        self.known = usage
+
     def _start(self, chunk_id: Any) -> bytes:
         self.started = True
+        if self.known is not None:
+            usage = anthropic_usage(self.known.to_openai())
+        else:
+            usage = {"input_tokens": self.estimate() if self.estimate else 0, "output_tokens": 0}
         return _event("message_start", {"type": "message_start", "message": {
             "id": message_id(chunk_id), "type": "message", "role": "assistant", "model": self.model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}}) + _PING
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}}) + _PING
 
     def _close(self) -> bytes:
         if self.block < 0:
@@ -506,6 +543,9 @@ class AnthropicMessages(Dialect):
 
     def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder:
         return _MessagesEncoder(model)
+
+    def encoder_for(self, ingress: Ingress) -> StreamEncoder:
+        return _MessagesEncoder(ingress.model, lambda: estimate_messages_tokens(ingress.body))
 
     def render_error(self, err: GatewayError) -> bytes:
         return orjson.dumps(_error_body(err))

@@ -32,6 +32,9 @@ class StreamEncoder(ABC):
     @abstractmethod
     def chunk(self, chunk: ChatChunk) -> bytes: ...
 
+    def note_usage(self, usage: Usage) -> None:  # noqa: B027 - most dialects report usage only at the end
+        """The upstream's usage so far (called as it becomes known, before the chunks it came with)."""
+
     @abstractmethod
     def end(self) -> bytes:
         """The dialect's proper ending (``[DONE]``, ``message_stop``, ``response.completed``)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -479,6 +480,15 @@ class AnthropicAdapter(ProviderAdapter):
         else:
             body.pop("stream", None)
         return PreparedRequest(self.url, orjson.dumps(body), self.headers)
+
+    def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
+                     model: str) -> PreparedRequest | None:
+        body = dict(messages)
+        body["model"] = model
+        return PreparedRequest(self.url + "/count_tokens", orjson.dumps(body), self.headers)
+
+    def token_count(self, body: bytes) -> int:
+        return int(orjson.loads(body)["input_tokens"])
 
     def error_info(self, status: int, body: bytes) -> UpstreamErrorInfo:
         return error_info(status, body)

@@ -9,7 +9,7 @@ provider's module; the adapter class only binds them to a ProviderKey.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from aiohttp import BasicAuth
@@ -122,6 +122,16 @@ class ProviderAdapter(ABC):
 
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
         """Pass-through request for a dialect in :attr:`native_dialects`."""
+        raise NotImplementedError
+
+    def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
+                     model: str) -> PreparedRequest | None:
+        """The upstream request that counts the input tokens of an Anthropic ``count_tokens``
+        body (``canonical`` translates it), or None when this upstream cannot count."""
+        return None
+
+    def token_count(self, body: bytes) -> int:
+        """The count from the answer to :meth:`count_tokens`."""
         raise NotImplementedError
 
     @abstractmethod

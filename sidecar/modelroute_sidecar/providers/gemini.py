@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -417,8 +418,9 @@ class GeminiStreamDecoder(StreamDecoder):
         if "error" in data:
             err = data["error"] or {}
             raise StreamError(_info_from_error(err, int(err.get("code") or 500)))
-        if data.get("usageMetadata"):
+        if data.get("usageMetadata"):  # on every chunk, so far: the best usage known at each event
             self._u = data["usageMetadata"]
+            self.usage = usage_from_gemini(self._u)
         if self.done:
             self.usage = usage_from_gemini(self._u)
             return []
@@ -565,6 +567,15 @@ class GeminiAdapter(ProviderAdapter):
 
     def parse_chat(self, body: bytes, model: str) -> ChatResponse:
         return parse_response(orjson.loads(body), model)
+
+    def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
+                     model: str) -> PreparedRequest | None:
+        inner = build_request(canonical(), model, False)
+        body = {"generateContentRequest": {"model": "models/" + model.removeprefix("models/"), **inner}}
+        return PreparedRequest(self._url(model, "countTokens"), orjson.dumps(body), self.headers)
+
+    def token_count(self, body: bytes) -> int:
+        return int(orjson.loads(body)["totalTokens"])
 
     def stream_decoder(self, model: str) -> StreamDecoder:
         return GeminiStreamDecoder(model)

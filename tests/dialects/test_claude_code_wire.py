@@ -1,0 +1,120 @@
+"""What the current Claude Code sends on ``/v1/messages``, through the gateway to every upstream.
+
+Mid-conversation ``role: "system"`` messages (instructions added right after a user turn),
+refusals in Anthropic's own words, usage on translated streams from the first event, and
+``count_tokens`` answered by the upstream where it can count.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.dialects.test_every_dialect import BACKEND, KINDS, World, world
+
+SYSTEM_TURN: list[dict[str, Any]] = [
+    {"role": "user", "content": "hello there"},
+    {"role": "system", "content": [{"type": "text", "text": "answer in French"}]},
+]
+HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "placeholder"}
+
+
+@pytest.fixture
+async def w() -> AsyncIterator[World]:
+    async with world() as x:
+        yield x
+
+
+async def _post(w: World, path: str, body: dict[str, Any]) -> tuple[int, Any, str]:
+    async with aiohttp.ClientSession() as s, s.post(w.gw.root + path, json=body, headers=HEADERS) as r:
+        return r.status, await r.json(content_type=None), r.headers.get("x-modelroute-backend", "")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_mid_conversation_system_message(w: World, kind: str) -> None:
+    status, body, backend = await _post(w, "/v1/messages", {
+        "model": f"via-{kind}", "max_tokens": 100, "messages": SYSTEM_TURN})
+    assert status == 200, body
+    assert backend == BACKEND[kind]
+    assert body["content"][-1]["text"] == "echo: hello there"
+    assert body["usage"]["input_tokens"] == 5  # the instruction reached the model: 2 + 3 words
+    sent = w.up[kind].last_request.body
+    if kind == "anthropic":
+        assert sent["messages"] == SYSTEM_TURN  # passed through as sent
+    elif kind == "gemini":
+        assert "answer in French" in str(sent["systemInstruction"])
+    elif kind == "openai":
+        assert sent["messages"][-1] == {"role": "system", "content": "answer in French"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_misplaced_system_message_is_refused_in_anthropics_words(w: World, kind: str) -> None:
+    """Claude Code falls back to another way of sending its instructions on exactly these words."""
+    status, body, _ = await _post(w, "/v1/messages", {
+        "model": f"via-{kind}", "max_tokens": 100, "messages": [SYSTEM_TURN[1], SYSTEM_TURN[0]]})
+    assert status == 400
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith('messages: Unexpected role "system".')
+    assert w.up[kind].requests == []
+
+
+def _png(width: int, height: int, size: int) -> str:
+    """A PNG's header with the given dimensions, padded to ``size`` bytes, as base64."""
+    head = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return base64.b64encode(head + b"\x08\x06\x00\x00\x00" + bytes(size - len(head) - 5)).decode()
+
+
+COUNT_BODY: dict[str, Any] = {"system": "be brief", "messages": [{"role": "user", "content": "one two three"}]}
+
+
+@pytest.mark.parametrize(("kind", "counted_by"), [("anthropic", "anthropic/claude-sonnet-4-6"),
+                                                  ("gemini", "gemini/gemini-2.5-flash"), ("openai", None)])
+async def test_count_tokens_asks_the_upstream_that_can_count(w: World, kind: str, counted_by: str | None) -> None:
+    async with aiohttp.ClientSession() as s, s.post(w.gw.root + "/v1/messages/count_tokens", headers=HEADERS,
+                                                    json={"model": f"via-{kind}", **COUNT_BODY}) as r:
+        assert r.status == 200
+        body = await r.json()
+        if counted_by is None:
+            assert r.headers["x-modelroute-estimate"] == "true"
+            assert body["input_tokens"] >= 1
+        else:
+            assert r.headers["x-modelroute-backend"] == counted_by and "x-modelroute-estimate" not in r.headers
+            assert body == {"input_tokens": 5}  # the fake counts words: be brief one two three
+            sent = w.up[kind].last_request
+            assert sent.path.endswith("count_tokens") or sent.path.endswith(":countTokens")
+
+
+async def test_count_tokens_sizes_images_by_their_pixels(w: World) -> None:
+    """A 1 MiB 1920x1080 screenshot is ~1,600 tokens (Anthropic's rule), not 350,000 characters / 4."""
+    image: dict[str, Any] = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                         "data": _png(1920, 1080, 1024 * 1024)}}
+    body: dict[str, Any] = {"model": "via-openai",
+                            "messages": [{"role": "user", "content": [image, {"type": "text", "text": "hi"}]}]}
+    status, answer, _ = await _post(w, "/v1/messages/count_tokens", body)
+    assert status == 200
+    assert 1600 <= answer["input_tokens"] < 1700, answer
+    small = {**image, "source": {**image["source"], "data": _png(200, 100, 2000)}}
+    body["messages"][0]["content"][0] = small
+    status, answer, _ = await _post(w, "/v1/messages/count_tokens", body)
+    assert 27 <= answer["input_tokens"] < 60, answer  # 200*100/750 = 27, plus the text
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemini"])
+async def test_translated_stream_starts_with_known_usage(w: World, kind: str) -> None:
+    """message_start carries the input count when the upstream says it first (Gemini), else an
+    estimate; never 0/0. The final message_delta carries the upstream's totals."""
+    client = w.anthropic()
+    async with client.messages.stream(model=f"via-{kind}", max_tokens=100,
+                                      messages=[{"role": "user", "content": "one two three"}]) as s:
+        events = [e async for e in s]
+        final = await s.get_final_message()
+    start = next(e for e in events if e.type == "message_start")
+    if kind == "gemini":
+        assert start.message.usage.input_tokens == 3
+    else:
+        assert start.message.usage.input_tokens > 0
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (3, 4)
