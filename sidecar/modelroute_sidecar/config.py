@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .syntax import valid_header_name, valid_header_value
+from .syntax import MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
 # How `POST /v1/responses` reaches an OpenAI-shaped upstream: passed through (native),
@@ -121,10 +121,20 @@ class ProviderKeyConfig(_Model):
         return headers
 
 
+def _model_name(name: str) -> str:
+    # compile refuses these already; a config.json from elsewhere must not put URL syntax
+    # into upstream paths or a line break into a response header.
+    if not valid_model_name(name):
+        raise ValueError(MODEL_NAME_RULE)
+    return name
+
+
 class BackendConfig(_Model):
     provider_key: str = Field(alias="providerKey")
     model: str
     weight: int = Field(1, ge=0, le=1_000_000)
+
+    _model = field_validator("model")(_model_name)
 
 
 class RouteConfig(_Model):
@@ -137,6 +147,8 @@ class RouteConfig(_Model):
     source: str = ""  # e.g. "ModelRoute default/chat", for logs and status
     # Backends left out, each with why and what would fix it: the 503 a request gets says so.
     unavailable: tuple[str, ...] = ()
+
+    _model = field_validator("model")(_model_name)
 
     def backends_as_pairs(self) -> list[tuple[str, str, int]]:
         return [(b.provider_key, b.model, b.weight) for b in self.backends]
