@@ -19,11 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
-from .dialects.anthropic_messages import AnthropicMessages, parse_count_tokens
-from .dialects.anthropic_messages import to_canonical as messages_to_canonical
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
-from .dialects.openai_responses import OpenAIResponses
 from .engine import Engine, request_id
 from .errors import GatewayError, bad_request, model_not_found
 from .logs import access_log, redact_with
@@ -42,8 +39,27 @@ UPSTREAM_CLIENTS = ("lean", "aiohttp")
 DEFAULT_UPSTREAM_CLIENT = "lean"
 
 OPENAI_CHAT = OpenAIChat()
-ANTHROPIC_MESSAGES = AnthropicMessages()
-OPENAI_RESPONSES = OpenAIResponses()
+_LAZY_DIALECTS: dict[str, Dialect] = {}
+
+
+def anthropic_messages() -> Dialect:
+    """The Anthropic dialect, imported on its first caller: a pod that never sees one never loads it."""
+    d = _LAZY_DIALECTS.get("anthropic-messages")
+    if d is None:
+        from .dialects.anthropic_messages import AnthropicMessages
+
+        d = _LAZY_DIALECTS["anthropic-messages"] = AnthropicMessages()
+    return d
+
+
+def openai_responses() -> Dialect:
+    """The Responses dialect (Codex), imported on its first caller."""
+    d = _LAZY_DIALECTS.get("openai-responses")
+    if d is None:
+        from .dialects.openai_responses import OpenAIResponses
+
+        d = _LAZY_DIALECTS["openai-responses"] = OpenAIResponses()
+    return d
 
 
 class Gateway:
@@ -213,15 +229,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    return await serve_dialect(request, ANTHROPIC_MESSAGES)
+    return await serve_dialect(request, anthropic_messages())
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    return await count_message_tokens(request, ANTHROPIC_MESSAGES)
+    return await count_message_tokens(request, anthropic_messages())
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    return await serve_dialect(request, OPENAI_RESPONSES)
+    return await serve_dialect(request, openai_responses())
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
@@ -275,6 +291,8 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     try:
         body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
                                gw.body_timeout)
+        from .dialects.anthropic_messages import parse_count_tokens
+
         req = parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
         access(request, dialect.name, 200, None, request.headers.get("x-request-id"))
         counted = await _upstream_count(request, gw, req)
@@ -292,6 +310,8 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
     route = rt.resolve(req["model"]) if rt is not None else None
     if route is None or not route.backends or gw.session is None:
         return None
+    from .dialects.anthropic_messages import to_canonical as messages_to_canonical
+
     backend = route.backends[0]
     adapter = backend.adapter
     prepared = adapter.count_tokens(req, lambda: messages_to_canonical({**req, "max_tokens": 1}), backend.model)
@@ -299,8 +319,9 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
     if prepared is None or key is None:
         return None
     headers = {**prepared.headers, **key.headers}
-    if adapter.speaks(ANTHROPIC_MESSAGES.name):
-        for h in ANTHROPIC_MESSAGES.forward_headers:  # betas change what counts
+    dialect = anthropic_messages()
+    if adapter.speaks(dialect.name):
+        for h in dialect.forward_headers:  # betas change what counts
             if h in request.headers:
                 headers[h] = request.headers[h]
     try:
@@ -317,7 +338,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
 
 
 def _caller_dialect(request: web.Request) -> Dialect:
-    return ANTHROPIC_MESSAGES if request.path.startswith("/v1/messages") else OPENAI_CHAT
+    return anthropic_messages() if request.path.startswith("/v1/messages") else OPENAI_CHAT
 
 
 @web.middleware

@@ -17,7 +17,16 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .config import BackendConfig, GatewayConfig, Keys, MockSettings, ProviderKeyConfig, RouteConfig
+from .config import (
+    BackendConfig,
+    GatewayConfig,
+    Keys,
+    MockSettings,
+    ProviderKeyConfig,
+    RouteConfig,
+    format_validation_error,
+    split_keys,
+)
 from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelRoute, ProviderKey, Secret
 
 Kind = Literal["ProviderKey", "ModelRoute"]
@@ -69,19 +78,6 @@ class CompileResult:
 def env_var_for(provider_key: str) -> str:
     """``MODELROUTE_KEY_<NAME>``: the per-ProviderKey environment variable `serve` reads."""
     return "MODELROUTE_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", provider_key).upper()
-
-
-def split_keys(value: str) -> list[str]:
-    """One key per line; blank lines and surrounding whitespace ignored."""
-    return [line.strip() for line in value.splitlines() if line.strip()]
-
-
-def format_validation_error(origin: str, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
-        parts.append(f"{loc or '(document)'}: {e['msg']}")
-    return f"{origin}: " + "; ".join(parts)
 
 
 def compile_resources(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .syntax import MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
@@ -168,3 +168,16 @@ class GatewayConfig(_Model):
 
     def dump_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_defaults=False, indent=2)
+
+
+def split_keys(value: str) -> list[str]:
+    """One key per line; blank lines and surrounding whitespace ignored."""
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def format_validation_error(origin: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+        parts.append(f"{loc or '(document)'}: {e['msg']}")
+    return f"{origin}: " + "; ".join(parts)

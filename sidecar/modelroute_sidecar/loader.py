@@ -17,13 +17,24 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
-from .compile import SourceDoc, compile_resources, format_validation_error, split_keys
-from .config import CONFIG_FILE, CONFIG_SUBDIR, KEYS_SUBDIR, GatewayConfig, Keys, RouteConfig
+from .config import (
+    CONFIG_FILE,
+    CONFIG_SUBDIR,
+    KEYS_SUBDIR,
+    GatewayConfig,
+    Keys,
+    RouteConfig,
+    format_validation_error,
+    split_keys,
+)
+
+if TYPE_CHECKING:
+    from .compile import SourceDoc  # the compiler (and the CR models) load only in `serve`
 
 log = logging.getLogger("modelroute.config")
 
@@ -82,6 +93,8 @@ def _yaml_loader() -> type:
 def read_documents(paths: Sequence[str | Path]) -> list[SourceDoc]:
     import yaml  # only `serve` reads YAML; the sidecar never pays for the import
 
+    from .compile import SourceDoc
+
     loader = _yaml_loader()
     docs: list[SourceDoc] = []
     for f in _files(paths):
@@ -136,6 +149,8 @@ class FileSource:
         self.base = base
 
     def load(self) -> tuple[GatewayConfig, Keys]:
+        from .compile import compile_resources
+
         docs = read_documents(self.paths)
         _warn_redefined(docs)
         result = compile_resources(docs, env=self.env, base=self.base)

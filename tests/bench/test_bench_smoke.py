@@ -42,7 +42,8 @@ def test_quick_bench_completes_with_all_rows(tmp_path: Path) -> None:
     assert len(res["startup"]["gateway_runs_s"]) == 1
 
     names = {t["target"] for t in res["targets"]}
-    assert any("1.3x bare" in n for n in names)
+    assert any("1x bare" in n for n in names)
+    assert any("open streams <= 100 MiB" in n for n in names)
     assert any("throughput" in n for n in names)
     assert any("idle RSS" in n for n in names)
     assert any("start to ready" in n for n in names)
