@@ -64,3 +64,27 @@ def usage_chunk(chunk_id: str, created: int, model: str, usage: Usage) -> ChatCh
         "choices": [],
         "usage": usage.to_openai(),
     }
+
+
+def chunks_from_response(resp: ChatResponse) -> list[ChatChunk]:
+    """A whole chat completion as the stream that would have carried it (for an upstream
+    that answered a stream request with one JSON body)."""
+    cid, created, model = resp.get("id") or "chatcmpl-json", resp.get("created") or 0, resp.get("model") or ""
+    choice = (resp.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> ChatChunk:
+        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    for key in ("reasoning_content", "content", "refusal"):
+        if isinstance(msg.get(key), str) and msg[key]:
+            out.append(chunk({key: msg[key]}))
+    for i, tc in enumerate(msg.get("tool_calls") or ()):
+        out.append(chunk({"tool_calls": [{**tc, "index": i}]}))
+    out.append(chunk({}, choice.get("finish_reason") or "stop"))
+    if resp.get("usage"):
+        out.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": resp["usage"]})
+    return out

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .canonical import Usage, usage_from_openai
+from .canonical import Usage, chunks_from_response, usage_from_openai
 from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
@@ -358,6 +358,8 @@ class Engine:
                             native: bool) -> tuple[bytes, _Reader]:
         """Read until the stream produces output for the caller; failures here can fail over."""
         reader = _Reader(call, backend, native)
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return self._json_as_stream(await resp.read(), reader, backend), reader
         while True:
             data = await resp.content.readany()
             if not data:
@@ -369,6 +371,24 @@ class Engine:
                 raise AttemptFailed("stream_error", "stream_error", e.info, http_status=502) from None
             if out:
                 return out, reader
+
+    def _json_as_stream(self, body: bytes, reader: _Reader, backend: Backend) -> bytes:
+        """An upstream that answered a stream request with one JSON body (some OpenAI-compatible
+        servers ignore ``stream``): the whole answer, as the caller's stream."""
+        try:
+            canon = backend.adapter.parse_chat(body, backend.model)
+            if not isinstance(canon, dict) or not canon.get("choices"):
+                raise ValueError("not a chat response")
+            chunks = chunks_from_response(canon)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            raise AttemptFailed("stream_error", "stream_error", UpstreamErrorInfo(
+                f"{backend.id} answered a stream request with a plain JSON body that is not a response",
+                "api_error", True)) from None
+        encode = reader.encoder.chunk
+        out = b"".join([encode(c) for c in chunks]) + reader.encoder.end()
+        reader.usage = usage_from_openai(canon.get("usage"))
+        reader.finished = reader.converted = True
+        return out
 
     async def _stream(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
                       resp: UpstreamResponse, first: bytes, reader: _Reader) -> web.StreamResponse:
@@ -505,7 +525,7 @@ async def _read_upstream(resp: UpstreamResponse) -> bytes:
 class _Reader:
     """Turns upstream bytes into caller bytes: pass-through with a tap, or decode + encode."""
 
-    __slots__ = ("backend_id", "decoder", "encoder", "finished", "native", "parser", "tap", "usage")
+    __slots__ = ("backend_id", "converted", "decoder", "encoder", "finished", "native", "parser", "tap", "usage")
 
     def __init__(self, call: Call, backend: Backend, native: bool) -> None:
         self.backend_id = backend.id
@@ -513,6 +533,7 @@ class _Reader:
         self.native = native
         self.usage: Usage | None = None
         self.finished = False
+        self.converted = False  # a JSON answer, written whole as the caller's stream
         self.tap: NativeTap | None = None
         self.decoder: StreamDecoder | None = None
         self.encoder: StreamEncoder = call.dialect.encoder_for(call.ingress)
@@ -567,8 +588,8 @@ class _Reader:
         return b"".join(parts)
 
     def end(self) -> bytes:
-        if self.native:
-            return b""  # the upstream's own ending was passed through
+        if self.native or self.converted:
+            return b""  # the upstream's own ending was passed through, or written with the rest
         assert self.decoder is not None
         tail = b"".join(self.encoder.chunk(c) for c in self.decoder.finish())
         return tail + self.encoder.end()

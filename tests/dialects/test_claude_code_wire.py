@@ -118,3 +118,30 @@ async def test_translated_stream_starts_with_known_usage(w: World, kind: str) ->
     else:
         assert start.message.usage.input_tokens > 0
     assert (final.usage.input_tokens, final.usage.output_tokens) == (3, 4)
+
+
+async def test_a_stream_answered_with_plain_json_is_converted(w: World) -> None:
+    """Some OpenAI-compatible servers ignore ``stream: true``: the JSON answer reaches the caller
+    as its own stream, translated (Messages) or not (Chat Completions)."""
+    up = w.up["openai"]
+    up.ignores_stream = True  # type: ignore[attr-defined]
+    async with w.anthropic().messages.stream(model="via-openai", max_tokens=100,
+                                             messages=[{"role": "user", "content": "one two three"}]) as s:
+        text = "".join([t async for t in s.text_stream])
+        final = await s.get_final_message()
+    assert text == "echo: one two three" and final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (3, 4)
+    chunks = [c async for c in await w.openai().chat.completions.create(
+        model="via-openai", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hi"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    assert up.requests[-1].body["stream"] is True
+
+
+async def test_a_stream_answered_with_json_that_is_no_answer_is_named(w: World) -> None:
+    w.up["openai"].faults.fail_next(3, status=200, body={"object": "list", "data": []})
+    status, body, _ = await _post(w, "/v1/messages", {
+        "model": "via-openai", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 502
+    assert "answered a stream request with a plain JSON body" in body["error"]["message"]

@@ -69,6 +69,9 @@ class FakeOpenAI(FakeUpstream):
         # False: an OpenAI-compatible server without the Responses API (DeepSeek, Mistral,
         # many vLLM/Ollama builds): `POST /responses` is a 404 like any unknown URL.
         self.responses_api = responses_api
+        # True: `stream: true` is ignored and the answer is one JSON body, as some
+        # OpenAI-compatible servers and proxies in front of them do.
+        self.ignores_stream = False
         self.base_path = base_path.rstrip("/")
         self.served_models = dict(served_models or {})
         self.embedding_dimensions = embedding_dimensions
@@ -187,7 +190,7 @@ class FakeOpenAI(FakeUpstream):
             azure=azure,
         )
         headers = self.response_headers()
-        if not req.stream:
+        if not req.stream or self.ignores_stream:
             return json_response(completion_object(render), headers=headers)
 
         def frames() -> Iterator[bytes]:
