@@ -190,6 +190,13 @@ def _checked_headers(request: web.Request, dialect: Dialect) -> str | None:
     return headers.get(REQUEST_ID) or None
 
 
+def _check_model_name(model: str) -> None:
+    """The one gate for caller-chosen names (every handler that routes calls it): nothing
+    past here sees URL syntax."""
+    if not valid_model_name(model):
+        raise bad_request(f"Invalid 'model': {MODEL_NAME_RULE}.", "model", "invalid_model_name")
+
+
 async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
                         parse: Callable[[bytes], Ingress] | None = None) -> web.StreamResponse:
     gw = request.app[GATEWAY]
@@ -203,9 +210,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
         model = ingress.model
-        if not valid_model_name(ingress.model):
-            # The one gate for caller-chosen names: nothing past here sees URL syntax.
-            raise bad_request(f"Invalid 'model': {MODEL_NAME_RULE}.", "model", "invalid_model_name")
+        _check_model_name(model)
         route = rt.resolve(ingress.model)
         if route is None:
             raise model_not_found(ingress.model)
@@ -294,6 +299,8 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
         from .dialects.anthropic_messages import parse_count_tokens
 
         req = parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
+        _checked_headers(request, dialect)  # the same gates too: the count may be asked upstream
+        _check_model_name(req["model"])
         access(request, dialect.name, 200, None, request.headers.get("x-request-id"))
         counted = await _upstream_count(request, gw, req)
         if counted is not None:
