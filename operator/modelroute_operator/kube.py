@@ -175,6 +175,14 @@ class Kube:
         finally:
             response.response.release()
 
+    async def allowed(self, verb: str, resource: str, namespace: str) -> bool:
+        """Whether RBAC lets this client ``verb`` ``resource`` (core group) in ``namespace``: a
+        SelfSubjectAccessReview, which every authenticated identity may ask."""
+        review = await self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "namespace": namespace}}})
+        return bool((review.get("status") or {}).get("allowed"))
+
     async def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 33); a "+" suffix is ignored."""
         info = await self.request("GET", "/version")

@@ -73,14 +73,31 @@ WRITE_FAILED = "ConfigWriteFailed"
 
 
 def not_enabled(namespace: str) -> Problem:
-    return Problem(NOT_ENABLED, f"the operator may not read Secrets in namespace {namespace}: an administrator "
-                                "enables a namespace with a RoleBinding to the operator's namespace ClusterRole "
-                                "(see docs/install.md)")
+    return Problem(NOT_ENABLED, f"the operator is not enabled in namespace {namespace} (it may not read Secrets "
+                                "or write its config there): an administrator enables a namespace with a "
+                                "RoleBinding to the operator's namespace ClusterRole (see docs/install.md)")
+
+
+# What the namespace ClusterRole grants and a reconcile needs (verb, resource).
+NAMESPACE_ACCESS = (("get", "secrets"), ("create", "secrets"), ("create", "configmaps"))
+
+
+async def enabled_in(kube: Kube, namespace: str) -> bool:
+    """Whether RBAC lets the operator do its work in ``namespace`` (True when it cannot tell)."""
+    try:
+        answers = await asyncio.gather(*(kube.allowed(v, r, namespace) for v, r in NAMESPACE_ACCESS))
+    except ApiError:
+        return True
+    return all(answers)
 
 
 class ConfigWriteError(Exception):
     """``modelroute-config`` or ``modelroute-keys`` could not be written; the message is the user's
     (the API server's reason, never object content)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def reconcile_namespace(
@@ -136,7 +153,10 @@ async def reconcile_namespace(
                 return report
             raise
         except ConfigWriteError as e:
-            report.problem = Problem(WRITE_FAILED, objects.redact(str(e), result.keys))
+            # A 403 is RBAC (not enabled, e.g. its RoleBinding going with the namespace) or an
+            # admission plugin (a quota, a policy): only the latter's reason is worth showing.
+            report.problem = not_enabled(namespace) if e.status == 403 and not await enabled_in(kube, namespace) \
+                else Problem(WRITE_FAILED, objects.redact(str(e), result.keys))
         else:
             report.wrote += [f"{d['kind']} {d['metadata']['name']}"
                              for d, c in zip(outputs, changed, strict=True) if c]
@@ -258,7 +278,7 @@ async def _apply(kube: Kube, desired: dict[str, Any]) -> bool:
         if e.namespace_terminating or e.status == 409 or e.status >= 500:
             raise  # going away, a concurrent write, or the server's trouble: retried as it is
         # Refused: by RBAC (not enabled), an admission policy or webhook, a quota, validation...
-        raise ConfigWriteError(f"cannot write {what}: {e.message or e.reason} ({e.status})") from None
+        raise ConfigWriteError(f"cannot write {what}: {e.message or e.reason} ({e.status})", e.status) from None
 
 
 ReconcileFn = Callable[[str], Awaitable[object]]

@@ -80,7 +80,7 @@ class SecretWatches:
                     if e.status in (403, 404):
                         # Not (or no longer) enabled, or the namespace is gone: the reconcile says so
                         # and starts the watch again once it can read the Secrets.
-                        logger.info("not watching Secrets in namespace %s: %s %s", namespace, e.status, e.reason)
+                        logger.info("not watching Secrets in namespace %s (answered %d)", namespace, e.status)
                         return
                     logger.warning("watching Secrets in namespace %s failed, retrying in %.1fs: %s",
                                    namespace, delay, e)

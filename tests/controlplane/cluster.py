@@ -39,15 +39,17 @@ BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 
 # What the tests need from kube-controller-manager: garbage collection, namespace
 # deletion, a `default` ServiceAccount per namespace, the aggregated admin/edit/view
-# ClusterRoles and kube-root-ca.crt, and the token controller (it fills Secrets of type
+# ClusterRoles and kube-root-ca.crt, the token controller (it fills Secrets of type
 # kubernetes.io/service-account-token: the operator's least-privilege tests attack through
-# it). Nothing that wants nodes or a cloud, and no workload controllers (a Deployment stays
+# it), and ResourceQuota usage (quota admission refuses while a quota's usage is unknown).
+# Nothing that wants nodes or a cloud, and no workload controllers (a Deployment stays
 # a Deployment: no pods appear behind the tests' backs).
 DEFAULT_CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
     "serviceaccount-controller",
     "serviceaccount-token-controller",
+    "resourcequota-controller",
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
 )

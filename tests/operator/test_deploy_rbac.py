@@ -68,7 +68,8 @@ def test_the_admission_policy_names_the_operator_and_refuses_with_403() -> None:
 def test_the_admission_policy_pins_what_the_operator_registers() -> None:
     """The webhook pin is written in CEL against the configuration webhook_configuration builds:
     the opt-in matchCondition verbatim, and the namespace label."""
-    expression = _policy()["spec"]["validations"][2]["expression"]
+    (expression,) = [v["expression"] for v in _policy()["spec"]["validations"]
+                     if "mutatingwebhookconfigurations" in v["expression"]]
     config = webhook_configuration({"url": "https://127.0.0.1:1/x", "caBundle": ""}, WebhookSettings(
         address=("127.0.0.1", 1)))
     assert config["metadata"]["name"] == names.WEBHOOK_CONFIGURATION

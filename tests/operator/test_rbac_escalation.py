@@ -160,6 +160,15 @@ def test_the_escalation_fails_at_every_step(cluster: Cluster, as_operator: clien
         refused("create another ConfigMap in the enabled namespace", post(
             f"/api/v1/namespaces/{enabled}/configmaps", {**configmap, "metadata": {"name": "coredns"}}))
 
+        # Events only about its own kinds, and never in kube-system (no forged history there).
+        event: dict[str, Any] = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "mr-forged."},
+                                 "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "x"},
+                                 "reason": "Forged", "message": "forged", "type": "Normal"}
+        for ns in ("kube-system", enabled):
+            e = refused(f"post an Event about a Pod in {ns}", post(f"/api/v1/namespaces/{ns}/events", {
+                **event, "involvedObject": {**event["involvedObject"], "namespace": ns}}))
+            assert "ValidatingAdmissionPolicy" in str(e.body), e.body
+
         # 3. Tokens straight from the TokenRequest API.
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": []}}
         for ns, sa in (PRIVILEGED_SA, (enabled, "deployer")):

@@ -1,6 +1,7 @@
 """A namespace whose config cannot be written says so on its objects and in an Event (issue 9,
 class 13): Ready=False, reason ConfigWriteFailed, the API server's reason in the message (never a
-key), while other namespaces carry on; once the obstacle goes, the namespace recovers."""
+key), while other namespaces carry on; once the obstacle goes, the namespace recovers. The
+obstacles: an object of that name the operator does not manage, an admission policy, a quota."""
 
 from __future__ import annotations
 
@@ -125,3 +126,21 @@ def test_an_admission_denial_is_reported(cluster: Cluster, operator: OperatorPro
                 and e["involvedObject"]["name"] == "chat"]) == 1
     text = json.dumps(cluster.events(failing)) + operator.logs()
     assert KEY_MARK + "denied" not in text
+
+
+def test_a_quota_is_reported(cluster: Cluster, operator: OperatorProcess, failing: str,
+                             healthy: Callable[[], None]) -> None:
+    """No room for another ConfigMap (kube-root-ca.crt is the one there)."""
+    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tight"},
+                   "spec": {"hard": {"count/configmaps": "1"}}}, failing)
+    wait_for(lambda: ((cluster.get("resourcequota", "tight", failing) or {}).get("status") or {})
+             .get("used", {}).get("count/configmaps") == "1", timeout=60, what="the quota's usage counted")
+    cluster.apply(sources("quota"), failing)
+    assert_reported(cluster, failing, "exceeded quota: tight")
+    healthy()
+    assert cluster.get("configmap", "modelroute-config", failing) is None
+
+    cluster.kubectl("patch", "resourcequota", "tight", "-n", failing, "--type=merge",
+                    "-p", '{"spec": {"hard": {"count/configmaps": "2"}}}')
+    cluster.wait_ready("modelroute", "chat", failing, timeout=90)
+    assert cluster.get("configmap", "modelroute-config", failing) is not None
