@@ -264,6 +264,7 @@ class FakeUpstream:
         # Agent mode (tests/clis): tools are called only when a ``tool-call:`` line asks
         # (see behaviour.respond), since coding agents offer tools on every turn.
         self.agent = False
+        self.malformed = 0  # requests whose body the fake could not read (answered 400)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -416,6 +417,11 @@ class FakeUpstream:
                 return r.response
             except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
                 return self.not_found_response(request)
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+                # A body of a shape the fake's reader did not expect: the real API validates
+                # everything and answers a malformed request with a 400, never a 500.
+                self.malformed += 1
+                return self.error_response(400, f"Invalid request body ({type(e).__name__}: {e})")
         except asyncio.CancelledError:
             if not self._closing:
                 self.cancelled += 1

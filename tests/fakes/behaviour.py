@@ -153,6 +153,11 @@ def fragments(s: str, size: int = 4) -> list[str]:
     return [s[i : i + size] for i in range(0, len(s), size)] or [""]
 
 
+# The largest output dimensionality the providers' embedding models offer (3072: OpenAI's
+# text-embedding-3-large, Gemini's gemini-embedding-001); more is a 400 there and here.
+MAX_EMBEDDING_DIMENSIONS = 3072
+
+
 def embed(text: str, dimensions: int) -> list[float]:
     """A deterministic unit vector for `text`: equal inputs embed equally, in every provider."""
     values: list[float] = []

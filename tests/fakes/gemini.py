@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .base import FakeUpstream, Rejected, dumps, json_response
-from .behaviour import embed, respond
+from .behaviour import MAX_EMBEDDING_DIMENSIONS, embed, respond
 from .gemini_wire import GeminiError, GenerateRender, camelize, parse_generate
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-embedding-001")
@@ -189,7 +189,10 @@ class FakeGemini(FakeUpstream):
             raise GeminiError(f"* {where}.content: contents.parts must not be empty.\n")
         text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         dims = request_body.get("outputDimensionality") or self.embedding_dimensions
-        return {"values": embed(text, int(dims))}
+        if not isinstance(dims, int) or not 1 <= dims <= MAX_EMBEDDING_DIMENSIONS:
+            raise GeminiError(f"* {where}.output_dimensionality: must be between 1 and "
+                              f"{MAX_EMBEDDING_DIMENSIONS}, got {dims}.\n")
+        return {"values": embed(text, dims)}
 
     def embed(self, request: web.Request, model: str, *, batch: bool) -> web.StreamResponse:
         body = camelize(self.body(request))

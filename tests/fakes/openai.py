@@ -17,11 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from .base import FakeUpstream, Rejected, dumps, json_response, rand_id
-from .behaviour import embed, respond
+from .behaviour import MAX_EMBEDDING_DIMENSIONS, embed, respond
 from .openai_chat import ChatRender, completion_chunks, completion_object, parse_chat, usage_block
 from .openai_responses import new_render, parse_responses
 from .openai_wire import (
     OpenAIError,
+    above_maximum,
     below_minimum,
     invalid_value,
     mask_key,
@@ -256,6 +257,8 @@ class FakeOpenAI(FakeUpstream):
                 raise OpenAIError("This model does not support specifying dimensions.")
             if not isinstance(dims, int) or dims < 1:
                 raise below_minimum("dimensions", 1, dims)
+            if dims > MAX_EMBEDDING_DIMENSIONS:
+                raise above_maximum("dimensions", MAX_EMBEDDING_DIMENSIONS, dims)
         size = dims or self.embedding_dimensions
         data = []
         for i, text in enumerate(texts):

@@ -80,6 +80,14 @@ def below_minimum(param: str, minimum: int, value: Any) -> OpenAIError:
     )
 
 
+def above_maximum(param: str, maximum: int, value: Any) -> OpenAIError:
+    return OpenAIError(
+        f"Invalid '{param}': integer above maximum value. Expected a value <= {maximum}, but got {value} instead.",
+        param=param,
+        code="integer_above_max_value",
+    )
+
+
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:

@@ -10,10 +10,10 @@ provider that cannot honour it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, Union
 
 import orjson
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
@@ -38,8 +38,81 @@ MAX_OPENAI_STOP = 4  # OpenAI rejects more stop sequences
 
 
 class _Block(TypedDict):
+    """A content block of a type the gateway does not read (thinking, server tools, ...)."""
+
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     type: str
+
+
+# The blocks the translation reads have their fields typed as Anthropic documents them, so
+# whatever reaches the translator is of the shape it expects. Unknown block types stay
+# open (``_Block``): they pass through to Anthropic, and are dropped for other providers.
+class _TextBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["text"]
+    text: str
+
+
+class _Source(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: str
+    data: NotRequired[str]
+    media_type: NotRequired[str]
+    url: NotRequired[str]
+
+
+class _ImageBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["image"]
+    source: _Source
+
+
+class _DocumentBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["document"]
+    source: dict[str, Any]  # base64, text, content, url or file: read only where data is a string
+    title: NotRequired[str | None]
+
+
+class _SearchResultBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["search_result"]
+    content: list[_TextBlock]
+
+
+class _ToolUseBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+def _tagged(known: dict[str, type]) -> Any:
+    """A union of blocks chosen by their ``type`` (the open ``_Block`` for any other type)."""
+
+    def tag(v: Any) -> str:
+        t = v.get("type") if isinstance(v, dict) else None
+        return f"_{t}" if isinstance(t, str) and t in known else "_other"
+
+    members = [Annotated[b, Tag(f"_{name}")] for name, b in known.items()]
+    return Annotated[Union[(*members, Annotated[_Block, Tag("_other")])], Discriminator(tag)]
+
+
+_INNER: dict[str, type] = {"text": _TextBlock, "image": _ImageBlock, "document": _DocumentBlock,
+                           "search_result": _SearchResultBlock}
+_InnerBlock = _tagged(_INNER)
+
+
+class _ToolResultBlock(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: NotRequired[str | list[_InnerBlock] | None]  # type: ignore[valid-type]
+    is_error: NotRequired[bool | None]
+
+
+_AnyBlock = _tagged({**_INNER, "tool_use": _ToolUseBlock, "tool_result": _ToolResultBlock})
 
 
 class _Message(TypedDict):
@@ -47,7 +120,17 @@ class _Message(TypedDict):
     # "system": mid-conversation system messages (instructions added after a user turn
     # without touching the cached prefix); Claude Code sends them for current models.
     role: Literal["user", "assistant", "system"]
-    content: str | list[_Block]
+    content: str | list[_AnyBlock]  # type: ignore[valid-type]
+
+
+class _Tool(TypedDict):
+    """Client tools (name, input_schema) and server tools (type, name) alike."""
+
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    name: str
+    type: NotRequired[str | None]
+    description: NotRequired[str | None]
+    input_schema: NotRequired[dict[str, Any] | None]
 
 
 class CountTokensRequestModel(TypedDict):
@@ -56,8 +139,8 @@ class CountTokensRequestModel(TypedDict):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     model: str
     messages: list[_Message]
-    system: NotRequired[str | list[_Block] | None]
-    tools: NotRequired[list[dict[str, Any]] | None]
+    system: NotRequired[str | list[_AnyBlock] | None]  # type: ignore[valid-type]
+    tools: NotRequired[list[_Tool] | None]
     tool_choice: NotRequired[dict[str, Any] | None]
     thinking: NotRequired[dict[str, Any] | None]
 
@@ -72,6 +155,8 @@ class MessagesRequestModel(CountTokensRequestModel):
     top_k: NotRequired[int | None]
     metadata: NotRequired[dict[str, Any] | None]
     service_tier: NotRequired[str | None]
+    output_config: NotRequired[dict[str, Any] | None]
+    output_format: NotRequired[dict[str, Any] | None]
 
 
 _REQUEST: TypeAdapter[Any] = TypeAdapter(MessagesRequestModel)
@@ -112,6 +197,8 @@ def _validate(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
 
 def parse_count_tokens(body: bytes) -> dict[str, Any]:
     req = _validate(body, _COUNT_TOKENS)
+    if not req["messages"]:
+        raise _invalid("messages: at least one message is required")
     if not req["model"]:
         raise _invalid("model: String should have at least 1 character")
     _check_system_placement(req["messages"])
@@ -140,6 +227,8 @@ def parse_request(body: bytes) -> dict[str, Any]:
     req = _validate(body, _REQUEST)
     if req["max_tokens"] < 1:
         raise _invalid("max_tokens: Input should be greater than or equal to 1")
+    if req["max_tokens"] >= 2**63:
+        raise _invalid("max_tokens: Input should be a 64-bit integer")
     if not req["messages"]:
         raise _invalid("messages: at least one message is required")
     if not req["model"]:

@@ -30,6 +30,7 @@ _OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 class _ImageURL(TypedDict):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     url: str
+    detail: NotRequired[str]
 
 
 class _TextPart(TypedDict):
@@ -44,13 +45,39 @@ class _ImagePart(TypedDict):
     image_url: _ImageURL
 
 
-class _OtherPart(TypedDict):
-    # input_audio, file, refusal, ...: passed through for the upstream to judge.
+class _File(TypedDict):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["input_audio", "file", "refusal"]
+    file_data: NotRequired[str]
+    filename: NotRequired[str]
+    file_id: NotRequired[str]
 
 
-_Part = _TextPart | _ImagePart | _OtherPart
+class _FilePart(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["file"]
+    file: _File
+
+
+class _Audio(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    data: str
+    format: str
+
+
+class _AudioPart(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["input_audio"]
+    input_audio: _Audio
+
+
+class _RefusalPart(TypedDict):
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Literal["refusal"]
+    refusal: str
+
+
+# Every field a translator reads is typed here, so what reaches it has the documented shape.
+_Part = _TextPart | _ImagePart | _FilePart | _AudioPart | _RefusalPart
 
 
 class _Function(TypedDict):
@@ -78,6 +105,9 @@ class _Message(TypedDict):
 class _FunctionDef(TypedDict):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     name: str
+    description: NotRequired[str | None]
+    parameters: NotRequired[dict[str, Any] | None]
+    strict: NotRequired[bool | None]
 
 
 class _Tool(TypedDict):
@@ -104,6 +134,16 @@ class ChatRequestModel(TypedDict):
     temperature: NotRequired[float | None]
     top_p: NotRequired[float | None]
     stop: NotRequired[str | list[str] | None]
+    tool_choice: NotRequired[str | dict[str, Any] | None]
+    parallel_tool_calls: NotRequired[bool | None]
+    response_format: NotRequired[dict[str, Any] | None]
+    user: NotRequired[str | None]
+    safety_identifier: NotRequired[str | None]
+    reasoning_effort: NotRequired[str | None]
+    seed: NotRequired[int | None]
+    presence_penalty: NotRequired[float | None]
+    frequency_penalty: NotRequired[float | None]
+    metadata: NotRequired[dict[str, Any] | None]
 
 
 class EmbeddingsRequestModel(TypedDict):

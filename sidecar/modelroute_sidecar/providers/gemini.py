@@ -66,6 +66,10 @@ _MAX_REF_DEPTH = 8
 # ----------------------------------------------------------------------------- schema
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def gemini_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> dict[str, Any]:
     """JSON Schema -> the subset Gemini accepts, keeping every constraint it can express.
 
@@ -75,13 +79,14 @@ def gemini_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 
     if not isinstance(schema, dict):
         return {}
     if defs is None:
-        defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+        # A schema is the caller's JSON, of any shape: read only what has the expected one.
+        defs = {**_mapping(schema.get("definitions")), **_mapping(schema.get("$defs"))}
     ref = schema.get("$ref")
     if isinstance(ref, str):
         if depth >= _MAX_REF_DEPTH:
             return {"type": "object"}  # recursive schemas: stop here rather than loop
         target = defs.get(ref.rsplit("/", 1)[-1])
-        merged = {**(target or {}), **{k: v for k, v in schema.items() if k != "$ref"}}
+        merged = {**_mapping(target), **{k: v for k, v in schema.items() if k != "$ref"}}
         return gemini_schema(merged, defs, depth + 1)
 
     out: dict[str, Any] = {}
@@ -118,7 +123,8 @@ def gemini_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 
     props = schema.get("properties")
     if isinstance(props, dict):
         out["properties"] = {k: gemini_schema(v, defs, depth) for k, v in props.items()}
-        req = [r for r in schema.get("required") or () if r in props]
+        required = schema.get("required")
+        req = [r for r in required if isinstance(r, str) and r in props] if isinstance(required, list) else []
         if req:
             out["required"] = req
     items = schema.get("items")

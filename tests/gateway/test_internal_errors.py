@@ -1,0 +1,51 @@
+"""A bug of the gateway's own is a 500 in the caller's dialect, logged with its traceback;
+never aiohttp's plain-text page. (The fuzz test shows bad input never gets here.)"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modelroute_sidecar import app as app_module
+from modelroute_sidecar.dialects.openai_chat import OpenAIChat
+from tests.fakes.openai import FakeOpenAI
+from tests.gateway.harness import FAST, model_route, provider_key, running_gateway
+
+GOOD = {"/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/messages": {"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/messages/count_tokens": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/responses": {"model": "chat", "input": "hi"},
+        "/v1/embeddings": {"model": "chat", "input": "hi"}}
+
+
+def boom(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("a bug planted by the test")
+
+
+@pytest.mark.parametrize("path", sorted(GOOD))
+async def test_an_unexpected_exception_is_a_500_in_the_callers_dialect(
+        path: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeOpenAI() as up, running_gateway([*provider_key("openai", "openai", up.base_url),
+                                                    model_route("chat", ("openai", "gpt-4o"), **FAST)]) as gw:
+        # Every endpoint's first step after reading the body.
+        monkeypatch.setattr(app_module, "parse_count_tokens", boom)
+        monkeypatch.setattr(app_module, "parse_embeddings", boom)
+        for dialect in (OpenAIChat, type(app_module.ANTHROPIC_MESSAGES), type(app_module.OPENAI_RESPONSES)):
+            monkeypatch.setattr(dialect, "parse", boom)
+        caplog.set_level(logging.ERROR)
+        async with aiohttp.ClientSession() as s, s.post(gw.root + path, json=GOOD[path]) as r:
+            assert r.status == 500
+            assert r.content_type == "application/json"
+            body = await r.json()
+        if path.startswith("/v1/messages"):
+            assert body["type"] == "error" and body["error"]["type"] == "api_error"
+        else:
+            assert set(body["error"]) == {"message", "type", "param", "code"}
+        message = body["error"]["message"]
+        assert "Internal gateway error" in message and "planted" not in message  # no internals to the caller
+        logged = [rec for rec in caplog.records if rec.getMessage() == "internal error"]
+        assert logged and logged[0].exc_info is not None and "planted" in str(logged[0].exc_info[1])
+        assert up.requests == []
