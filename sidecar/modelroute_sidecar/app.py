@@ -321,7 +321,10 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
 
     backend = route.backends[0]
     adapter = backend.adapter
-    prepared = adapter.count_tokens(req, lambda: messages_to_canonical({**req, "max_tokens": 1}), backend.model)
+    try:
+        prepared = adapter.count_tokens(req, lambda: messages_to_canonical({**req, "max_tokens": 1}), backend.model)
+    except orjson.JSONEncodeError as e:  # as in Engine._prepare: e.g. an integer beyond 64 bits
+        raise GatewayError(400, f"The request holds a value that cannot be forwarded: {e}.") from None
     key = backend.keyring.pick()
     if prepared is None or key is None:
         return None

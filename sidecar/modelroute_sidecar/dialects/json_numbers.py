@@ -2,9 +2,10 @@
 
 pydantic-core's JSON parser accepts them (as ``nan``/``inf``) wherever a field is not
 declared as a finite float, and orjson would then forward them as ``null``: a silent
-change of the caller's request. orjson's parser refuses exactly these, at about a
-gigabyte a second, so it is the check; the walk that finds where the number sits runs
-only for a request that is refused anyway.
+change of the caller's request. Integers beyond 64 bits it keeps, and every serializer
+on the way upstream then fails on them. orjson refuses both kinds (its parser the first,
+its serializer the second), at about a gigabyte a second, so it is the check; the walk
+that finds where the number sits runs only for a request that is refused anyway.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ def bad_number(body: bytes, parsed: Any) -> tuple[tuple[int | str, ...], str] | 
     """Where the first number in ``parsed`` (parsed from ``body``) that no upstream takes
     sits, and why (NON_FINITE or TOO_BIG); None when there is none."""
     try:
-        orjson.loads(body)
+        orjson.loads(body)  # refuses NaN, Infinity and 1e999, which pydantic-core takes
+        orjson.dumps(parsed)  # refuses integers beyond 64 bits, which orjson.loads makes floats of
         return None
-    except orjson.JSONDecodeError:
-        pass  # pydantic-core took it, orjson did not: a number only one of them calls JSON
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), parsed)]
     while stack:
         loc, value = stack.pop()
