@@ -145,3 +145,38 @@ async def test_a_stream_answered_with_json_that_is_no_answer_is_named(w: World) 
         "model": "via-openai", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     assert status == 502
     assert "answered a stream request with a plain JSON body" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thinking_round_trips_to_gemini(w: World, stream: bool) -> None:
+    """Claude Code's thinking becomes Gemini's thinking budget; Gemini's thought summary comes
+    back as a thinking block before the answer."""
+    kwargs: dict[str, Any] = {"model": "via-gemini", "max_tokens": 2000, "thinking": {"type": "adaptive"},
+                              "messages": [{"role": "user", "content": "one two"}],
+                              "extra_body": {"output_config": {"effort": "high"}}}
+    client = w.anthropic()
+    if stream:
+        async with client.messages.stream(**kwargs) as s:
+            kinds = [e.delta.type async for e in s if e.type == "content_block_delta"]
+            msg = await s.get_final_message()
+        assert kinds[0] == "thinking_delta" and kinds[-1] == "text_delta"
+    else:
+        msg = await client.messages.create(**kwargs)
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == "I will echo the user."  # type: ignore[union-attr]
+    assert msg.content[1].text == "echo: one two"  # type: ignore[union-attr]
+    config = w.up["gemini"].last_request.body["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingBudget": 24576, "includeThoughts": True}
+
+
+async def test_reasoning_effort_becomes_anthropic_thinking(w: World) -> None:
+    """An OpenAI caller's reasoning effort on a Claude route: extended thinking upstream (its
+    budget on top of the caller's max), the thinking back as reasoning_content."""
+    resp = await w.openai().chat.completions.create(
+        model="via-anthropic", messages=[{"role": "user", "content": "one two"}], reasoning_effort="high",
+        max_completion_tokens=500)
+    sent = w.up["anthropic"].last_request.body
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert sent["max_tokens"] == 500 + 16384
+    assert resp.choices[0].message.content == "echo: one two"
+    assert (resp.choices[0].message.model_extra or {})["reasoning_content"] == "I will echo the user."

@@ -161,6 +161,7 @@ class FakeGemini(FakeUpstream):
             reply=respond(req.prompt, self.agent),
             cached_tokens=self.cached_tokens,
             thoughts_tokens=self.thoughts_tokens,
+            include_thoughts=req.include_thoughts,
         )
         if not stream:
             return json_response(render.response())

@@ -130,9 +130,13 @@ def _field(path: str, problem: str) -> GeminiError:
     return GeminiError(f"* GenerateContentRequest.{path}: {problem}\n")
 
 
+THOUGHT_TEXT = "I will echo the user."
+
+
 @dataclass
 class GenerateRequest:
     prompt: Prompt
+    include_thoughts: bool = False  # generationConfig.thinkingConfig.includeThoughts
 
 
 def parse_generate(raw: dict[str, Any]) -> GenerateRequest:
@@ -164,7 +168,9 @@ def parse_generate(raw: dict[str, Any]) -> GenerateRequest:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise GeminiError("Invalid value at 'generation_config.stop_sequences' (TYPE_STRING)")
         prompt.stop = stops
-    return GenerateRequest(prompt=prompt)
+    thinking = config.get("thinkingConfig") or {}
+    return GenerateRequest(prompt=prompt, include_thoughts=isinstance(thinking, dict)
+                           and thinking.get("includeThoughts") is True)
 
 
 def _part_text(part: dict[str, Any]) -> str:
@@ -299,6 +305,7 @@ class GenerateRender:
     reply: Reply
     cached_tokens: int = 0
     thoughts_tokens: int = 0
+    include_thoughts: bool = False  # a thought summary part leads the answer
 
     @property
     def prompt_tokens(self) -> int:
@@ -319,11 +326,15 @@ class GenerateRender:
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.prompt_tokens}]
         return usage
 
+    @property
+    def thought(self) -> list[dict[str, Any]]:
+        return [{"text": THOUGHT_TEXT, "thought": True}] if self.include_thoughts else []
+
     def parts(self) -> list[dict[str, Any]]:
         call = self.reply.tool_call
         if call is not None:
-            return [{"functionCall": {"name": call.name, "args": call.args}}]
-        return [{"text": self.reply.text}]
+            return [*self.thought, {"functionCall": {"name": call.name, "args": call.args}}]
+        return [*self.thought, {"text": self.reply.text}]
 
     def _wrap(self, parts: list[dict[str, Any]] | None, final: bool) -> dict[str, Any]:
         candidate: dict[str, Any] = (
@@ -347,6 +358,8 @@ class GenerateRender:
             yield self._wrap(self.parts(), True)  # Gemini sends a call whole, never as fragments
             return
         pieces = self.reply.pieces or [""]
+        if self.thought:
+            yield self._wrap(self.thought, False)
         for piece in pieces[:-1]:
             yield self._wrap([{"text": piece}], False)
         yield self._wrap([{"text": pieces[-1]}], True)

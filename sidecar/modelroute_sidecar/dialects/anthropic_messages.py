@@ -401,9 +401,32 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
     if req.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
-    # thinking, top_k, metadata, service_tier, cache_control, context_management, container,
+    effort = reasoning_effort(req)
+    if effort is not None:
+        out["reasoning_effort"] = effort  # sent where the backend's model reasons (see the adapters)
+    # top_k, metadata, service_tier, cache_control, context_management, container,
     # mcp_servers, ...: no canonical counterpart, dropped.
     return out
+
+
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
+
+
+def reasoning_effort(req: dict[str, Any]) -> str | None:
+    """Anthropic's thinking request as an OpenAI reasoning effort: the ``output_config``
+    effort when given, else by the thinking budget; None when thinking is off."""
+    thinking = req.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "adaptive"):
+        return None
+    effort = (req.get("output_config") or {}).get("effort") if isinstance(req.get("output_config"), dict) else None
+    if isinstance(effort, str) and effort in _EFFORTS:
+        return _EFFORTS[effort]
+    assert isinstance(thinking, dict)
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int):
+        return "medium"
+    return "low" if budget <= 4096 else "medium" if budget <= 16384 else "high"
 
 
 # -------------------------------------------------------------- canonical -> response
@@ -442,6 +465,11 @@ def from_canonical(resp: ChatResponse, model: str) -> dict[str, Any]:
     choice = choices[0]
     msg = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = msg.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        # The upstream's reasoning as a thinking block; it has no Anthropic signature, and a
+        # translated turn sent back drops it again.
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = content_text(msg.get("content")) or msg.get("refusal") or ""
     if text:
         content.append({"type": "text", "text": text})
@@ -488,7 +516,7 @@ class _MessagesEncoder(StreamEncoder):
         self.known: Usage | None = None
         self.started = False
         self.block = -1  # index of the open content block, -1 when none
-        self.block_kind = ""  # "text" | "tool"
+        self.block_kind = ""  # "thinking" | "text" | "tool"
         self.next_block = 0
         self.tools: dict[int, int] = {}  # canonical tool-call index -> block index
         self.finish: str | None = None
@@ -531,6 +559,12 @@ class _MessagesEncoder(StreamEncoder):
             return out
         choice = choices[0]
         delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content")
+        if reasoning:
+            if self.block < 0 or self.block_kind != "thinking":
+                out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out += _event("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                  "delta": {"type": "thinking_delta", "thinking": reasoning}})
         text = delta.get("content")
         if text:
             if self.block < 0 or self.block_kind != "text":

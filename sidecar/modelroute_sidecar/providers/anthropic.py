@@ -233,9 +233,32 @@ def build_request(req: ChatRequest, model: str, stream: bool, *, sampling: bool 
         schema = (rf.get("json_schema") or {}).get("schema")
         if isinstance(schema, dict):
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    thinking = _thinking(req.get("reasoning_effort"), model, body.get("tool_choice"))
+    if thinking is not None:
+        # The budget comes out of max_tokens, so the answer keeps the room it asked for;
+        # thinking takes only the default sampling.
+        body["thinking"] = thinking
+        body["max_tokens"] += thinking["budget_tokens"]
+        body.pop("temperature", None)
+        body.pop("top_p", None)
     if stream:
         body["stream"] = True
     return body
+
+
+# Claude models that think (3.7 Sonnet and every model since), and a budget per effort.
+THINKING_MODELS = re.compile(r"^claude-(3-7|(opus|sonnet|haiku)-[4-9]|[4-9])")
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+
+
+def _thinking(effort: Any, model: str, tool_choice: Any) -> dict[str, Any] | None:
+    """An OpenAI reasoning effort as Anthropic extended thinking, where the model thinks and the
+    request lets it (a forced tool choice does not)."""
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS or not THINKING_MODELS.match(model):
+        return None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") in ("any", "tool"):
+        return None
+    return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
 
 
 # -------------------------------------------------------------------------- response

@@ -20,6 +20,7 @@ Wire facts that shape this module:
 from __future__ import annotations
 
 import mimetypes
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -318,9 +319,18 @@ def build_request(req: ChatRequest, model: str, stream: bool = False) -> dict[st
             schema = (rf.get("json_schema") or {}).get("schema")
             if isinstance(schema, dict):
                 gen["responseJsonSchema"] = schema  # takes full JSON Schema, unlike tool parameters
+    effort = req.get("reasoning_effort")
+    if isinstance(effort, str) and THINKING_MODELS.match(model):
+        # Gemini thinks with a token budget, and returns thought summaries on request.
+        gen["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS.get(effort, -1), "includeThoughts": True}
     if gen:
         body["generationConfig"] = gen
     return body
+
+
+# Models that think (2.5 and later); a budget per OpenAI reasoning effort (-1: dynamic).
+THINKING_MODELS = re.compile(r"^(models/)?gemini-(2\.5|[3-9])")
+THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 
 
 # --------------------------------------------------------------------------- response

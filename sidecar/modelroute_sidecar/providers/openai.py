@@ -6,6 +6,7 @@ and asks for usage on streams; the work is in choosing URLs and auth headers.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import orjson
@@ -36,10 +37,18 @@ def error_type_for(status: int) -> ErrorType:
     return _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-def with_model(req: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
-    """The request for the upstream: its model, and usage on streams (the gateway meters it)."""
+# OpenAI's reasoning models; others refuse `reasoning_effort` (a translated Claude Code
+# request asks for thinking on every turn, whatever model the route leads to).
+REASONING_MODELS = re.compile(r"^(o\d|gpt-5|gpt-6|gpt-oss|codex-)")
+
+
+def with_model(req: dict[str, Any], model: str, stream: bool, translated: bool = False) -> dict[str, Any]:
+    """The request for the upstream: its model, and usage on streams (the gateway meters it).
+    A request translated from another dialect asks for reasoning only of a model that reasons."""
     body = dict(req)
     body["model"] = model
+    if translated and "reasoning_effort" in body and not REASONING_MODELS.match(model):
+        del body["reasoning_effort"]
     if stream:
         opts = dict(body.get("stream_options") or {})
         opts["include_usage"] = True
@@ -121,11 +130,11 @@ class OpenAIAdapter(ProviderAdapter):
                                self._stream_headers if stream else self._headers)
 
     def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest:
-        return self._prepare("chat/completions", with_model(req, model, stream), model, stream)
+        return self._prepare("chat/completions", with_model(req, model, stream, translated=True), model, stream)
 
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
         if dialect == "openai-chat":
-            return self.chat(req, model, stream)
+            return self._prepare("chat/completions", with_model(req, model, stream), model, stream)
         if dialect == "openai-responses":
             return self._prepare("responses", {**req, "model": model}, model, stream)
         raise NotImplementedError(dialect)
