@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.syntax import HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import free_port, provider_key
@@ -145,3 +146,10 @@ def test_a_compiled_config_with_such_a_header_does_not_load() -> None:
     for headers in ({"X-Team": "a\r\nX-Injected: 1"}, {"X-Team": "caf\u00e9"}, {"X Team": "a"}):
         with pytest.raises(ValidationError, match="cannot be sent"):
             GatewayConfig.model_validate({"providerKeys": {"openai": {**pk, "headers": headers}}})
+
+
+def test_the_crd_states_the_same_header_rules() -> None:
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "providerkeys.yaml").read_text())
+    headers = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["headers"]
+    assert headers["additionalProperties"]["pattern"] == HEADER_VALUE_PATTERN
+    assert any(f"h.matches('{HEADER_NAME_PATTERN}')" in v["rule"] for v in headers["x-kubernetes-validations"])
