@@ -213,7 +213,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         _check_model_name(model)
         route = rt.resolve(ingress.model)
         if route is None:
-            raise model_not_found(ingress.model)
+            raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
         return await gw.engine.handle(request, rt, route, dialect, ingress, operation)
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":

@@ -24,6 +24,7 @@ from .config import (
     MockSettings,
     ProviderKeyConfig,
     RouteConfig,
+    UnreadyKey,
     format_validation_error,
     split_keys,
 )
@@ -126,6 +127,7 @@ def compile_resources(
 
     statuses: dict[tuple[Kind, str], ObjectStatus] = {}
     provider_keys: dict[str, ProviderKeyConfig] = {}
+    unready: dict[str, UnreadyKey] = {}
     keys: Keys = {}
     referenced: set[str] = set()
 
@@ -138,6 +140,7 @@ def compile_resources(
         status.summary = {"provider": pk.spec.provider, "keys": len(found or [])}
         statuses[("ProviderKey", name)] = status
         if found is None:
+            unready[name] = UnreadyKey(models=pk.spec.resolved_models(), message=f"{reason}: {message}")
             continue
         provider_keys[name] = ProviderKeyConfig(
             name=name,
@@ -190,8 +193,10 @@ def compile_resources(
         status.summary = {"model": spec.model, "backends": f"{len(backends)}/{total}", "strategy": spec.strategy}
         statuses[("ModelRoute", name)] = status
 
-    settings = (base or GatewayConfig()).model_dump(by_alias=True, exclude={"routes", "provider_keys"})
-    config = GatewayConfig.model_validate({**settings, "routes": routes, "providerKeys": provider_keys})
+    settings = (base or GatewayConfig()).model_dump(
+        by_alias=True, exclude={"routes", "provider_keys", "unready_provider_keys"})
+    config = GatewayConfig.model_validate({**settings, "routes": routes, "providerKeys": provider_keys,
+                                           "unreadyProviderKeys": unready})
     return CompileResult(config, keys, statuses, errors, referenced)
 
 

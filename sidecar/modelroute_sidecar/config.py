@@ -154,9 +154,18 @@ class RouteConfig(_Model):
         return [(b.provider_key, b.model, b.weight) for b in self.backends]
 
 
+class UnreadyKey(_Model):
+    """A ProviderKey left out of the config (no usable key): what it would serve, and why it cannot."""
+
+    models: tuple[str, ...] = ()
+    message: str = ""
+
+
 class GatewayConfig(_Model):
     version: int = CONFIG_VERSION
     provider_keys: dict[str, ProviderKeyConfig] = Field(default_factory=dict, alias="providerKeys")
+    # Named in the 404 of a model one of them would serve, so the caller learns what is missing.
+    unready_provider_keys: dict[str, UnreadyKey] = Field(default_factory=dict, alias="unreadyProviderKeys")
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     # Used for pattern-routed models (no ModelRoute): a ProviderKey chain.
     default_retries: RetryPolicy = Field(RetryPolicy(), alias="defaultRetries")

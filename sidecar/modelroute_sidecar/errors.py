@@ -51,10 +51,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return GatewayError(400, message, param=param, code=code)
 
 
-def model_not_found(model: str) -> GatewayError:
+def model_not_found(model: str, why: str | None = None) -> GatewayError:
     return GatewayError(
         404,
-        f"The model '{model}' does not exist or is not routed by this gateway",
+        f"The model '{model}' does not exist or is not routed by this gateway" + (f": {why}" if why else ""),
         type="not_found_error",
         param="model",
         code="model_not_found",

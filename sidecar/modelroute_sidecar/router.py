@@ -286,6 +286,14 @@ class Runtime:
                           for name, pk in sorted(config.provider_keys.items()) if pk.models]
         self._pattern_routes: dict[str, Route | None] = {}
         self.model_names = sorted(set(self.routes) | self._literal_models())
+        self._unready = [(name, [re.compile(fnmatch.translate(p)) for p in u.models], u.message)
+                         for name, u in sorted(config.unready_provider_keys.items()) if u.models]
+
+    def why_unrouted(self, model: str) -> str | None:
+        """For a 404: the not-ready ProviderKeys whose globs match ``model``, and why (rare path)."""
+        why = [f"ProviderKey {name} would serve it but is not ready ({message})"
+               for name, pats, message in self._unready if any(rx.match(model) for rx in pats)]
+        return "; ".join(why) or None
 
     def _route(self, model: str, pairs: list[tuple[str, str, int]], rc: RouteConfig) -> Route:
         cfg = self.config

@@ -329,3 +329,17 @@ def test_operator_without_its_extra_says_what_to_install(tmp_path: Path) -> None
     assert "pip install 'modelroute[operator]'" in out.stderr and "Traceback" not in out.stderr, out.stderr
     helped = subprocess.run([*CLI, "operator", "--help"], capture_output=True, text=True, timeout=30, env=env)
     assert helped.returncode == 0 and "modelroute operator" in helped.stdout
+
+
+def test_a_model_a_keyless_provider_would_serve_says_which_key_is_missing(quickstart: GatewayProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=quickstart.url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    message = str(e.value)
+    assert "ProviderKey openai would serve it but is not ready" in message
+    assert "OPENAI_API_KEY" in message and "Secret openai-key" in message and "anthropic" not in message
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="llama-local", messages=[{"role": "user", "content": "hi"}])
+    assert "not ready" not in str(e.value)
