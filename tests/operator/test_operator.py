@@ -95,6 +95,23 @@ def test_secret_providerkey_and_route_compile_to_configmap_and_secret(
     assert versions(cluster, namespace) == before
 
 
+def test_a_placeholder_key_is_not_ready_and_a_mock_needs_none(
+        cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    cluster.apply([secret("openai-key", "sk-REPLACE-ME"), provider_key("openai", "openai-key"),
+                   provider_key("mock", provider="mock", mock={"failureRate": 0.5}),
+                   model_route("chat", "chat-default", "openai", "mock")], namespace)
+    pk = cluster.wait_ready("providerkey", "openai", namespace, status="False", reason="KeyPlaceholder")
+    message = pk["status"]["conditions"][0]["message"]
+    assert "placeholder" in message and "REPLACE" not in message
+    mock = cluster.wait_ready("providerkey", "mock", namespace, status="True", reason="NoKeyRequired")
+    assert mock["status"]["keys"] == 0
+    mr = cluster.wait_ready("modelroute", "chat", namespace, status="False", reason="ProviderKeyNotReady")
+    assert mr["status"]["backends"] == "1/2"
+    cfg = config_of(cluster, namespace)
+    assert cfg is not None and cfg["providerKeys"]["mock"]["mock"]["failureRate"] == 0.5
+    assert "openai" not in cfg["providerKeys"] and "placeholder" in cfg["unreadyProviderKeys"]["openai"]["message"]
+
+
 def test_missing_secret_is_reported_and_creating_it_recovers(
         cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     cluster.apply([provider_key("anthropic", "anthropic-key", provider="anthropic"),
