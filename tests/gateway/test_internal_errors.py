@@ -10,7 +10,10 @@ import aiohttp
 import pytest
 
 from modelroute_sidecar import app as app_module
+from modelroute_sidecar.dialects import anthropic_messages
+from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages
 from modelroute_sidecar.dialects.openai_chat import OpenAIChat
+from modelroute_sidecar.dialects.openai_responses import OpenAIResponses
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, model_route, provider_key, running_gateway
 
@@ -31,9 +34,10 @@ async def test_an_unexpected_exception_is_a_500_in_the_callers_dialect(
     async with FakeOpenAI() as up, running_gateway([*provider_key("openai", "openai", up.base_url),
                                                     model_route("chat", ("openai", "gpt-4o"), **FAST)]) as gw:
         # Every endpoint's first step after reading the body.
-        monkeypatch.setattr(app_module, "parse_count_tokens", boom)
+        # (app imports count_tokens' parser, like the Anthropic dialect, on first use)
+        monkeypatch.setattr(anthropic_messages, "parse_count_tokens", boom)
         monkeypatch.setattr(app_module, "parse_embeddings", boom)
-        for dialect in (OpenAIChat, type(app_module.ANTHROPIC_MESSAGES), type(app_module.OPENAI_RESPONSES)):
+        for dialect in (OpenAIChat, AnthropicMessages, OpenAIResponses):
             monkeypatch.setattr(dialect, "parse", boom)
         caplog.set_level(logging.ERROR)
         async with aiohttp.ClientSession() as s, s.post(gw.root + path, json=GOOD[path]) as r:
