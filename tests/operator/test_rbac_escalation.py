@@ -14,6 +14,7 @@ and picks the namespace up once an administrator enables it.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -290,3 +291,19 @@ def test_it_compiles_where_enabled_and_says_so_where_not(cluster: Cluster, opera
     wait_for(lambda: (cluster.get("secret", KEYS_SECRET_NAME, later) or {}).get("data", {}).get("openai") != before,
              timeout=30, what="the rotated key in modelroute-keys")
     assert json.dumps(cluster.events(later)).count("NamespaceNotEnabled") >= 1
+
+
+def test_removing_the_rolebinding_disables_the_namespace(cluster: Cluster, operator: OperatorProcess,
+                                                         scratch: Callable[[bool], str]) -> None:
+    """Revoking is the administrator's one step too: from the next reconcile on, the operator can
+    neither read the namespace's Secrets nor write there, and its objects say so."""
+    ns = scratch(True)
+    cluster.apply([secret("k", new_key("revoked")), provider_key("openai", "k")], ns)
+    cluster.wait_ready("providerkey", "openai", ns)
+    cluster.kubectl("delete", "rolebinding", OPERATOR_SA, "-n", ns)
+    # A rotation and an edit (which triggers a reconcile for certain).
+    cluster.apply([secret("k", new_key("after-revoke")), provider_key("openai", "k", models=["gpt-x-*"])], ns)
+    cluster.wait_ready("providerkey", "openai", ns, status="False", reason="NamespaceNotEnabled")
+    keys = cluster.get("secret", KEYS_SECRET_NAME, ns)
+    assert keys is not None
+    assert "after-revoke" not in base64.b64decode(keys["data"]["openai"]).decode(), "nothing written after revoking"
