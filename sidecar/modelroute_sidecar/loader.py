@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import orjson
 from pydantic import ValidationError
 
+from . import gcpause
 from .config import (
     CONFIG_FILE,
     CONFIG_SUBDIR,
@@ -279,7 +280,7 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def long_lived() -> Iterator[None]:
-    """Build a config without the cyclic GC, then freeze what is alive.
+    """Build a config with the cyclic GC paused, then freeze what is alive.
 
     A big config is hundreds of thousands of objects that live until the next reload. The
     collector would scan them on every full collection, each a pause of the whole process
@@ -289,14 +290,11 @@ def long_lived() -> Iterator[None]:
     frozen count where it was); only cyclic garbage that happens to be alive at the moment of
     freezing (a request's, say) would outlive it, once per reload.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    with gcpause.paused():
+        try:
+            yield
+        finally:
+            gc.freeze()
 
 
 async def watch(source: Source, prepare: Callable[[GatewayConfig, Keys], T], install: Callable[[T], None],

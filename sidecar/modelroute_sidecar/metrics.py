@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import gcpause
+
 # OpenTelemetry GenAI semantic conventions: bucket boundaries and provider names.
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
@@ -156,7 +158,8 @@ class Metrics:
         return s
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with gcpause.paused():  # a big page is many short-lived samples: no collection for them
+            return generate_latest(self.registry)
 
     def unrouted(self, status: int) -> None:
         """A request that never reached a route (bad input, unknown model): bounded labels."""

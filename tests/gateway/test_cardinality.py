@@ -85,7 +85,7 @@ async def test_a_request_during_a_big_scrape_is_not_held_up(tmp_path: Path) -> N
     async with FakeOpenAI() as up:
         cfg = tmp_path / "routes.yaml"
         docs = [*provider_key("openai", "openai", up.base_url), model_route("chat", ("openai", "gpt-4o"), **FAST)]
-        docs += [model_route(f"m{i}", ("openai", "gpt-4o"), name=f"m{i}") for i in range(2000)]
+        docs += [model_route(f"m{i}", ("openai", "gpt-4o"), name=f"m{i}") for i in range(6000)]
         cfg.write_text(yaml.dump_all(docs, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
         with modelroute(tmp_path, "serve", "-f", str(cfg)) as gp:
             async with aiohttp.ClientSession() as s:
@@ -99,7 +99,9 @@ async def test_a_request_during_a_big_scrape_is_not_held_up(tmp_path: Path) -> N
                     return time.perf_counter() - started
 
                 baseline = [await chat() for _ in range(150)][30:]
-                bound = max(0.1, 20 * statistics.median(baseline), 4 * max(baseline))
+                # Held up, a request waits out the whole render (seconds); the render thread sharing
+                # the GIL and the cores costs a request a few switch intervals and time slices.
+                bound = max(0.25, 20 * statistics.median(baseline), 4 * max(baseline))
                 started = time.perf_counter()
                 scrape = asyncio.create_task(get_metrics(s, gp))
                 during: list[float] = []
@@ -107,7 +109,7 @@ async def test_a_request_during_a_big_scrape_is_not_held_up(tmp_path: Path) -> N
                     during.append(await chat())
                 page = await scrape
                 scrape_seconds = time.perf_counter() - started
-        assert 'route="m1999"' in page
-        assert scrape_seconds > 3 * bound, "the scrape was too quick to show a stall"
+        assert 'route="m5999"' in page
+        assert scrape_seconds > 2 * bound, "the scrape was too quick to show a stall"
         assert len(during) >= 5
         assert max(during) < bound, (max(during), bound, scrape_seconds)
