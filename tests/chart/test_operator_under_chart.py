@@ -143,7 +143,10 @@ def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(
                f"--serviceaccount={ns}:{rel}-operator")
     op.start()
     try:
-        cp.kubectl("apply", "-n", app_ns, "-f", str(EXAMPLES / "openai-anthropic-failover.yaml"))
+        # The example as a user applies it: its placeholder keys replaced (a placeholder is not Ready).
+        example = (EXAMPLES / "openai-anthropic-failover.yaml").read_text()
+        assert "REPLACE-WITH-YOUR" in example
+        cp.kubectl("apply", "-n", app_ns, "-f", "-", input=example.replace("REPLACE-WITH-YOUR", "chart-test"))
         for kind, name in (("providerkey", "openai"), ("providerkey", "anthropic"), ("modelroute", "chat-default"),
                            ("modelroute", "chat-smart")):
             cluster.wait_ready(kind, name, app_ns, timeout=60)
