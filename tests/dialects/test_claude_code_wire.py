@@ -180,3 +180,11 @@ async def test_reasoning_effort_becomes_anthropic_thinking(w: World) -> None:
     assert sent["max_tokens"] == 500 + 16384
     assert resp.choices[0].message.content == "echo: one two"
     assert (resp.choices[0].message.model_extra or {})["reasoning_content"] == "I will echo the user."
+
+
+async def test_codex_reasoning_reaches_gemini_and_comes_back_summarised(w: World) -> None:
+    resp = await w.openai().responses.create(model="via-gemini", input="one two", reasoning={"effort": "medium"})
+    assert w.up["gemini"].last_request.body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 8192
+    assert [o.type for o in resp.output] == ["reasoning", "message"]
+    assert resp.output[0].summary[0].text == "I will echo the user."  # type: ignore[union-attr]
+    assert resp.output_text == "echo: one two"

@@ -359,3 +359,22 @@ def test_responses_api_setting(setting: str, passes_through: bool) -> None:
     assert adapter.probes_responses is (setting == "auto")
     adapter.bridge_responses()
     assert not adapter.speaks("openai-responses") and not adapter.probes_responses
+
+
+def test_reasoning_comes_back_as_a_reasoning_summary() -> None:
+    chunks = [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "Let me "}),
+              chunk({"reasoning_content": "think."}), chunk({"content": "Done"}), chunk({}, "stop")]
+    evs = events(_encode(chunks))
+    for _, data in evs:
+        STREAM_EVENT.validate_python(data)
+    kinds = [d["type"] for _, d in evs]
+    assert kinds[2:7] == ["response.output_item.added", "response.reasoning_summary_part.added",
+                          "response.reasoning_summary_text.delta", "response.reasoning_summary_text.delta",
+                          "response.reasoning_summary_text.done"]
+    final = Response.model_validate(evs[-1][1]["response"])
+    assert [o.type for o in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == "Let me think."  # type: ignore[union-attr]
+    answer = {"id": "chatcmpl-1", "created": 1, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Done", "reasoning_content": "Let me think."}}]}
+    out = Response.model_validate(from_canonical(answer, "m"))
+    assert [o.type for o in out.output] == ["reasoning", "message"] and out.output_text == "Done"

@@ -470,6 +470,10 @@ def from_canonical(resp: ChatResponse, model: str, kinds: ToolKinds = NO_TOOL_KI
     msg = choice.get("message") or {}
     incomplete = _INCOMPLETE.get(choice.get("finish_reason") or "stop")
     output: list[dict[str, Any]] = []
+    reasoning = msg.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        output.append({"type": "reasoning", "id": new_id("rs_"),
+                       "summary": [{"type": "summary_text", "text": reasoning}]})
     text = content_text(msg.get("content"))
     if text or msg.get("refusal"):
         part = _text_part(text) if text else {"type": "refusal", "refusal": msg["refusal"]}
@@ -533,6 +537,13 @@ class _ResponsesEncoder(StreamEncoder):
             done = {**item, "status": "incomplete" if incomplete else "completed", "content": [part]}
             out = (self._ev("response.output_text.done", {**ref, "content_index": 0, "text": text, "logprobs": []})
                    + self._ev("response.content_part.done", {**ref, "content_index": 0, "part": part}))
+        elif item["type"] == "reasoning":
+            text = "".join(self.text)
+            part = {"type": "summary_text", "text": text}
+            done = {**item, "summary": [part]}
+            ref = {**ref, "summary_index": 0}
+            out = (self._ev("response.reasoning_summary_text.done", {**ref, "text": text})
+                   + self._ev("response.reasoning_summary_part.done", {**ref, "part": part}))
         elif item["type"] == "custom_tool_call":
             # Arguments arrive as JSON fragments of {"input": ...}: the raw input is known at the end.
             done = call_item(item["call_id"], item["name"], "".join(self.args), self.kinds)
@@ -555,6 +566,10 @@ class _ResponsesEncoder(StreamEncoder):
         if item["type"] == "message":
             out += self._ev("response.content_part.added", {"item_id": item["id"], "output_index": len(self.output),
                                                             "content_index": 0, "part": _text_part("")})
+        elif item["type"] == "reasoning":
+            out += self._ev("response.reasoning_summary_part.added", {
+                "item_id": item["id"], "output_index": len(self.output), "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
         return out
 
     def chunk(self, chunk: ChatChunk) -> bytes:
@@ -566,6 +581,16 @@ class _ResponsesEncoder(StreamEncoder):
             return out
         choice = choices[0]
         delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content")
+        if reasoning:
+            # The upstream's reasoning (Anthropic thinking, Gemini thought summaries) as a
+            # reasoning item's summary; it carries no encrypted content to send back.
+            if self.item is None or self.item["type"] != "reasoning":
+                out += self._open({"id": new_id("rs_"), "type": "reasoning", "summary": []})
+            assert self.item is not None
+            self.text.append(reasoning)
+            out += self._ev("response.reasoning_summary_text.delta", {
+                "item_id": self.item["id"], "output_index": len(self.output), "summary_index": 0, "delta": reasoning})
         text = delta.get("content")
         if text:
             if self.item is None or self.item["type"] != "message":
