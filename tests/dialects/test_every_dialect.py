@@ -459,3 +459,26 @@ async def test_count_tokens_for_claude_code_is_an_estimate_never_an_error() -> N
         counted = await client.messages.count_tokens(
             model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hello " * 40}])
         assert 40 <= counted.input_tokens <= 200
+
+
+# The two 500s issue 9 found, now clear 400s in the caller's dialect, forwarding nothing.
+@pytest.mark.parametrize("kind", KINDS)
+async def test_responses_with_reasoning_of_the_wrong_type_is_a_400(kind: str) -> None:
+    async with world() as x:
+        with pytest.raises(openai.BadRequestError) as e:
+            await x.openai().responses.create(model=f"via-{kind}", input="hi", reasoning="high")  # type: ignore[call-overload]
+        assert e.value.body["param"] == "reasoning" and e.value.code is None  # type: ignore[index]
+        assert all(up.requests == [] for up in x.up.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_count_tokens_with_deep_nesting_is_an_anthropic_400(kind: str) -> None:
+    deep = b"[" * 3000 + b"]" * 3000
+    body = b'{"model":"via-' + kind.encode() + b'","messages":[{"role":"user","content":"hi"}],"x":' + deep + b"}"
+    async with world() as x, aiohttp.ClientSession() as http, http.post(
+            x.gw.root + "/v1/messages/count_tokens", data=body,
+            headers={"content-type": "application/json", "anthropic-version": "2023-06-01"}) as r:
+        assert r.status == 400
+        err = await r.json()
+        assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error", err
+        assert all(up.requests == [] for up in x.up.values())
