@@ -11,7 +11,12 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from modelroute_sidecar.canonical import Usage
-from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages, from_canonical, to_canonical
+from modelroute_sidecar.dialects.anthropic_messages import (
+    AnthropicMessages,
+    from_canonical,
+    parse_request,
+    to_canonical,
+)
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers import gemini
 from modelroute_sidecar.providers.anthropic import build_request
@@ -308,3 +313,37 @@ def test_native_tap_and_usage() -> None:
     assert D.native_usage({"usage": {"input_tokens": 1, "output_tokens": 2, "cache_creation_input_tokens": 3}}) == (
         Usage(4, 2, 0, 3))
     assert AnthropicMessages.forward_headers == ("anthropic-version", "anthropic-beta")
+
+
+def test_current_roles_and_blocks_translate() -> None:
+    """Every role and block of the current Messages API is accepted; what another provider can
+    use arrives, what it cannot (thinking, server tools, tool references) is dropped."""
+    body = {"model": "m", "max_tokens": 100, "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "read these"},
+            {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "doc text"}]}},
+            {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}},
+            {"type": "container_upload", "file_id": "file_1"}]},
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "redacted_thinking", "data": "xyz"},
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "text", "text": "looking"},
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+            {"type": "text", "text": "line"},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain"}},
+            {"type": "search_result", "source": "s", "title": "t", "content": [{"type": "text", "text": "found"}]},
+            {"type": "tool_reference", "tool_name": "Bash"}]}]},
+    ]}
+    canon = to_canonical(parse_request(orjson.dumps(body)))
+    assert canon["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "read these"}, {"type": "text", "text": "doc text"},
+                                     {"type": "text", "text": "[document: https://x.test/a.pdf]"}]},
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": "looking", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "Read", "arguments": '{"file_path":"a"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "line\nplain\nfound"},
+    ]

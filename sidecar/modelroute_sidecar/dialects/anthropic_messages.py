@@ -264,6 +264,11 @@ def _document_part(block: dict[str, Any]) -> dict[str, Any] | None:
                                          "file_data": f"data:{mime};base64,{src['data']}"}}
     if src.get("type") == "text" and src.get("data"):
         return {"type": "text", "text": src["data"]}
+    if src.get("type") == "content":  # a document made of text (and image) blocks
+        text = _text_of(src.get("content"))
+        return {"type": "text", "text": text} if text else None
+    if src.get("type") == "url" and src.get("url"):
+        return {"type": "text", "text": f"[document: {src['url']}]"}  # no canonical file-by-URL part
     return None
 
 
@@ -301,6 +306,15 @@ def _user_parts(blocks: list[dict[str, Any]], out: list[dict[str, Any]]) -> None
                             parts.append(img)
                     elif isinstance(c.get("text"), str):
                         texts.append(c["text"])
+                    elif c.get("type") == "document":
+                        doc = _document_part(c)
+                        if doc and doc["type"] == "text":
+                            texts.append(doc["text"])
+                        elif doc:
+                            parts.append(doc)
+                    elif c.get("type") == "search_result":
+                        texts.append(_text_of(c.get("content")))
+                    # tool_reference (tool search): the tools it names are offered anyway
             out.append({"role": "tool", "tool_call_id": b.get("tool_use_id") or "", "content": "\n".join(texts)})
         # thinking, server tool results, container uploads: nothing another provider can use
     if parts:
