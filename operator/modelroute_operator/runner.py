@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,14 @@ from .settings import InjectionSettings, OperatorSettings, WebhookSettings
 logger = logging.getLogger("modelroute.operator")
 
 NATIVE_SIDECAR_MIN = (1, 29)  # SidecarContainers on by default (beta) since 1.29, GA 1.33
+
+
+def peer_identity() -> str:
+    """This process's name for kopf (peering, logs): the pod's name and the pid. kopf's own
+    guess asks getpass.getuser(), which fails for a uid without a passwd entry, as the image's
+    65532 and OpenShift's arbitrary uids are."""
+    pod = os.environ.get("POD_ID") or os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{pod}/{os.getpid()}"
 
 
 def webhook_hosts(settings: WebhookSettings) -> list[str]:
@@ -86,6 +96,7 @@ async def run(settings: OperatorSettings) -> None:
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,
+            identity=peer_identity(),  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             standalone=settings.standalone,
