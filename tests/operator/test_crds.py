@@ -48,6 +48,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("credential-header", with_spec(PK, headers={"Authorization": "Bearer x"}),
      "headers must not carry credentials"),
     ("mock-settings-elsewhere", with_spec(PK, mock={"failureRate": 0.5}), "spec.mock is only for provider mock"),
+    ("responsesAPI-enum", with_spec(PK, responsesAPI="sometimes"), 'Unsupported value: "sometimes"'),
     ("mock-failure-rate", with_spec(PK, provider="mock", mock={"failureRate": 2}), "less than or equal to 1"),
     ("model-required", with_spec(MR, model=...), "spec.model: Required value"),
     ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value"),
@@ -137,7 +138,8 @@ def test_server_applies_the_defaults(cluster: Cluster, namespace: str) -> None:
 
 def test_a_full_valid_object_is_accepted_by_both(cluster: Cluster, namespace: str) -> None:
     pk = with_spec(PK, provider="azure-openai", baseURL="https://r.openai.azure.com", apiVersion="2024-10-21",
-                   models=["gpt-4o*"], headers={"OpenAI-Organization": "org-1"}, secretRef={"name": "s", "key": "k"})
+                   models=["gpt-4o*"], headers={"OpenAI-Organization": "org-1"}, secretRef={"name": "s", "key": "k"},
+                   responsesAPI="bridge")
     mr = with_spec(MR, strategy="weighted",
                    backends=[{"providerKey": "acct", "model": "gpt-4o", "weight": 3},
                              {"providerKey": "b", "weight": 0}],
