@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
@@ -59,6 +60,17 @@ def openai_responses() -> Dialect:
         from .dialects.openai_responses import OpenAIResponses
 
         d = _LAZY_DIALECTS["openai-responses"] = OpenAIResponses()
+    return d
+
+
+def gemini_generate(sse: bool = True) -> Dialect:
+    """The Gemini dialect (google-genai, gemini-cli) in one of its stream framings, imported on first use."""
+    key = "gemini" if sse else "gemini-array"
+    d = _LAZY_DIALECTS.get(key)
+    if d is None:
+        from .dialects.gemini_generate import GeminiGenerate
+
+        d = _LAZY_DIALECTS[key] = GeminiGenerate(sse)
     return d
 
 
@@ -249,12 +261,22 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await serve_dialect(request, OPENAI_CHAT, "embeddings", parse_embeddings)
 
 
+def _gemini_caller(request: web.Request) -> bool:
+    """A Gemini client on a path OpenAI shares (``GET /v1/models``): it sends its key as
+    ``x-goog-api-key`` or ``?key=``, which OpenAI clients never do."""
+    return "x-goog-api-key" in request.headers or "key" in request.query
+
+
 async def models(request: web.Request) -> web.Response:
+    if _gemini_caller(request):
+        return await gemini_models(request)
     access(request, None, 200, None, request.headers.get("x-request-id"))
     return web.Response(body=request.app[GATEWAY].models_body, content_type="application/json")
 
 
 async def model(request: web.Request) -> web.Response:
+    if _gemini_caller(request):
+        return await gemini_model(request)
     gw = request.app[GATEWAY]
     name = request.match_info["name"]
     if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
@@ -263,6 +285,111 @@ async def model(request: web.Request) -> web.Response:
     access(request, None, 200, None, request.headers.get("x-request-id"), name)
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "modelroute"},
                              dumps=lambda o: orjson.dumps(o).decode())
+
+
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+_MODELS_SEGMENT = "/models/"
+
+
+def _raw_target(request: web.Request) -> str:
+    """``{model}:{method}`` as the caller sent it, percent-decoded once. Not the routed path:
+    that one had its dot segments resolved (``x%2F..%2Fy`` became ``y``), and a name must be
+    judged as sent, not as normalised into another."""
+    raw = request.raw_path.split("?", 1)[0]
+    return unquote(raw[raw.index(_MODELS_SEGMENT) + len(_MODELS_SEGMENT):])
+
+
+async def gemini_model_method(request: web.Request) -> web.StreamResponse:
+    """``POST /v1beta/models/{model}:{method}``. The caller's key (``x-goog-api-key`` or
+    ``?key=``) is a placeholder here: it is neither checked nor forwarded."""
+    model_name, _, method = _raw_target(request).rpartition(":")
+    stream = method == "streamGenerateContent"
+    dialect = gemini_generate(sse=not stream or request.query.get("alt") == "sse")
+    if method == "countTokens":
+        return await count_gemini_tokens(request, dialect, model_name)
+    if method not in GEMINI_METHODS:
+        err = GatewayError(404, f"Unknown request URL: {request.method} {request.path}: the methods served are "
+                           f"{', '.join(GEMINI_METHODS)}.", type="not_found_error", code="unknown_url")
+        return _dialect_error(dialect, err, log_refused(request, dialect, err, None, request.headers.get(REQUEST_ID)))
+    from .dialects.gemini_generate import GeminiGenerate
+
+    assert isinstance(dialect, GeminiGenerate)
+    return await serve_dialect(request, dialect, parse=lambda body: dialect.parse_for(body, model_name, stream))
+
+
+async def gemini_models(request: web.Request) -> web.Response:
+    from .dialects.gemini_generate import model_entry
+
+    gw = request.app[GATEWAY]
+    names = gw.runtime.model_names if gw.runtime is not None else ()
+    access(request, "gemini", 200, None, request.headers.get(REQUEST_ID))
+    return web.Response(body=orjson.dumps({"models": [model_entry(n) for n in names]}),
+                        content_type="application/json")
+
+
+async def gemini_model(request: web.Request) -> web.Response:
+    from .dialects.gemini_generate import model_entry
+
+    gw = request.app[GATEWAY]
+    name = request.match_info.get("target") or request.match_info["name"]
+    name = name.removeprefix("models/")
+    if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
+        err = model_not_found(name)
+        dialect = gemini_generate()
+        return _dialect_error(dialect, err, log_refused(request, dialect, err, name, None))
+    access(request, "gemini", 200, None, request.headers.get(REQUEST_ID), name)
+    return web.Response(body=orjson.dumps(model_entry(name)), content_type="application/json")
+
+
+async def count_gemini_tokens(request: web.Request, dialect: Dialect, model_name: str) -> web.Response:
+    """Gemini's ``countTokens``: asked of the route's first backend where that is Gemini,
+    else estimated (text by characters, images by pixel size), marked ``x-modelroute-estimate``."""
+    from .dialects.gemini_generate import estimate_tokens, parse_count
+
+    gw = request.app[GATEWAY]
+    try:
+        rid = _checked_headers(request, dialect)
+        body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
+                               gw.body_timeout)
+        req = parse_count(body)
+        _check_model_name(model_name)
+        rt = gw.runtime
+        route = rt.resolve(model_name) if rt is not None else None
+        if route is None:
+            raise model_not_found(model_name, rt.why_unrouted(model_name) if rt is not None else None)
+        access(request, dialect.name, 200, None, rid, model_name)
+        counted = await _gemini_upstream_count(gw, route.backends[0] if route.backends else None, req)
+        if counted is not None:
+            return web.json_response({"totalTokens": counted[0]}, headers={"x-modelroute-backend": counted[1]})
+        return web.json_response({"totalTokens": estimate_tokens(req)}, headers={"x-modelroute-estimate": "true"})
+    except GatewayError as err:
+        return await _refuse(request, dialect, err, log_refused(request, dialect, err, model_name, None))
+
+
+async def _gemini_upstream_count(gw: Gateway, backend: Any, req: dict[str, Any]) -> tuple[int, str] | None:
+    """(tokens, backend) as a Gemini first backend counts them, or None."""
+    if backend is None or backend.adapter.kind != "gemini" or gw.session is None:
+        return None
+    adapter = backend.adapter
+    try:
+        prepared = adapter.count_native(req, backend.model)
+    except orjson.JSONEncodeError as e:
+        raise GatewayError(400, f"The request holds a value that cannot be forwarded: {e}.") from None
+    key = backend.keyring.pick()
+    if key is None:
+        return None
+    try:
+        async with gw.session.post(prepared.url, data=prepared.body, headers={**prepared.headers, **key.headers},
+                                   proxy=adapter.proxy, proxy_auth=adapter.proxy_auth,
+                                   timeout=COUNT_TOKENS_TIMEOUT) as resp:
+            answer = await resp.read()
+            if resp.status != 200:
+                log.info("countTokens: %s answered %d; estimating", backend.id, resp.status)
+                return None
+        return adapter.token_count(answer), backend.id
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        log.info("countTokens: %s failed (%s); estimating", backend.id, type(e).__name__)
+        return None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -348,7 +475,11 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
 
 
 def _caller_dialect(request: web.Request) -> Dialect:
-    return anthropic_messages() if request.path.startswith("/v1/messages") else OPENAI_CHAT
+    if request.path.startswith("/v1/messages"):
+        return anthropic_messages()
+    if request.path.startswith("/v1beta/") or ":" in request.path:
+        return gemini_generate()
+    return OPENAI_CHAT
 
 
 @web.middleware
@@ -379,9 +510,15 @@ def api_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/responses", responses)
+    # Gemini callers; the model name, which may hold '/', ends at the last ':'. Patterns
+    # match the decoded path: [\s\S], not '.', so that an encoded newline still routes here.
+    app.router.add_post(r"/v1beta/models/{target:[\s\S]+}", gemini_model_method)
+    app.router.add_post(r"/v1/models/{target:[\s\S]+:[A-Za-z]+}", gemini_model_method)
+    app.router.add_get("/v1beta/models", gemini_models)
+    app.router.add_get(r"/v1beta/models/{target:[\s\S]+}", gemini_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", not_found)
     return app
 
 

@@ -394,7 +394,7 @@ class Engine:
                       resp: UpstreamResponse, first: bytes, reader: _Reader) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         out = web.StreamResponse(status=200, headers={
-            "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
+            "content-type": call.dialect.stream_content_type, "cache-control": "no-cache",
             **self._headers(call, backend)})
         ttft: float | None = None
         error: GatewayError | None = None
@@ -564,7 +564,11 @@ class _Reader:
                 # so `data: {not json}` fails the attempt instead of reaching the caller.
                 if ev.data and ev.data != b"[DONE]" and not isinstance(orjson.loads(ev.data), dict):
                     raise ValueError("an event that is not a JSON object")
-            out = b"".join([ev.raw for ev in events if tap.feed(ev)])
+            if tap.reframe:
+                frame = self.encoder.frame
+                out = b"".join([frame(ev) for ev in events if tap.feed(ev)])
+            else:
+                out = b"".join([ev.raw for ev in events if tap.feed(ev)])
             if tap.error is not None:
                 raise StreamError(tap.error)
             self.usage = tap.usage
@@ -588,8 +592,10 @@ class _Reader:
         return b"".join(parts)
 
     def end(self) -> bytes:
-        if self.native or self.converted:
-            return b""  # the upstream's own ending was passed through, or written with the rest
+        if self.converted:
+            return b""  # written with the rest
+        if self.native:
+            return self.encoder.close()  # the upstream's own ending was passed through
         assert self.decoder is not None
         tail = b"".join(self.encoder.chunk(c) for c in self.decoder.finish())
         return tail + self.encoder.end()

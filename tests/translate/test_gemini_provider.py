@@ -308,4 +308,4 @@ def test_adapter_urls_and_headers() -> None:
     assert ad.embeddings({"input": ["a"]}, "text-embedding-004").url.endswith(
         "/v1beta/models/text-embedding-004:batchEmbedContents")
     assert ad.auth_headers("AIza") == {"x-goog-api-key": "AIza"}
-    assert ad.native_dialects == frozenset()
+    assert ad.native_dialects == frozenset({"gemini"})  # Gemini callers pass through

@@ -43,6 +43,14 @@ class StreamEncoder(ABC):
     def error(self, err: GatewayError) -> bytes:
         """A well-formed error event that ends the stream after an upstream failure."""
 
+    def frame(self, event: SSEEvent) -> bytes:
+        """A passed-through event in the caller's framing (see :attr:`NativeTap.reframe`)."""
+        return event.raw
+
+    def close(self) -> bytes:
+        """The end of a passed-through stream in the caller's framing."""
+        return b""
+
 
 class NativeTap(ABC):
     """Watches a passed-through stream for usage, in-band errors and its proper end."""
@@ -50,6 +58,9 @@ class NativeTap(ABC):
     usage: Usage | None = None
     done: bool = False
     error: UpstreamErrorInfo | None = None  # set when the upstream sent an in-band error event
+    # True when the caller wants another framing than the upstream's SSE (Gemini's JSON
+    # array): events then go out through StreamEncoder.frame instead of as they came.
+    reframe: bool = False
 
     @abstractmethod
     def feed(self, event: SSEEvent) -> bool:
@@ -58,6 +69,7 @@ class NativeTap(ABC):
 
 class Dialect(ABC):
     name: ClassVar[str]
+    stream_content_type: str = "text/event-stream; charset=utf-8"
     # Caller headers passed on to an upstream that speaks this dialect natively
     # (e.g. ``anthropic-beta``, which Claude Code uses to switch features on).
     forward_headers: ClassVar[tuple[str, ...]] = ()

@@ -563,6 +563,7 @@ def error_info(status: int, body: bytes) -> UpstreamErrorInfo:
 
 class GeminiAdapter(ProviderAdapter):
     kind = "gemini"
+    native_dialects = frozenset({"gemini"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)
@@ -588,6 +589,17 @@ class GeminiAdapter(ProviderAdapter):
                      model: str) -> PreparedRequest | None:
         inner = build_request(canonical(), model, False)
         body = {"generateContentRequest": {"model": "models/" + model.removeprefix("models/"), **inner}}
+        return PreparedRequest(self._url(model, "countTokens"), orjson.dumps(body), self.headers)
+
+    def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
+        """A Gemini caller's GenerateContentRequest, as sent, to the backend's model (the
+        upstream always streams as SSE; the dialect re-frames for JSON-array callers)."""
+        url = self._url(model, "streamGenerateContent?alt=sse" if stream else "generateContent")
+        return PreparedRequest(url, orjson.dumps(req), self.headers)
+
+    def count_native(self, req: dict[str, Any], model: str) -> PreparedRequest:
+        """``countTokens`` for a Gemini caller's GenerateContentRequest."""
+        body = {"generateContentRequest": {"model": "models/" + model.removeprefix("models/"), **req}}
         return PreparedRequest(self._url(model, "countTokens"), orjson.dumps(body), self.headers)
 
     def token_count(self, body: bytes) -> int:
