@@ -29,7 +29,6 @@ from .metrics import Metrics
 from .request_body import read_body
 from .router import Clock, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
-from .tokens import estimate_messages_tokens
 from .upstream import LeanClient
 
 log = logging.getLogger("modelroute.gateway")
@@ -432,6 +431,8 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
         counted = await _upstream_count(request, gw, req)
         if counted is not None:
             return web.json_response({"input_tokens": counted[0]}, headers={"x-modelroute-backend": counted[1]})
+        from .tokens import estimate_messages_tokens  # loaded on first use, as the dialects are
+
         return web.json_response({"input_tokens": estimate_messages_tokens(req)},
                                  headers={"x-modelroute-estimate": "true"})
     except GatewayError as err:
