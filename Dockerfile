@@ -4,20 +4,31 @@
 #   modelroute sidecar ...    the in-pod gateway (injected by the operator's webhook)
 # (and `modelroute serve -f FILE` for running the gateway from YAML without a cluster).
 #
-#   docker build -t modelroute:dev .
+#   docker build -t ghcr.io/modelroute/modelroute:0.1.0 .
+#   image/build.sh      # the same Dockerfile, built without a Docker engine (buildah)
 #
-# Two stages: the build stage installs the package and its dependencies (all of them ship
-# binary wheels, so no compiler is needed) into a virtualenv; the final stage is the same
-# slim Python with only that virtualenv copied in: no pip, no build tools, no source tree.
+# Three stages: `python` is Debian with its python3 and nothing else; `build` adds venv
+# support and installs the package and its dependencies (all of them ship binary wheels,
+# so no compiler is needed) into a virtualenv; the final stage is `python` with only that
+# virtualenv copied in: no pip, no apt lists, no build tools, no source tree.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS python
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* /usr/share/doc/* /usr/share/man/*
+
+FROM python AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_PROGRESS_BAR=off \
     PIP_ONLY_BINARY=:all: \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/modelroute
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv
+RUN python3 -m venv /opt/modelroute
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
@@ -29,7 +40,7 @@ RUN /opt/modelroute/bin/pip install --no-binary modelroute ".[operator]" \
  && /opt/modelroute/bin/modelroute --help >/dev/null \
  && /opt/modelroute/bin/python -c "import modelroute_operator.cli, kopf, kubernetes, cryptography"
 
-FROM ${PYTHON_IMAGE}
+FROM python
 LABEL org.opencontainers.image.title="modelroute" \
       org.opencontainers.image.description="Kubernetes-native LLM gateway: operator and sidecar" \
       org.opencontainers.image.licenses="Apache-2.0"

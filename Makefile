@@ -12,6 +12,17 @@ controlplane:
 prometheus:
 	@bash tests/prometheus/build.sh
 
+# What the node tests need, built once and cached (progress on stderr): kubelet and
+# kube-scheduler (same Kubernetes as the control plane), and the image from the Dockerfile.
+.PHONY: node image
+node: controlplane
+	@bash tests/controlplane/build.sh node
+
+# The modelroute image, built from the Dockerfile without a Docker engine (buildah); the
+# last line printed is the OCI archive (`ctr -n k8s.io images import` / `kind load image-archive`).
+image:
+	@bash image/build.sh
+
 # The whole test suite, as CI runs it on a fresh machine: installs the Python packages,
 # builds (or finds) the Go-built binaries, checks style and types, runs pytest.
 # The tiers below are the same tests, split by what they need (pytest markers):

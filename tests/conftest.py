@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.controlplane.plugin", "tests.prometheus.plugin"]
+pytest_plugins = ["tests.controlplane.plugin", "tests.prometheus.plugin", "tests.node.plugin"]

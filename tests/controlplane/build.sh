@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Build (or find) the control-plane binaries the tests run: etcd, kube-apiserver,
-# kube-controller-manager, kubectl and helm, from the Go module pinned in ./go.
+# Build (or find) the Kubernetes binaries the tests run, from the Go module pinned in ./go:
+#   build.sh        the control plane: etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+#   build.sh node   a node for it: kubelet and kube-scheduler (the same Kubernetes version)
 #
-# The LAST line printed on stdout is the directory holding the five binaries.
+# The LAST line printed on stdout is the directory holding the binaries.
 # Everything else goes to stderr, so callers can do: dir=$(build.sh | tail -n1).
 #
 # Order of preference:
-#   1. $KUBEBUILDER_ASSETS, when it holds all five binaries (the envtest convention);
+#   1. $KUBEBUILDER_ASSETS, when it holds all five control-plane binaries (the envtest convention);
 #   2. the version-keyed cache directory, when a previous run completed it;
-#   3. a fresh build into that cache directory (one `go build` for all five, so the
+#   3. a fresh build into that cache directory (one `go build` for the set, so the
 #      packages they share are compiled once).
 #
 # Environment knobs:
@@ -18,9 +19,19 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod_dir="$here/go"
-binaries=(etcd kube-apiserver kube-controller-manager kubectl helm)
+set_name="${1:-controlplane}"
+case "$set_name" in
+    controlplane)
+        binaries=(etcd kube-apiserver kube-controller-manager kubectl helm)
+        packages=(go.etcd.io/etcd/server/v3 helm.sh/helm/v3/cmd/helm k8s.io/kubernetes/cmd/kube-apiserver
+            k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) ;;
+    node)
+        binaries=(kubelet kube-scheduler)
+        packages=(k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler) ;;
+    *) printf 'usage: %s [controlplane|node]\n' "$0" >&2; exit 2 ;;
+esac
 
-build_name=controlplane
+build_name=$set_name
 # shellcheck source=buildlib.sh
 source "$here/buildlib.sh"
 
@@ -45,7 +56,7 @@ required_version() {
     awk -v mod="$1" '$1 == mod && $2 ~ /^v/ { print $2; exit }' "$mod_dir/go.mod"
 }
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+if [[ -n "${KUBEBUILDER_ASSETS:-}" && "$set_name" == controlplane ]]; then
     if has_all_binaries "$KUBEBUILDER_ASSETS"; then
         log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
         echo "$KUBEBUILDER_ASSETS"
@@ -61,7 +72,11 @@ helm_version="$(required_version helm.sh/helm/v3)"
     die "could not read the pinned versions from $mod_dir/go.mod"
 
 cache_root="${MODELROUTE_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/controlplane}"
-dest="$cache_root/${k8s_version}-etcd${etcd_version#v}-helm${helm_version#v}"
+if [[ "$set_name" == node ]]; then
+    dest="$cache_root/${k8s_version}-node"
+else
+    dest="$cache_root/${k8s_version}-etcd${etcd_version#v}-helm${helm_version#v}"
+fi
 
 if has_all_binaries "$dest"; then
     log "cached: $dest"
@@ -74,7 +89,7 @@ mkdir -p "$cache_root"
 
 # Serialise concurrent builds (several pytest sessions, make and a test run at once, and the
 # other Go builds of the tests): the second caller waits, then finds the finished cache.
-take_build_lock "controlplane build of $dest"
+take_build_lock "$set_name build of $dest"
 if has_all_binaries "$dest"; then
     log "built meanwhile by another process: $dest"
     echo "$dest"
@@ -103,12 +118,12 @@ trap 'rm -rf "$tmp"' EXIT
 log "into $dest (a cold build takes about 10 minutes on 2 cores; later runs reuse the cache)"
 start=$SECONDS
 # CGO off: static binaries, no C toolchain needed, as upstream ships them.
-# `tool` is the go.mod tool directives: all five main packages in one build.
+# The set's main packages (go.mod `tool` directives) in one build.
 CGO_ENABLED=0 GOFLAGS="-trimpath ${GOFLAGS:-}" GOTOOLCHAIN=local \
     go_build_with_progress "kubernetes $k8s_version (${binaries[*]}), etcd $etcd_version, helm $helm_version" \
-    "$mod_dir" -ldflags "${ldflags[*]}" -o "$tmp/" tool
+    "$mod_dir" -ldflags "${ldflags[*]}" -o "$tmp/" "${packages[@]}"
 # etcd's main package is the module root go.etcd.io/etcd/server/v3: go names it "server".
-mv "$tmp/server" "$tmp/etcd"
+if [[ -e "$tmp/server" ]]; then mv "$tmp/server" "$tmp/etcd"; fi
 has_all_binaries "$tmp" || die "build finished without: $(missing_binaries "$tmp")"
 
 chmod 755 "$tmp"  # mktemp made it private

@@ -326,7 +326,16 @@ class ControlPlane:
         *,
         controllers: Sequence[str] = DEFAULT_CONTROLLERS,
         start_timeout: float = 120.0,
+        apiserver_args: Sequence[str] = (),
+        service_account_admission: bool = False,
+        authorization_modes: Sequence[str] = ("RBAC",),
+        client_certs: Mapping[str, tuple[str, Sequence[str]]] | None = None,
     ) -> None:
+        """`apiserver_args` are appended (a repeated flag: the last one wins, but list flags add up);
+        `service_account_admission` gives pods their ServiceAccount token volumes (a node runs
+        them); `authorization_modes`: a node needs Node before RBAC; `client_certs` are more
+        client identities, {name: (CN, groups)}, written as `pki/<name>.crt|key` before anything
+        starts (see `write_kubeconfig`)."""
         missing = missing_binaries(bin_dir)
         if missing:
             raise ControlPlaneError(f"{bin_dir} lacks {', '.join(missing)}: run `make controlplane`")
@@ -334,6 +343,10 @@ class ControlPlane:
         self.work_dir = work_dir
         self.controllers = tuple(controllers)
         self.start_timeout = start_timeout
+        self.apiserver_args = tuple(apiserver_args)
+        self.service_account_admission = service_account_admission
+        self.authorization_modes = tuple(authorization_modes)
+        self.client_certs = dict(client_certs or {})
         self.log_dir = work_dir / "logs"
         self.pki_dir = work_dir / "pki"
         self.kubeconfig = work_dir / "admin.kubeconfig"
@@ -427,6 +440,10 @@ class ControlPlane:
             "admin": pki.issue(ca, "modelroute-test-admin", organizations=("system:masters",), client=True),
             # The identity kubeadm gives it; the bootstrap RBAC policy knows this user.
             "controller-manager": pki.issue(ca, "system:kube-controller-manager", client=True),
+            **{
+                name: pki.issue(ca, cn, organizations=tuple(groups), client=True)
+                for name, (cn, groups) in self.client_certs.items()
+            },
         }
         for name, pair in {"apiserver": serving, **clients}.items():
             _write(self._pki(f"{name}.crt"), pair.cert_pem, 0o644)
@@ -442,10 +459,17 @@ class ControlPlane:
         }
 
     def _write_kubeconfigs(self) -> None:
-        ca_pem = self._pki("ca.crt").read_bytes()
-        for name, path in (("admin", self.kubeconfig), ("controller-manager", self._kcm_kubeconfig)):
-            config = _kubeconfig(self.server, ca_pem, self._client_cert_user(name), name)
-            _write(path, yaml.safe_dump(config))
+        self.write_kubeconfig(self.kubeconfig, "admin")
+        self.write_kubeconfig(self._kcm_kubeconfig, "controller-manager")
+
+    def write_kubeconfig(self, path: Path, client: str) -> Path:
+        """A kubeconfig for this server with client certificate `pki/<client>.crt`."""
+        config = _kubeconfig(self.server, self._pki("ca.crt").read_bytes(), self._client_cert_user(client), client)
+        return _write(path, yaml.safe_dump(config))
+
+    def pki_path(self, name: str) -> Path:
+        """`pki/<name>`: ca.crt, <client>.crt, <client>.key, ..."""
+        return self._pki(name)
 
     @property
     def _kcm_kubeconfig(self) -> Path:
@@ -493,13 +517,14 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                f"--authorization-mode={','.join(self.authorization_modes)}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={self._pki('sa.pub')}",
                 f"--service-account-signing-key-file={self._pki('sa.key')}",
-                # Pods are never run here; the plugin would add token volumes to them.
-                "--disable-admission-plugins=ServiceAccount",
+                # Without a node, pods never run; the plugin would add token volumes to them.
+                *([] if self.service_account_admission else ["--disable-admission-plugins=ServiceAccount"]),
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
 

@@ -249,6 +249,8 @@ class FakeUpstream:
 
     provider: ClassVar[str] = "fake"
     stream_content_type: ClassVar[str] = "text/event-stream"
+    # Where it listens; a test node's fakes listen on the node's address, which pods reach.
+    host: str = "127.0.0.1"
 
     def __init__(self, keys: Iterable[str] = ("test-key",), *, models: Iterable[str] | None = None) -> None:
         self.keys: set[str] = set(keys)
@@ -292,7 +294,7 @@ class FakeUpstream:
     # ---- conveniences for tests ------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def last_request(self) -> RecordedRequest:
@@ -317,7 +319,7 @@ class FakeUpstream:
         # server noticing the reset; that is what `cancelled` counts.
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self
