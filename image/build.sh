@@ -13,9 +13,11 @@
 # (BASE_IMAGE build argument). Everything else (apt's python3, pip's wheels) comes from
 # the Debian archive and PyPI, as in a `docker build`.
 #
-# Cached by content under $MODELROUTE_IMAGE_CACHE (default ~/.cache/modelroute/image):
+# Progress (what, time elapsed) goes to stderr, the tools' own output to build.log and
+# debootstrap.log in the cache. Cached by content under $MODELROUTE_IMAGE_CACHE (default ~/.cache/modelroute/image):
 # the base once; the archive per hash of the Dockerfile and the files it copies, so a
-# second run with the same sources builds nothing. Needs root, debootstrap and buildah
+# second run with the same sources builds nothing. No layer cache: with vfs storage every
+# cached step is a full copy of the file system, slower than redoing the steps. Needs root, debootstrap and buildah
 # (`apt-get install debootstrap buildah` on Debian/Ubuntu).
 #
 # Environment knobs:
@@ -68,6 +70,29 @@ fi
 
 bah() { buildah "${storage[@]}" "$@"; }
 
+# run_logged LOG WHAT CMD...: CMD's output into LOG; every 30 s a line of progress (the
+# latest build step, the time elapsed) on stderr; on failure the end of LOG.
+run_logged() {
+    local logfile="$1" what="$2" ticker rc=0
+    shift 2
+    (
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep 30 & nap=$!
+            wait "$nap"
+            last="$(tr '\r' '\n' <"$logfile" 2>/dev/null | grep -a -E '^(\[[0-9]+/[0-9]+\] STEP|I: )' | tail -n1 | cut -c1-100)"
+            log "still $what: ${last:-...} (${SECONDS}s elapsed)"
+        done
+    ) &
+    ticker=$!
+    "$@" >"$logfile" 2>&1 || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    if ((rc != 0)); then
+        tail -n 30 "$logfile" >&2
+        die "$what failed (exit $rc); the whole output is in $logfile"
+    fi
+}
+
 # The stand-in for debian:bookworm-slim: debootstrap's minbase variant (what the official
 # image is made from), without docs, man pages and locales.
 if ! bah inspect --type image "$base_image" >/dev/null 2>&1; then
@@ -75,9 +100,8 @@ if ! bah inspect --type image "$base_image" >/dev/null 2>&1; then
     rootfs="$(mktemp -d "$cache/.rootfs.XXXXXX")"
     trap 'rm -rf "$rootfs"' EXIT
     # Its own mount namespace: debootstrap's /proc and /sys mounts vanish with it.
-    unshare --mount --propagation private \
-        debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-        die "debootstrap failed; see $cache/debootstrap.log"
+    run_logged "$cache/debootstrap.log" "making the base" \
+        unshare --mount --propagation private debootstrap --variant=minbase "$suite" "$rootfs" "$mirror"
     rm -rf "$rootfs"/usr/share/{doc,man,info,locale}/* "$rootfs"/var/lib/apt/lists/* \
         "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/log/*
     step "importing the base as $base_image"
@@ -102,16 +126,20 @@ if [[ -s "$host_ca" ]]; then
 fi
 
 step "building $image from $repo/Dockerfile (buildah, chroot isolation)"
-unshare --mount --propagation private \
-    buildah "${storage[@]}" build --layers --pull=never --isolation chroot "${trust[@]}" \
-    --build-arg "BASE_IMAGE=$base_image" -t "$image" -f "$repo/Dockerfile" "$repo" >&2
+bah rm --all >/dev/null 2>&1 || true  # working containers an interrupted build left behind
+run_logged "$cache/build.log" "building $image" \
+    unshare --mount --propagation private \
+    buildah "${storage[@]}" build --layers=false --force-rm --pull=never --isolation chroot "${trust[@]}" \
+    --build-arg "BASE_IMAGE=$base_image" -t "$image" -f "$repo/Dockerfile" "$repo"
 
 tmp="$archive.tmp"
 rm -f "$tmp"
 bah push --quiet "$image" "oci-archive:$tmp:$image" >&2
 mv "$tmp" "$archive"
-# Older archives of this version are superseded by this one.
+# Older archives of this version are superseded by this one; older images too (vfs keeps
+# a full copy of every image, so nothing is kept that this archive does not need).
 find "$cache" -maxdepth 1 -name "modelroute-*.oci.tar" ! -path "$archive" -delete
+bah rmi --prune >/dev/null 2>&1 || true
 size="$(bah images --format '{{.Size}}' "$image" | head -n1)"
 step "built $image ($size unpacked, $(du -h "$archive" | cut -f1) archive) in $((SECONDS - start))s: $archive"
 echo "$archive"

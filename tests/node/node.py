@@ -54,6 +54,7 @@ PACKAGES = {
     "buildah": "/usr/bin/buildah",
     "gcc": "/usr/bin/gcc",
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
+    "iproute2": "/usr/sbin/ip",
 }
 
 # The control plane a node needs on top of the default one: the taint `not-ready` is
