@@ -19,7 +19,7 @@ node: controlplane
 	@bash tests/controlplane/build.sh node
 
 # The modelroute image, built from the Dockerfile without a Docker engine (buildah); the
-# last line printed is the OCI archive (`ctr -n k8s.io images import` / `kind load image-archive`).
+# last line printed is the OCI archive (`ctr -n k8s.io images import`, `skopeo copy oci-archive:...`).
 image:
 	@bash image/build.sh
 

@@ -27,6 +27,9 @@
 #   MODELROUTE_BUILD_CA         CA bundle the RUN steps trust (default: this machine's)
 set -euo pipefail
 
+# All in one function, read whole before it runs: editing this file during a build is safe.
+main() {
+
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'image: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -60,6 +63,7 @@ context_hash() {
 mkdir -p "$cache"
 exec 9>"$cache/.build.lock"
 flock 9  # one build at a time; a second caller finds the first one's archive
+SECONDS=0 start=0  # time from here: what waiting for the lock took is not this build's
 
 archive="$cache/modelroute-$version-$(context_hash).oci.tar"
 if [[ -s "$archive" ]]; then
@@ -143,3 +147,6 @@ bah rmi --prune >/dev/null 2>&1 || true
 size="$(bah images --format '{{.Size}}' "$image" | head -n1)"
 step "built $image ($size unpacked, $(du -h "$archive" | cut -f1) archive) in $((SECONDS - start))s: $archive"
 echo "$archive"
+}
+
+main "$@"; exit

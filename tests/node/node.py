@@ -55,6 +55,7 @@ PACKAGES = {
     "gcc": "/usr/bin/gcc",
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     "iproute2": "/usr/sbin/ip",
+    "debian-archive-keyring": "/usr/share/keyrings/debian-archive-keyring.gpg",  # debootstrap's bookworm
 }
 
 # The control plane a node needs on top of the default one: the taint `not-ready` is
@@ -408,8 +409,14 @@ class Node:
     # -- cgroups (v1 hierarchies, plus the unified one in hybrid mode)
 
     def _cgroup_dirs(self) -> list[Path]:
+        """Kubelet's cgroupRoot in every hierarchy: one per v1 controller (and the hybrid
+        unified one), or the one v2 hierarchy."""
         base = Path("/sys/fs/cgroup")
-        return [d / self.cgroup_root.lstrip("/") for d in sorted(base.iterdir()) if (d / "cgroup.procs").exists()]
+        if (base / "cgroup.controllers").exists():
+            hierarchies = [base]
+        else:
+            hierarchies = [d for d in sorted(base.iterdir()) if (d / "cgroup.procs").exists()]
+        return [d / self.cgroup_root.lstrip("/") for d in hierarchies]
 
     def _make_cgroup_root(self) -> None:
         for d in self._cgroup_dirs():
