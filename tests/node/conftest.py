@@ -18,7 +18,17 @@ import yaml
 from tests.controlplane.cluster import wait_for
 from tests.fakes.openai import FakeOpenAI
 from tests.node.node import NODE_IP, Node, NodeAssets
-from tests.operator.conftest import CLUSTERROLE, CRDS, OPERATOR_NS, OPERATOR_SA, Cluster, OperatorProcess
+from tests.operator.conftest import (
+    ADMISSION_POLICY,
+    CLUSTERROLE,
+    CRDS,
+    NAMESPACE_CLUSTERROLE,
+    OPERATOR_NS,
+    OPERATOR_SA,
+    Cluster,
+    OperatorProcess,
+    enable_namespace,
+)
 
 APP = "app"
 
@@ -32,8 +42,10 @@ def node_cluster(node: Node) -> Cluster:
 def node_operator(
     node: Node, node_assets: NodeAssets, node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`python -m modelroute_operator` as a ServiceAccount bound to deploy/clusterrole.yaml,
-    injecting the built image; started inside the node's network namespace."""
+    """`python -m modelroute_operator` as a ServiceAccount bound to deploy/clusterrole.yaml
+    (and, per namespace, deploy/namespace-clusterrole.yaml: `new_pod_namespace`), under
+    deploy/admission-policy.yaml, injecting the built image; started inside the node's
+    network namespace."""
     cluster = node_cluster
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -42,7 +54,8 @@ def node_operator(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
     ])
-    cluster.kubectl("apply", "-f", str(CLUSTERROLE))
+    for path in (CLUSTERROLE, NAMESPACE_CLUSTERROLE, ADMISSION_POLICY):
+        cluster.kubectl("apply", "-f", str(path))
     role = yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"]
     cluster.apply({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -80,14 +93,21 @@ def upstream(node: Node) -> Iterator[FakeOpenAI]:
         fake.stop()
 
 
-@pytest.fixture
-def pod_namespace(node_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace whose `default` ServiceAccount exists (pods need it to be admitted)."""
-    name = f"n-{request.node.name[:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    name = "".join(c for c in name if c.isalnum() or c == "-")
-    node_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    wait_for(lambda: node_cluster.get("serviceaccount", "default", name), timeout=30,
+def new_pod_namespace(cluster: Cluster, name: str) -> str:
+    """A namespace the operator is enabled in, whose `default` ServiceAccount exists (pods
+    need it to be admitted)."""
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    enable_namespace(cluster, name)
+    wait_for(lambda: cluster.get("serviceaccount", "default", name), timeout=30,
              what=f"ServiceAccount default in {name}")
+    return name
+
+
+@pytest.fixture
+def pod_namespace(node_cluster: Cluster, node_operator: OperatorProcess,
+                  request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"n-{request.node.name[:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = new_pod_namespace(node_cluster, "".join(c for c in name if c.isalnum() or c == "-"))
     yield name
     node_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 

@@ -29,6 +29,7 @@ from tests.node.conftest import (
     condition,
     exec_in_background,
     exec_python,
+    new_pod_namespace,
     pod,
     start_operator,
     wait_pod_ready,
@@ -101,9 +102,8 @@ class Configured:
 @pytest.fixture(scope="module")
 def configured(node_cluster: Cluster, node_operator: OperatorProcess, upstream: FakeOpenAI,
                node_assets: NodeAssets) -> Iterator[Configured]:
-    cluster, namespace, key = node_cluster, "pods-configured", new_key("pod-")
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    wait_for(lambda: cluster.get("serviceaccount", "default", namespace), timeout=30, what="default SA")
+    cluster, key = node_cluster, new_key("pod-")
+    namespace = new_pod_namespace(cluster, "pods-configured")
     configure(cluster, namespace, upstream, key)
     cluster.apply(app_pod("app", node_assets.image, FIRST_CALL), namespace)
     ready = wait_pod_ready(cluster, "app", namespace)
