@@ -275,7 +275,7 @@ class Engine:
                     if resp.status >= 400:
                         body = await resp.read()
                         if native and resp.status in (404, 405) and call.dialect.name == "openai-responses" \
-                                and backend.adapter.probes_responses:
+                                and backend.adapter.probes_responses and not _names_a_model(body):
                             raise self._no_responses_api(rt, backend, resp.status)
                         raise self._classify(rt, backend, resp, body, native)
                     if call.ingress.stream:
@@ -508,6 +508,12 @@ class Engine:
         if last.retry_after is not None and last.reason == "rate_limit":
             err.headers["retry-after"] = str(max(1, round(last.retry_after)))
         return err
+
+
+def _names_a_model(body: bytes) -> bool:
+    """Whether a 404 is about the model ("model_not_found", "The model ... does not exist"),
+    which says nothing about the upstream having a Responses API."""
+    return b"model" in body.lower()
 
 
 class _UpstreamBroke(Exception):

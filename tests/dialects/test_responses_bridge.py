@@ -76,3 +76,16 @@ async def test_openai_with_responses_is_never_bridged() -> None:
             resp = await gw.client().responses.create(model="gpt", input="hi", store=False)
             assert resp.output_text == "echo: hi"
         assert [r.path for r in up.requests] == ["/v1/responses", "/v1/responses"]
+
+
+async def test_a_model_404_is_not_taken_for_a_missing_responses_api() -> None:
+    async with FakeOpenAI(keys=["k"], models=["qwen3"]) as up, running_gateway([
+        *provider_key("vllm", "openai-compatible", up.base_url, ["k"]),
+        model_route("wrong", ("vllm", "no-such-model"), **FAST),
+        model_route("local", ("vllm", "qwen3"), **FAST),
+    ]) as gw:
+        with pytest.raises(openai.NotFoundError):
+            await gw.client().responses.create(model="wrong", input="hi")
+        resp = await gw.client().responses.create(model="local", input="hi")
+        assert resp.output_text == "echo: hi"
+        assert [r.path for r in up.requests] == ["/v1/responses", "/v1/responses"]  # never bridged
