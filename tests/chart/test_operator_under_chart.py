@@ -25,7 +25,7 @@ import yaml
 from modelroute_operator import names
 from tests.chart.chart import CHART, EXAMPLES, get_json, operator_container, unique, values_args
 from tests.controlplane.cluster import ControlPlane, free_port, wait_for
-from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess, rbac_denials
+from tests.operator.conftest import WEBHOOK_CONFIG, Cluster, OperatorProcess, enable_namespace, rbac_denials
 from tests.operator.conftest import webhook_config_restored as webhook_config_restored  # a fixture
 
 SIDECAR_IMAGE = "registry.example.com/chart-sidecar:rbac-test"
@@ -141,6 +141,9 @@ def test_operator_under_the_charts_rbac_compiles_and_injects_the_example_app(
     # The administrator enables the namespace as the chart's NOTES say.
     cp.kubectl("-n", app_ns, "create", "rolebinding", f"{rel}-operator", f"--clusterrole={rel}-operator-namespace",
                f"--serviceaccount={ns}:{rel}-operator")
+    # The operator tests' own (cluster-wide) operator may be running in this session too: one
+    # cluster has one operator in real life; enabled here as well, the two write the same status.
+    enable_namespace(cluster, app_ns)
     op.start()
     try:
         # The example as a user applies it: its placeholder keys replaced (a placeholder is not Ready).
