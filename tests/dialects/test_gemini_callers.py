@@ -337,3 +337,14 @@ def test_proto_field_names_as_in_googles_curl_examples(w: World, kind: str) -> N
     assert r.status_code == 200, r.content
     [part] = r.json()["candidates"][0]["content"]["parts"]
     assert part["functionCall"]["name"] == "lookup" and part["functionCall"]["args"] == {"echo": "define gateway"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_structured_output(w: World, kind: str) -> None:
+    """``responseJsonSchema`` (gemini-cli's router asks this way) reaches every upstream as its
+    own structured-output request, and the JSON comes back as the text."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "score": {"type": "integer"}},
+              "required": ["reasoning", "score"]}
+    config = types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema)
+    resp = w.client().models.generate_content(model=f"via-{kind}", contents="rate this", config=config)
+    assert json.loads(resp.text or "") == {"reasoning": "rate this", "score": 0}

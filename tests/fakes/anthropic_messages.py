@@ -136,6 +136,9 @@ def parse_messages(body: Any, *, count_only: bool = False, strict_params: bool =
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
                 raise AnthropicError("stop_sequences: Input should be a valid list")
             prompt.stop = stops
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        prompt.json_schema = fmt["schema"]
     return MessagesRequest(model=model, prompt=prompt, stream=body.get("stream") is True, thinking=thinking)
 
 

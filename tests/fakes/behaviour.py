@@ -25,6 +25,7 @@ in its own wire format.  Rules (identical for all providers):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import struct
@@ -53,6 +54,9 @@ class Prompt:
     tool_choice: ToolChoice = "auto"
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
+    # Structured output (Gemini responseJsonSchema, OpenAI response_format json_schema,
+    # Anthropic output_config.format): the answer is JSON that satisfies it.
+    json_schema: dict[str, Any] | None = None
 
     @property
     def input_tokens(self) -> int:
@@ -104,6 +108,26 @@ def scripted_call(prompt: Prompt) -> ToolCall | None:
     return None
 
 
+def sample(schema: Any, text: str) -> Any:
+    """The simplest value that satisfies a JSON Schema (or Gemini's upper-case types):
+    every property, strings echo the prompt, numbers at their minimum, enums' first value."""
+    if not isinstance(schema, dict):
+        return text
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = str((kind[0] if kind else "") if isinstance(kind, list) else kind or "").lower()
+    if kind == "object" or "properties" in schema:
+        return {k: sample(v, text) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [sample(schema.get("items"), text)]
+    if kind in ("integer", "number"):
+        return int(schema.get("minimum") or 0) if kind == "integer" else float(schema.get("minimum") or 0)
+    if kind == "boolean":
+        return True
+    return text
+
+
 def respond(prompt: Prompt, agent: bool = False) -> Reply:
     call = scripted_call(prompt)
     wants_tool = not agent and prompt.tools and prompt.tool_choice != "none" and prompt.last_role == "user"
@@ -120,7 +144,9 @@ def respond(prompt: Prompt, agent: bool = False) -> Reply:
             input_tokens=prompt.input_tokens,
             output_tokens=TOOL_CALL_TOKENS,
         )
-    if prompt.last_role == "tool":
+    if prompt.json_schema is not None:
+        text = json.dumps(sample(prompt.json_schema, prompt.last_user_text))
+    elif prompt.last_role == "tool":
         text = "tool said: " + " ".join(prompt.tool_results)
     else:
         text = "echo: " + prompt.last_user_text

@@ -168,6 +168,9 @@ def parse_generate(raw: dict[str, Any]) -> GenerateRequest:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise GeminiError("Invalid value at 'generation_config.stop_sequences' (TYPE_STRING)")
         prompt.stop = stops
+    if config.get("responseMimeType") == "application/json":
+        schema = config.get("responseJsonSchema") or config.get("_responseJsonSchema") or config.get("responseSchema")
+        prompt.json_schema = schema if isinstance(schema, dict) else {"type": "object"}
     thinking = config.get("thinkingConfig") or {}
     return GenerateRequest(prompt=prompt, include_thoughts=isinstance(thinking, dict)
                            and thinking.get("includeThoughts") is True)

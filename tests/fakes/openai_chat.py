@@ -310,6 +310,10 @@ def _read_limits(body: dict[str, Any], model: str, prompt: Prompt) -> None:
                 code="array_above_max_length",
             )
         prompt.stop = stops
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        prompt.json_schema = schema if isinstance(schema, dict) else {"type": "object"}
 
 
 def finish_reason(reply: Reply, forced_tool: bool) -> str:
