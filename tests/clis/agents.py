@@ -1,4 +1,4 @@
-"""Claude Code and Codex, installed from npm, run against a real `modelroute serve`.
+"""Claude Code, Codex and gemini-cli, installed from npm, run against a real `modelroute serve`.
 
 Each CLI runs as its user would run it, with default settings and its default model, and
 with the environment variables that keep it offline (no telemetry, no update checks, no
@@ -9,6 +9,7 @@ and answer a tool's result with ``tool said: <result>``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INSTALL = Path(__file__).with_name("install.sh")
-CLIS = ("claude", "codex")
+CLIS = ("claude", "codex", "gemini")
 RUN_TIMEOUT = 180.0
 
 
@@ -63,6 +64,28 @@ def codex_env(home: Path, gateway_url: str) -> dict[str, str]:
     codex_home.mkdir(parents=True, exist_ok=True)
     (codex_home / "config.toml").write_text(CODEX_CONFIG.format(base_url=gateway_url))
     return {"CODEX_HOME": str(codex_home), "MODELROUTE_API_KEY": "modelroute-placeholder", **_base_env(home)}
+
+
+# gemini-cli: the API-key auth (GOOGLE_GEMINI_BASE_URL alone selects a "gateway" auth that
+# 0.61's headless mode refuses), no usage statistics, telemetry or update checks.
+GEMINI_SETTINGS = {
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+}
+
+
+def gemini_env(home: Path, gateway_root: str) -> dict[str, str]:
+    settings = home / ".gemini"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
+    return {
+        "GOOGLE_GEMINI_BASE_URL": gateway_root,  # http://127.0.0.1:PORT (the SDK adds /v1beta/models/...)
+        "GEMINI_API_KEY": "modelroute-placeholder",  # the gateway holds the provider keys
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",  # headless runs refuse an untrusted folder otherwise
+        **_base_env(home),
+    }
 
 
 def _base_env(home: Path) -> dict[str, str]:

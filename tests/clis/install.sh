@@ -2,11 +2,11 @@
 # Install (or find) one pinned coding-agent CLI from npm, into a version-keyed cache
 # outside the work tree, like tests/controlplane/build.sh does for the Go binaries.
 #
-#   tests/clis/install.sh claude|codex
+#   tests/clis/install.sh claude|codex|gemini
 #
 # The LAST line printed on stdout is the path of the CLI's executable; everything else
-# goes to stderr. Both packages ship a native binary as a platform optional dependency
-# of the npm package, so only the npm registry is needed.
+# goes to stderr. Claude Code and Codex ship a native binary as a platform optional
+# dependency of the npm package, gemini-cli one bundled script: only the npm registry is needed.
 #
 # Environment knobs:
 #   MODELROUTE_CLI_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/clis)
@@ -15,6 +15,7 @@ set -euo pipefail
 # The tested versions (README "Coding agents" names them; change both together).
 CLAUDE_CODE_VERSION=2.1.332
 CODEX_VERSION=0.171.0
+GEMINI_CLI_VERSION=0.61.0
 
 log() { printf 'clis: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -22,7 +23,8 @@ die() { log "ERROR: $*"; exit 1; }
 case "${1:-}" in
     claude) pkg=@anthropic-ai/claude-code; version=$CLAUDE_CODE_VERSION; bin=claude ;;
     codex) pkg=@openai/codex; version=$CODEX_VERSION; bin=codex ;;
-    *) die "usage: $0 claude|codex" ;;
+    gemini) pkg=@google/gemini-cli; version=$GEMINI_CLI_VERSION; bin=gemini ;;
+    *) die "usage: $0 claude|codex|gemini" ;;
 esac
 
 cache_root="${MODELROUTE_CLI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelroute/clis}"

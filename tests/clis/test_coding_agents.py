@@ -1,8 +1,8 @@
-"""The real Claude Code and Codex CLIs through the gateway, to every upstream kind.
+"""The real Claude Code, Codex and gemini-cli through the gateway, to every upstream kind.
 
 Every cell is (CLI, upstream kind, case): a plain prompt, a streamed answer, and a full
 agent turn in which the fake model asks for a tool (Claude Code's ``Read``, Codex's
-``exec`` running ``cat``), the CLI runs it, and the model answers from the tool's output,
+``exec`` running ``cat``, gemini-cli's ``read_file``), the CLI runs it, and the model answers from the tool's output,
 which holds a token only the file knows. One gateway (`modelroute serve`, a subprocess)
 per upstream kind serves both CLIs, and the selected cells run concurrently (the CLIs
 start slowly); each test then checks its own cell.
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.clis.agents import CLIS, Run, claude_env, codex_env, install, run
+from tests.clis.agents import CLIS, Run, claude_env, codex_env, gemini_env, install, run
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import FakeUpstream
 from tests.fakes.gemini import FakeGemini
@@ -75,7 +75,7 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Up
             fake = stack.enter_context(_fake(kind))
             fake.agent = True
             base = fake.base_url  # type: ignore[attr-defined]
-            docs = provider_key("upstream", kind, base, ["sk-up"], models=["claude-*", "gpt-*"])
+            docs = provider_key("upstream", kind, base, ["sk-up"], models=["claude-*", "gpt-*", "gemini-*"])
             path = tmp_path_factory.mktemp(f"gw-{kind}") / "routes.yaml"
             path.write_text(yaml.safe_dump_all(docs))
             gp = stack.enter_context(modelroute(path.parent, "serve", "-f", str(path)))
@@ -115,6 +115,11 @@ def matrix(request: pytest.FixtureRequest, upstreams: dict[str, Upstream],
             flags = (["--output-format", "stream-json", "--verbose", "--include-partial-messages"]
                      if cell.case == "stream" else [])
             args = [exe, "-p", *flags, prompt]
+        elif cell.cli == "gemini":
+            env = gemini_env(home, up.root)
+            if cell.case == "tool":
+                prompt = 'read the token\ntool-call: read_file {"file_path": "token.txt"}'
+            args = [exe, "-p", prompt, *(["-o", "stream-json"] if cell.case == "stream" else [])]
         else:
             env = codex_env(home, up.url)
             if cell.case == "tool":
@@ -155,6 +160,15 @@ def test_cli(matrix: dict[Cell, Outcome], cli: str, kind: str, case: str) -> Non
         assert len(deltas) >= 4 and "".join(deltas) == result["result"], r.explain()
         assert result["result"].endswith(o.prompt), r.explain()
         assert result["usage"]["output_tokens"] > 0, r.explain()
+    elif cli == "gemini":
+        events = _jsonl(r.stdout)
+        deltas = [e["content"] for e in events if e.get("type") == "message" and e.get("role") == "assistant"]
+        result = next(e for e in events if e.get("type") == "result")
+        assert result["status"] == "success", r.explain()
+        # Word by word as the upstream streamed it, adding up to the answer.
+        answer = "".join(deltas)
+        assert len(deltas) >= 4 and answer.startswith("echo: ") and answer.endswith(o.prompt), r.explain()
+        assert result["stats"]["output_tokens"] > 0, r.explain()
     else:
         events = _jsonl(r.stdout)
         messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed"
