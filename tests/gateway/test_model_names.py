@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import aiohttp
 import anthropic
 import openai
+import orjson
 import pytest
 import yaml
 
@@ -124,8 +126,21 @@ def callers(gp: GatewayProcess) -> dict[str, Call]:
     async def embeddings(model: str) -> tuple[int, Any]:
         return await run(lambda: oai.embeddings.create(model=model, input="hi"))
 
+    def gemini(method: str) -> Call:
+        # Gemini callers name the model in the URL path: one segment, every byte escaped.
+        async def call(model: str) -> tuple[int, Any]:
+            url = f"http://127.0.0.1:{gp.port}/v1beta/models/{quote(model, safe='')}:{method}"
+            async with aiohttp.ClientSession() as http, http.post(
+                    url, json={"contents": [{"parts": [{"text": "hi"}]}]}) as r:
+                body = await r.read()
+                if len(url) > MAX_REQUEST_LINE:  # refused by the HTTP parser, before any handler
+                    return r.status, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "model name"}}
+                return r.status, orjson.loads(body) if r.status >= 400 else None
+        return call
+
     return {"chat": chat(False), "chat-stream": chat(True), "messages": messages, "count_tokens": count_tokens,
-            "responses": responses, "embeddings": embeddings}
+            "responses": responses, "embeddings": embeddings, "gemini": gemini("generateContent"),
+            "gemini-stream": gemini("streamGenerateContent?alt=sse"), "gemini-count": gemini("countTokens")}
 
 
 def as_sent(target: str) -> str:
@@ -134,7 +149,13 @@ def as_sent(target: str) -> str:
     return "%2F".join(unquote(part) for part in target.split("%2F"))
 
 
+MAX_REQUEST_LINE = 8190  # aiohttp's limit: a longer URL is a plain 400 from its parser
+
+
 def is_model_name_error(dialect: str, body: Any) -> bool:
+    if dialect.startswith("gemini"):  # Gemini's shape
+        err = body["error"]
+        return err["code"] == 400 and err["status"] == "INVALID_ARGUMENT" and "model name" in err["message"]
     if dialect in ("messages", "count_tokens"):  # Anthropic's shape
         return body["type"] == "error" and body["error"]["type"] == "invalid_request_error" \
             and "model name" in body["error"]["message"]
@@ -204,6 +225,12 @@ async def test_odd_but_valid_names_reach_the_upstream_as_one_path_segment(tmp_pa
         seen = len(rg.lines)
         assert (await calls["count_tokens"]("gemini-a:b/c"))[0] < 500
         assert [as_sent(t) for t in rg.targets[seen:]] == ["/v1beta/models/gemini-a:b%2Fc:countTokens"]
+        # Gemini callers, whose name comes from their own URL path, passed through to Gemini.
+        for kind, method in (("gemini", "generateContent"), ("gemini-stream", "streamGenerateContent?alt=sse"),
+                             ("gemini-count", "countTokens")):
+            seen = len(rg.lines)
+            assert (await calls[kind]("gemini-a:b/c"))[0] < 500
+            assert [as_sent(t) for t in rg.targets[seen:]] == [f"/v1beta/models/gemini-a:b%2Fc:{method}"]
 
 
 def test_the_rule_is_stated_once_and_the_crd_carries_it() -> None:
