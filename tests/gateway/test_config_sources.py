@@ -179,8 +179,9 @@ async def test_a_big_reload_does_not_stall_requests(tmp_path: Path, mode: str) -
             for _ in range(200):  # the baseline, from this run on this machine
                 await one()
             baseline = [s for _, s in latencies[50:]]
-            # A stall is the whole reload (seconds); a busy machine's noise is a few baseline maxima.
-            bound = max(0.25, 20 * statistics.median(baseline), 4 * max(baseline))
+            # A stall is the whole reload (seconds). A second busy thread in the gateway on a loaded
+            # machine stretches the worst request a few times over the baseline's worst (4x seen).
+            bound = max(0.25, 20 * statistics.median(baseline), 8 * max(baseline))
             latencies.clear()
             loop_task_stop = asyncio.Event()
 
