@@ -1,4 +1,4 @@
-"""Seeded generator of bad requests for the five POST endpoints, and a driver that sends
+"""Seeded generator of bad requests for the eight POST endpoints (Gemini's three included), and a driver that sends
 them to a running gateway and keeps score.
 
 Each request starts from a good body of its endpoint (tools, images, tool results,
@@ -28,14 +28,42 @@ EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 RESPONSES = "/v1/responses"
-PATHS = (CHAT, EMBEDDINGS, MESSAGES, COUNT_TOKENS, RESPONSES)
+# Gemini callers name the model in the path: "{model}" is filled in per request.
+GEMINI = "/v1beta/models/{model}:generateContent"
+GEMINI_STREAM = "/v1beta/models/{model}:streamGenerateContent?alt=sse"
+GEMINI_COUNT = "/v1beta/models/{model}:countTokens"
+PATHS = (CHAT, EMBEDDINGS, MESSAGES, COUNT_TOKENS, RESPONSES, GEMINI, GEMINI_STREAM, GEMINI_COUNT)
 MODELS = ("via-openai", "via-azure", "via-anthropic", "via-gemini")
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
 
 
+def _gemini_templates() -> list[dict[str, Any]]:
+    return [
+        {"systemInstruction": {"parts": [{"text": "be brief"}]},
+         "contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+        {"generationConfig": {"temperature": 0.2, "maxOutputTokens": 20, "stopSequences": ["END"],
+                              "responseMimeType": "application/json", "responseJsonSchema": SCHEMA,
+                              "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": True}},
+         "contents": [{"role": "user", "parts": [{"text": "what is this"},
+                                                 {"inlineData": {"mimeType": "image/png", "data": PNG}}]}]},
+        {"tools": [{"functionDeclarations": [{"name": "lookup", "parameters": {
+            "type": "OBJECT", "properties": {"q": {"type": "STRING"}}, "required": ["q"]}}]}],
+         "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["lookup"]}},
+         "contents": [{"role": "user", "parts": [{"text": "look up x"}]},
+                      {"role": "model", "parts": [{"functionCall": {"name": "lookup", "args": {"q": "x"}},
+                                                   "thoughtSignature": "c2ln"}]},
+                      {"role": "user", "parts": [{"functionResponse": {"name": "lookup",
+                                                                       "response": {"output": "x is y"}}}]}]},
+    ]
+
+
 def _templates(model: str) -> dict[str, list[dict[str, Any]]]:
     return {
+        GEMINI: _gemini_templates(),
+        GEMINI_STREAM: _gemini_templates(),
+        GEMINI_COUNT: [{"contents": [{"parts": [{"text": "hi"}]}]},
+                       {"generateContentRequest": _gemini_templates()[2]}],
         CHAT: [
             {"model": model, "messages": [{"role": "system", "content": "be brief"},
                                           {"role": "user", "content": "hi"}]},
@@ -111,7 +139,8 @@ ROLES: list[Any] = ["system", "developer", "tool", "function", "bot", "", "USER"
 BLOCK_TYPES: list[Any] = ["no_such_block", "", None, 7, "text", "image", "tool_use", "tool_result", "thinking",
                           "input_text", "image_url", "function_call", "server_tool_use", "document"]
 REQUIRED = {CHAT: ("model", "messages"), EMBEDDINGS: ("model", "input"), MESSAGES: ("model", "messages", "max_tokens"),
-            COUNT_TOKENS: ("model", "messages"), RESPONSES: ("model",)}
+            COUNT_TOKENS: ("model", "messages"), RESPONSES: ("model",), GEMINI: ("contents",),
+            GEMINI_STREAM: ("contents",), GEMINI_COUNT: ()}
 
 
 @dataclass
@@ -163,7 +192,8 @@ class Generator:
     def next(self) -> FuzzRequest:
         rng = self.rng
         path = rng.choice(PATHS)
-        body: Any = copy.deepcopy(rng.choice(self.templates[rng.choice(MODELS)][path]))
+        model = rng.choice(MODELS)
+        body: Any = copy.deepcopy(rng.choice(self.templates[model][path]))
         mutations: list[str] = []
         splices: dict[str, bytes] = {}
         refused_tokens: list[str] = []
@@ -221,7 +251,7 @@ class Generator:
             raw, refused, what = self._damage(raw)
             must_refuse |= refused
             mutations.append(what)
-        return FuzzRequest(path, raw, must_refuse, mutations)
+        return FuzzRequest(path.format(model=model), raw, must_refuse, mutations)
 
     def _damage(self, raw: bytes) -> tuple[bytes, bool, str]:
         rng = self.rng
@@ -262,7 +292,7 @@ def _fits(key: str, value: Any) -> bool:
         return isinstance(value, str) and value != ""
     if key == "max_tokens":
         return isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63
-    if key == "messages":
+    if key in ("messages", "contents"):
         return isinstance(value, list) and value != []
     if key == "input":
         return isinstance(value, str | list)
@@ -295,6 +325,10 @@ def _error_shape_ok(path: str, text: bytes) -> bool:
         return False
     if not isinstance(body, dict):
         return False
+    if path.startswith("/v1beta/"):  # Gemini's shape
+        err = body.get("error")
+        return isinstance(err, dict) and isinstance(err.get("message"), str) and isinstance(err.get("code"), int) \
+            and isinstance(err.get("status"), str)
     if path.startswith(MESSAGES):
         return body.get("type") == "error" and isinstance(body.get("error"), dict) and \
             isinstance(body["error"].get("message"), str) and isinstance(body["error"].get("type"), str)
