@@ -161,7 +161,7 @@ def test_error_status_names(status: int, name: str) -> None:
     assert body == {"error": {"code": status, "message": "why", "status": name}}
 
 
-CHUNKS = [
+CHUNKS: list[dict[str, Any]] = [
     {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
     {"id": "c", "choices": [{"index": 0, "delta": {"content": "he"}}]},
     {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
