@@ -56,7 +56,7 @@ DEFAULT_CONTROLLERS = (
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
-_KUBERNETES_SERVICE_IP = "10.0.0.1"
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 
 T = TypeVar("T")
 
@@ -432,7 +432,7 @@ class ControlPlane:
             ca,
             "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1", _KUBERNETES_SERVICE_IP),
+            ip_addresses=("127.0.0.1", KUBERNETES_SERVICE_IP),
             server=True,
         )
         clients = {

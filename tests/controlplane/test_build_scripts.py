@@ -124,7 +124,8 @@ def test_collect_only_builds_nothing(fake_go: dict[str, str]) -> None:
     """Listing the tests that need every Go-built binary neither builds nor waits for one."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "tests/controlplane/test_controlplane.py", "tests/chart/test_chart_render.py", "tests/prometheus"],
+         "tests/controlplane/test_controlplane.py", "tests/chart/test_chart_render.py", "tests/prometheus",
+         "tests/node"],
         cwd=ROOT, env=fake_go, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tests collected" in result.stdout

@@ -5,6 +5,7 @@
                                               # sockets it opens and processes it starts live there
     ns.argv(["containerd", ...])              # nsenter prefix: net + mount namespaces
     ns.publish(port)                          # host 127.0.0.1:port -> the namespace's 127.0.0.1:port
+    ns.forward(listen, target)                # inside: listen (ip, port) -> target (ip, port)
     ns.destroy()                              # kill everything in it; the namespaces go with it
 
 Nothing here touches the machine's own network, mounts or sysctls: mounts made inside stay
@@ -105,7 +106,13 @@ class Namespace:
 
     def publish(self, port: int) -> None:
         """Forward host 127.0.0.1:port to 127.0.0.1:port in the namespace (same URL both sides)."""
-        self._forwarders.append(_Forwarder(self, port))
+        self._forwarders.append(_Forwarder(self, socket.create_server(("127.0.0.1", port)), ("127.0.0.1", port)))
+
+    def forward(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        """Inside the namespace, connections to `listen` go to `target`: what kube-proxy does
+        for one Service port, in user space."""
+        listener = self.call(socket.create_server, listen)
+        self._forwarders.append(_Forwarder(self, listener, target))
 
     # -- teardown
 
@@ -144,14 +151,15 @@ class Namespace:
 
 
 class _Forwarder:
-    """Host 127.0.0.1:port -> namespace 127.0.0.1:port, a byte pump per connection."""
+    """A listening socket (on the host, or inside the namespace) -> `target` inside the
+    namespace, a byte pump per connection."""
 
-    def __init__(self, ns: Namespace, port: int) -> None:
+    def __init__(self, ns: Namespace, listener: socket.socket, target: tuple[str, int]) -> None:
         self.ns = ns
-        self.port = port
-        self.listener = socket.create_server(("127.0.0.1", port))
+        self.target = target
+        self.listener = listener
         self._closed = False
-        threading.Thread(target=self._accept, name=f"node-forward-{port}", daemon=True).start()
+        threading.Thread(target=self._accept, name=f"node-forward-{target[1]}", daemon=True).start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -160,7 +168,7 @@ class _Forwarder:
             except OSError:
                 return
             try:
-                upstream = self.ns.call(socket.create_connection, ("127.0.0.1", self.port), 10)
+                upstream = self.ns.call(socket.create_connection, self.target, 10)
             except OSError:
                 client.close()
                 continue

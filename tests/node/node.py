@@ -33,7 +33,15 @@ from typing import IO, Any
 
 import yaml
 
-from tests.controlplane.cluster import DEFAULT_CONTROLLERS, Component, ControlPlane, free_port, tail, wait_for
+from tests.controlplane.cluster import (
+    DEFAULT_CONTROLLERS,
+    KUBERNETES_SERVICE_IP,
+    Component,
+    ControlPlane,
+    free_port,
+    tail,
+    wait_for,
+)
 from tests.node.netns import Namespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,6 +324,8 @@ pin() {{
 }}
 {sysctls}
 ip link set lo up
+# The `kubernetes` Service's ClusterIP, local here: pods route to it through the bridge.
+ip addr add {KUBERNETES_SERVICE_IP}/32 dev lo
 # The pods' bridge, addressed up front: the node's InternalIP lives on it.
 ip link add cni0 type bridge
 ip addr add {NODE_IP}/16 dev cni0
@@ -357,6 +367,9 @@ class Node:
         )
         cp = self.control_plane
         cp.apiserver_args = (
+            # A webhook behind a Service is called at the Service's endpoints (the pod's IP),
+            # as kube-proxy would route its ClusterIP.
+            "--enable-aggregator-routing=true",
             "--kubelet-preferred-address-types=InternalIP",
             f"--kubelet-client-certificate={cp.pki_path('apiserver-kubelet-client.crt')}",
             f"--kubelet-client-key={cp.pki_path('apiserver-kubelet-client.key')}",
@@ -387,7 +400,11 @@ class Node:
         # Started from a thread inside the network namespace: its processes and its
         # readiness probes live there; the host reaches the apiserver by the same URL.
         ns.call(cp.start)
-        ns.publish(int(cp.server.rsplit(":", 1)[1]))
+        apiserver_port = int(cp.server.rsplit(":", 1)[1])
+        ns.publish(apiserver_port)
+        # Pods reach the API server as on any cluster: through the `kubernetes` Service
+        # (KUBERNETES_SERVICE_HOST/PORT, in-cluster config), its ClusterIP a local address here.
+        ns.forward((KUBERNETES_SERVICE_IP, 443), ("127.0.0.1", apiserver_port))
         self._start_containerd()
         for archive in (self.assets.pause_archive, self.assets.image_archive):
             self.import_image(archive)
