@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from modelroute_sidecar import app as app_module
-from modelroute_sidecar.dialects import anthropic_messages
+from modelroute_sidecar.dialects import anthropic_messages, gemini_generate
 from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages
 from modelroute_sidecar.dialects.openai_chat import OpenAIChat
 from modelroute_sidecar.dialects.openai_responses import OpenAIResponses
@@ -21,7 +21,10 @@ GOOD = {"/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", 
         "/v1/messages": {"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
         "/v1/messages/count_tokens": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
         "/v1/responses": {"model": "chat", "input": "hi"},
-        "/v1/embeddings": {"model": "chat", "input": "hi"}}
+        "/v1/embeddings": {"model": "chat", "input": "hi"},
+        "/v1beta/models/chat:generateContent": {"contents": [{"parts": [{"text": "hi"}]}]},
+        "/v1beta/models/chat:streamGenerateContent?alt=sse": {"contents": [{"parts": [{"text": "hi"}]}]},
+        "/v1beta/models/chat:countTokens": {"contents": [{"parts": [{"text": "hi"}]}]}}
 
 
 def boom(*args: Any, **kwargs: Any) -> Any:
@@ -37,6 +40,8 @@ async def test_an_unexpected_exception_is_a_500_in_the_callers_dialect(
         # (app imports count_tokens' parser, like the Anthropic dialect, on first use)
         monkeypatch.setattr(anthropic_messages, "parse_count_tokens", boom)
         monkeypatch.setattr(app_module, "parse_embeddings", boom)
+        monkeypatch.setattr(gemini_generate, "parse_generate", boom)
+        monkeypatch.setattr(gemini_generate, "parse_count", boom)
         for dialect in (OpenAIChat, AnthropicMessages, OpenAIResponses):
             monkeypatch.setattr(dialect, "parse", boom)
         caplog.set_level(logging.ERROR)
@@ -46,6 +51,8 @@ async def test_an_unexpected_exception_is_a_500_in_the_callers_dialect(
             body = await r.json()
         if path.startswith("/v1/messages"):
             assert body["type"] == "error" and body["error"]["type"] == "api_error"
+        elif path.startswith("/v1beta/"):
+            assert body["error"]["code"] == 500 and body["error"]["status"] == "INTERNAL"
         else:
             assert set(body["error"]) == {"message", "type", "param", "code"}
         message = body["error"]["message"]
