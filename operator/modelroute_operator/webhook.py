@@ -111,8 +111,28 @@ def effective_settings(pod: Mapping[str, Any], settings: InjectionSettings) -> I
 # --- what is injected ---------------------------------------------------------------------
 
 
-def sidecar_container(s: InjectionSettings) -> dict[str, Any]:
-    """The ``modelroute-sidecar`` container (without ``restartPolicy``)."""
+SERVICE_ACCOUNT_ENV = "MODELROUTE_SERVICE_ACCOUNT"
+NAMESPACE_ENV = "MODELROUTE_NAMESPACE"
+
+
+def service_account(pod: Mapping[str, Any]) -> str:
+    """The pod's ServiceAccount, as the API server's ServiceAccount admission (which runs
+    before webhooks) set it; ``default`` is what it sets when the pod names none."""
+    spec = pod.get("spec") or {}
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+
+
+def sidecar_env(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Who the sidecar's callers are: the containers of this pod, so the pod's ServiceAccount
+    (immutable once the pod exists) and namespace (from the downward API)."""
+    return [
+        {"name": SERVICE_ACCOUNT_ENV, "value": service_account(pod)},
+        {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
+    ]
+
+
+def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``modelroute-sidecar`` container (without ``restartPolicy``) for ``pod``."""
     requests = {k: v for k, v in (("cpu", s.cpu_request), ("memory", s.memory_request)) if v}
     limits = {k: v for k, v in (("cpu", s.cpu_limit), ("memory", s.memory_limit)) if v}
     resources: dict[str, Any] = {}
@@ -129,6 +149,7 @@ def sidecar_container(s: InjectionSettings) -> dict[str, Any]:
         "image": s.image,
         "args": ["sidecar", "--config-dir", s.config_dir, "--port", str(s.port),
                  "--metrics-port", str(s.metrics_port)],
+        "env": sidecar_env(pod or {}),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": s.metrics_port, "protocol": "TCP"}],
         # /healthz: the process serves; the app may start. /readyz: the config is loaded.
         "startupProbe": probe("/healthz", periodSeconds=1, failureThreshold=120, timeoutSeconds=1),
@@ -201,7 +222,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
 
     containers = [c for c in spec.get("containers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
     inits = [c for c in spec.get("initContainers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
-    sidecar = sidecar_container(s)
+    sidecar = sidecar_container(s, out)
     if s.native_sidecar:
         # First, so it runs (and is started) before any other init container.
         inits.insert(0, {**sidecar, "restartPolicy": "Always"})

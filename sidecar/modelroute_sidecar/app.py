@@ -23,11 +23,12 @@ from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig,
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .engine import Engine, request_id
-from .errors import GatewayError, bad_request, model_not_found
+from .errors import GatewayError, access_denied, bad_request, model_not_found
+from .identity import Callers
 from .logs import access_log, redact_with
 from .metrics import Metrics
 from .request_body import read_body
-from .router import Clock, Runtime, State
+from .router import Clock, Route, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
 
@@ -78,7 +79,7 @@ class Gateway:
 
     def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT,
                  clock: Clock = time.monotonic, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT, callers: Callable[[], Callers] | None = None) -> None:
         if upstream_client not in UPSTREAM_CLIENTS:
             raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
         self.upstream_client = upstream_client
@@ -92,6 +93,8 @@ class Gateway:
         self.draining = False
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        # Who the callers are, asked at each load (caller keys reload with the config).
+        self.callers = callers or Callers
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
@@ -99,9 +102,8 @@ class Gateway:
 
     def prepare(self, config: GatewayConfig, keys: Keys) -> tuple[Runtime, bytes]:
         """Everything a config needs before it serves; safe to run in a thread (reloads do)."""
-        new = Runtime(config, keys, self.state, self.metrics)
-        return new, orjson.dumps({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in new.model_names]})
+        new = Runtime(config, keys, self.state, self.metrics, self.callers())
+        return new, new.models_body(new.callers.fixed)
 
     def install(self, prepared: tuple[Runtime, bytes]) -> None:
         """Swap a prepared config in, on the event loop: one assignment, nothing to wait for."""
@@ -201,6 +203,12 @@ def _checked_headers(request: web.Request, dialect: Dialect) -> str | None:
     return headers.get(REQUEST_ID) or None
 
 
+def _check_access(gw: Gateway, route: Route, caller: str | None, model: str) -> None:
+    if not route.permits(caller):
+        gw.metrics.access_denied.labels(route.label).inc()
+        raise access_denied(model, route.who_decides(), caller)
+
+
 def _check_model_name(model: str) -> None:
     """The one gate for caller-chosen names (every handler that routes calls it): nothing
     past here sees URL syntax."""
@@ -218,6 +226,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         rid = _checked_headers(request, dialect)
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
+        caller = rt.callers.identify(request.headers)  # before the body: a stranger costs no read
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
         model = ingress.model
@@ -225,6 +234,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         route = rt.resolve(ingress.model)
         if route is None:
             raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
+        _check_access(gw, route, caller, model)
         return await gw.engine.handle(request, rt, route, dialect, ingress, operation)
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":
@@ -269,8 +279,16 @@ def _gemini_caller(request: web.Request) -> bool:
 async def models(request: web.Request) -> web.Response:
     if _gemini_caller(request):
         return await gemini_models(request)
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    body = gw.models_body
+    if rt is not None:
+        try:
+            body = rt.models_body(rt.callers.identify(request.headers))
+        except GatewayError as err:
+            return _dialect_error(OPENAI_CHAT, err, log_refused(request, None, err, None, None))
     access(request, None, 200, None, request.headers.get("x-request-id"))
-    return web.Response(body=request.app[GATEWAY].models_body, content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def model(request: web.Request) -> web.Response:
@@ -278,8 +296,14 @@ async def model(request: web.Request) -> web.Response:
         return await gemini_model(request)
     gw = request.app[GATEWAY]
     name = request.match_info["name"]
-    if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
-        err = model_not_found(name)
+    rt = gw.runtime
+    try:
+        caller = rt.callers.identify(request.headers) if rt is not None else None
+        route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
+        if route is None:
+            raise model_not_found(name)
+        _check_access(gw, route, caller, name)
+    except GatewayError as err:
         return _dialect_error(OPENAI_CHAT, err, log_refused(request, None, err, name, None))
     access(request, None, 200, None, request.headers.get("x-request-id"), name)
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "modelroute"},
@@ -419,14 +443,18 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     by characters, images by pixel size: see tokens.py), marked ``x-modelroute-estimate``.
     """
     gw = request.app[GATEWAY]
+    rt = gw.runtime
     try:
-        body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
-                               gw.body_timeout)
+        caller = rt.callers.identify(request.headers) if rt is not None else None
+        body = await read_body(request, rt.max_body_bytes if rt else 32 * 1024 * 1024, gw.body_timeout)
         from .dialects.anthropic_messages import parse_count_tokens
 
         req = parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
         _checked_headers(request, dialect)  # the same gates too: the count may be asked upstream
         _check_model_name(req["model"])
+        route = rt.resolve(req["model"]) if rt is not None else None
+        if route is not None:
+            _check_access(gw, route, caller, req["model"])
         access(request, dialect.name, 200, None, request.headers.get("x-request-id"))
         counted = await _upstream_count(request, gw, req)
         if counted is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import (
     DEFAULT_BODY_TIMEOUT,
@@ -40,6 +42,16 @@ def _seconds(text: str) -> float:
 
 # Modules of the `operator` extra; without them `modelroute operator` says what to install.
 OPERATOR_EXTRA = frozenset({"kopf", "kubernetes", "cryptography"})
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost, or "" (every interface)
 
 
 def version() -> str:
@@ -92,10 +104,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="YAML with ModelRoute, ProviderKey and Secret documents (repeatable). Keys not in "
                             "a Secret document come from MODELROUTE_KEY_<PROVIDERKEY_NAME> or the provider's "
                             "usual variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...)")
+    serve.add_argument("--caller-keys", metavar="FILE",
+                       help="a Secret document whose data (or stringData) keys are caller names and values "
+                            "their keys, one per line; callers then send one as 'Authorization: Bearer' or "
+                            "'x-api-key', and a caller's name is its ServiceAccount in allowedServiceAccounts")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="listen on a non-loopback --host without --caller-keys (anyone who reaches it "
+                            "spends the provider keys)")
     common(serve)
     sidecar = sub.add_parser("sidecar", help="the in-pod gateway, reading the mounted ConfigMap and Secret")
     sidecar.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
                          help=f"directory with config/ and keys/ (default {DEFAULT_CONFIG_DIR})")
+    sidecar.add_argument("--service-account", default=os.environ.get("MODELROUTE_SERVICE_ACCOUNT") or None,
+                         help="the pod's ServiceAccount: every caller of the 127.0.0.1 API is it "
+                              "(default: $MODELROUTE_SERVICE_ACCOUNT, which the webhook sets)")
     common(sidecar)
     sub.add_parser("operator", help="the Kubernetes operator (kopf); see `modelroute operator --help`",
                    add_help=False)
@@ -107,12 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["operator"]:
         return _operator(args_list[1:])
     args = _parser().parse_args(args_list)
+    if args.command == "serve" and not (args.caller_keys or args.allow_unauthenticated or loopback(args.host)):
+        print(f"modelroute: refusing to serve on {args.host!r} without --caller-keys: anyone who reaches it "
+              "would spend the provider keys. Give --caller-keys FILE, bind a loopback address "
+              "(--host 127.0.0.1), or say --allow-unauthenticated.", file=sys.stderr)
+        return 2
     from . import logs
 
     logs.setup(args.log_level, json=args.log_format == "json")
     from .loader import ConfigDirSource, ConfigError, FileSource, Source
 
-    source: Source = FileSource(args.filename) if args.command == "serve" else ConfigDirSource(args.config_dir)
+    source: Source = FileSource(args.filename, caller_keys=args.caller_keys) if args.command == "serve" \
+        else ConfigDirSource(args.config_dir)
     try:
         import uvloop
 
@@ -157,15 +185,32 @@ def release_startup_memory() -> None:
         pass
 
 
+def _callers_summary(callers: object) -> str:
+    """For the start-up line: who the callers are; names only, never a key."""
+    from .identity import Callers
+
+    assert isinstance(callers, Callers)
+    if callers.by_digest is not None:
+        return f"caller keys of {', '.join(n for n in callers.names if n)}"
+    return f"ServiceAccount {callers.fixed}" if callers.fixed else "anonymous (no caller keys)"
+
+
 async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     from aiohttp import web
 
     from .app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, api_runner
-    from .loader import ConfigError, Source, long_lived, watch
+    from .identity import Callers
+    from .loader import ConfigError, FileSource, Source, long_lived, watch
 
     src: Source = source  # type: ignore[assignment]
+    if isinstance(src, FileSource):
+        file_source = src
+        callers: Callable[[], Callers] = lambda: file_source.callers  # what its last load read  # noqa: E731
+    else:
+        pod = Callers(fixed=getattr(args, "service_account", None))
+        callers = lambda: pod  # noqa: E731
     gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT,
-                      header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+                      header_timeout=args.header_timeout, body_timeout=args.body_timeout, callers=callers)
     last_sig = src.signature()
     try:
         with long_lived():
@@ -192,7 +237,7 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
         release_startup_memory()
         log.info("modelroute listening", extra={"fields": {
             "api": f"http://{args.host}:{args.port}/v1", "metrics": args.metrics_port or None,
-            "ready": gateway.ready}})
+            "ready": gateway.ready, "callers": _callers_summary(callers())}})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -152,6 +152,7 @@ def compile_resources(
             headers=pk.spec.headers,
             mock=(pk.spec.mock or MockSettings()) if pk.spec.provider == "mock" else None,
             responses_api=pk.spec.responses_api,
+            allowed_service_accounts=tuple(sorted(set(pk.spec.allowed_service_accounts))),
         )
         keys[name] = found
 
@@ -181,6 +182,7 @@ def compile_resources(
         routes[spec.model] = RouteConfig(
             model=spec.model, strategy=spec.strategy, backends=tuple(backends),
             retries=spec.retries, timeouts=spec.timeouts, source=f"ModelRoute/{name}", unavailable=tuple(why),
+            allowed_service_accounts=tuple(sorted(set(spec.allowed_service_accounts))),
         )
         total = len(spec.backends)
         if missing:

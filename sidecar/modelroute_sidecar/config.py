@@ -9,11 +9,18 @@ file per ProviderKey, one key per line).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from .syntax import MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
+from .syntax import (
+    CALLER_NAME_MAX,
+    CALLER_NAME_PATTERN,
+    MODEL_NAME_RULE,
+    valid_header_name,
+    valid_header_value,
+    valid_model_name,
+)
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
 # How `POST /v1/responses` reaches an OpenAI-shaped upstream: passed through (native),
@@ -41,6 +48,9 @@ DEFAULT_BODY_TIMEOUT = 60.0
 
 # ProviderKey name -> key strings, in rotation order.
 Keys = dict[str, list[str]]
+
+# ServiceAccount names (caller names in `serve`) allowed to use a route; empty: everyone.
+CallerName = Annotated[str, StringConstraints(min_length=1, max_length=CALLER_NAME_MAX, pattern=CALLER_NAME_PATTERN)]
 
 
 class _Model(BaseModel):
@@ -109,6 +119,8 @@ class ProviderKeyConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
     mock: MockSettings | None = None  # provider mock only
     responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")  # openai, openai-compatible
+    # Who may use the model names this key serves by its globs (empty: everyone).
+    allowed_service_accounts: tuple[CallerName, ...] = Field((), alias="allowedServiceAccounts")
 
     @field_validator("headers")
     @classmethod
@@ -147,6 +159,7 @@ class RouteConfig(_Model):
     source: str = ""  # e.g. "ModelRoute default/chat", for logs and status
     # Backends left out, each with why and what would fix it: the 503 a request gets says so.
     unavailable: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[CallerName, ...] = Field((), alias="allowedServiceAccounts")  # empty: all
 
     _model = field_validator("model")(_model_name)
 

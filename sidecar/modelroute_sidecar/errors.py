@@ -68,3 +68,10 @@ def payload_too_large(limit: int) -> GatewayError:
 def upstream_failed(status: int, message: str, type: ErrorType = "api_error", code: str | None = None,
                     headers: dict[str, str] | None = None) -> GatewayError:
     return GatewayError(status, message, type=type, code=code, headers=headers)
+
+
+def access_denied(model: str, route: str, caller: str | None) -> GatewayError:
+    """403: the route exists, but not for this caller. Names both; never a key."""
+    who = f"ServiceAccount '{caller}'" if caller is not None else "An anonymous caller"
+    return GatewayError(403, f"{who} may not use model '{model}': {route} does not list it in "
+                        "allowedServiceAccounts", type="permission_error", param="model", code="access_denied")

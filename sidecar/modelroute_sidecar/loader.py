@@ -33,6 +33,7 @@ from .config import (
     format_validation_error,
     split_keys,
 )
+from .identity import CallerKeysError, Callers, load_caller_keys
 
 if TYPE_CHECKING:
     from .compile import SourceDoc  # the compiler (and the CR models) load only in `serve`
@@ -144,14 +145,23 @@ class FileSource:
     """`modelroute serve -f ...`: the YAML one would `kubectl apply`, keys from Secrets or env."""
 
     def __init__(self, paths: Sequence[str | Path], env: Mapping[str, str] | None = None,
-                 base: GatewayConfig | None = None) -> None:
+                 base: GatewayConfig | None = None, caller_keys: str | Path | None = None) -> None:
         self.paths = list(paths)
         self.env = dict(os.environ) if env is None else dict(env)
         self.base = base
+        self.caller_keys = Path(caller_keys) if caller_keys is not None else None
+        # The callers of the last load (without caller keys: one anonymous caller).
+        self.callers = Callers()
 
     def load(self) -> tuple[GatewayConfig, Keys]:
         from .compile import compile_resources
 
+        callers = self.callers
+        if self.caller_keys is not None:
+            try:
+                callers = load_caller_keys(self.caller_keys)
+            except CallerKeysError as e:
+                raise ConfigError(f"caller keys: {e}") from None
         docs = read_documents(self.paths)
         _warn_redefined(docs)
         result = compile_resources(docs, env=self.env, base=self.base)
@@ -166,6 +176,7 @@ class FileSource:
             files = ", ".join(map(str, self.paths))
             what = "no ModelRoute and no ProviderKey" if not result.statuses else "no route and no usable ProviderKey"
             log.warning(f"{files} define {what}: every request will be a 404 (see examples/quickstart.yaml)")
+        self.callers = callers  # only with a config that loaded: they are installed together
         return config, result.keys
 
     def signature(self) -> object:
@@ -173,6 +184,8 @@ class FileSource:
             files = _files(self.paths)
         except ConfigError as e:
             return ("unusable", str(e))  # load() says what is wrong, once, as a failed reload
+        if self.caller_keys is not None:
+            files = [*files, self.caller_keys]
         sig: list[object] = []
         for f in files:
             try:

@@ -147,6 +147,8 @@ class Metrics:
                                  ["route", "from_backend", "to_backend", "reason"], registry=r)
         self.backend_up = Gauge("modelroute_backend_up", "Circuit state: 1 closed, 0 open",
                                 ["route", "backend"], registry=r)
+        self.access_denied = Counter("modelroute_access_denied", "Requests refused: the caller may not use the route",
+                                     ["route"], registry=r)
         self.config_reloads = Counter("modelroute_config_reloads", "Config loads by result", ["result"],
                                       registry=r)
 

@@ -11,7 +11,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import CircuitBreaker, MockSettings, ProviderKind, ResponsesAPI, RetryPolicy, Strategy, Timeouts
+from .config import (
+    CallerName,
+    CircuitBreaker,
+    MockSettings,
+    ProviderKind,
+    ResponsesAPI,
+    RetryPolicy,
+    Strategy,
+    Timeouts,
+)
 from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
 GROUP = "modelroute.dev"
@@ -64,6 +73,9 @@ class ProviderKeySpec(_Spec):
     headers: dict[str, str] = Field(default_factory=dict)
     mock: MockSettings | None = None
     responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")
+    # Who may use the names this key serves by its globs (not ModelRoutes: they have their own).
+    allowed_service_accounts: list[CallerName] = Field(default_factory=list, alias="allowedServiceAccounts",
+                                                       max_length=256)
 
     @field_validator("headers")
     @classmethod
@@ -121,6 +133,8 @@ class ModelRouteSpec(_Spec):
     backends: list[BackendSpec] = Field(min_length=1)
     retries: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+    allowed_service_accounts: list[CallerName] = Field(default_factory=list, alias="allowedServiceAccounts",
+                                                       max_length=256)
 
     _model = field_validator("model")(_model_name)
 

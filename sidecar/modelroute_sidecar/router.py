@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
 from aiohttp import ClientTimeout
 
 from .config import CircuitBreaker as BreakerSettings
 from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
+from .identity import Callers
 from .metrics import BackendMetrics, Metrics
 from .pricing import find_price
 from .providers import adapter_class
@@ -189,13 +191,14 @@ class Backend:
 
 
 class Route:
-    __slots__ = ("backends", "client_timeout", "label", "name", "order", "retries", "source", "timeouts",
-                 "unavailable")
+    __slots__ = ("allowed", "backends", "client_timeout", "label", "name", "order", "retries", "source",
+                 "timeouts", "unavailable")
 
     def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
                  timeouts: Timeouts, source: str, label: str | None = None,
-                 unavailable: tuple[str, ...] = ()) -> None:
+                 unavailable: tuple[str, ...] = (), allowed: frozenset[str] | None = None) -> None:
         self.name = name
+        self.allowed = allowed  # caller names that may use it; None: everyone
         self.label = name if label is None else label  # the `route` label of its metrics
         self.unavailable = unavailable  # why configured backends are missing, for the 503
         self.backends = backends
@@ -204,6 +207,16 @@ class Route:
         self.source = source
         self.order: Callable[[], list[Backend]] = _STRATEGIES[strategy](backends)
         self.client_timeout = ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
+
+    def permits(self, caller: str | None) -> bool:
+        allowed = self.allowed
+        return allowed is None or caller in allowed
+
+    def who_decides(self) -> str:
+        """For a 403: the object whose allowedServiceAccounts refused the caller."""
+        if self.source.startswith("ModelRoute/"):
+            return self.source
+        return "ProviderKey " + ", ".join(b.provider_key for b in self.backends)
 
     def plan(self) -> list[Backend]:
         """Backends in the order to try: strategy order, open circuits last."""
@@ -251,8 +264,10 @@ def _key_id(provider_key: str, key: str) -> str:
 class Runtime:
     """Everything a request needs, derived once from (config, keys)."""
 
-    def __init__(self, config: GatewayConfig, keys: Keys, state: State, metrics: Metrics) -> None:
+    def __init__(self, config: GatewayConfig, keys: Keys, state: State, metrics: Metrics,
+                 callers: Callers | None = None) -> None:
         self.config = config
+        self.callers = callers or Callers()
         self.state = state
         self.metrics = metrics
         self.max_body_bytes = config.max_body_bytes
@@ -286,6 +301,7 @@ class Runtime:
                           for name, pk in sorted(config.provider_keys.items()) if pk.models]
         self._pattern_routes: dict[str, Route | None] = {}
         self.model_names = sorted(set(self.routes) | self._literal_models())
+        self._models_by_caller: dict[str | None, bytes] = {}
         self._unready = [(name, [re.compile(fnmatch.translate(p)) for p in u.models], u.message)
                          for name, u in sorted(config.unready_provider_keys.items()) if u.models]
 
@@ -300,7 +316,7 @@ class Runtime:
         backends = [Backend(model, self.adapters[pk], self.keyrings[pk], m, w, self.state, self.metrics,
                             cfg.circuit_breaker, cfg) for pk, m, w in pairs]
         return Route(model, backends, rc.strategy, rc.retries, rc.timeouts, rc.source,
-                     unavailable=rc.unavailable)
+                     unavailable=rc.unavailable, allowed=frozenset(rc.allowed_service_accounts) or None)
 
     def _glob_route(self, model: str, matched: list[tuple[str, str]]) -> Route:
         """A name no ModelRoute names: the ProviderKeys whose globs match it, in name order,
@@ -309,8 +325,15 @@ class Runtime:
         label = matched[0][1]
         backends = [Backend(label, self.adapters[pk], self.keyrings[pk], model, 1, self.state, self.metrics,
                             cfg.circuit_breaker, cfg, pattern) for pk, pattern in matched]
+        # A caller may use a glob-routed name only if every ProviderKey in its chain allows it:
+        # failover must not carry a request to a key the caller may not spend.
+        allowed: frozenset[str] | None = None
+        for pk, _ in matched:
+            names = cfg.provider_keys[pk].allowed_service_accounts
+            if names:
+                allowed = frozenset(names) if allowed is None else allowed & frozenset(names)
         return Route(model, backends, "failover", cfg.default_retries, cfg.default_timeouts, "ProviderKey pattern",
-                     label)
+                     label, allowed=allowed)
 
     def resolve(self, model: str) -> Route | None:
         route = self.routes.get(model)
@@ -328,6 +351,17 @@ class Runtime:
         if len(cache) >= _PATTERN_CACHE_MAX:
             del cache[next(iter(cache))]  # the oldest: bounded, whatever names callers send
         cache[model] = found
+        return found
+
+    def models_body(self, caller: str | None) -> bytes:
+        """``/v1/models`` for ``caller``: the names it may use, rendered once per caller (callers
+        are the few names of the caller keys, or the pod's one ServiceAccount)."""
+        found = self._models_by_caller.get(caller)
+        if found is None:
+            names = [m for m in self.model_names if (r := self.resolve(m)) is None or r.permits(caller)]
+            found = orjson.dumps({"object": "list", "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in names]})
+            self._models_by_caller[caller] = found
         return found
 
     def _literal_models(self) -> set[str]:

@@ -33,6 +33,11 @@ HEADER_NAME_PATTERN = r"^[!#$%&*+.^_|~0-9A-Za-z-]+$"
 # Visible ASCII, space and tab: no CR, LF, NUL or other control, no bytes beyond ASCII.
 HEADER_VALUE_PATTERN = r"^[\t\x20-\x7e]*$"
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+
+# Who may use a route: a ServiceAccount name in a cluster, a caller-key name (a Secret data
+# key) in `serve`. The alphabet of Secret data keys, which holds every ServiceAccount name.
+CALLER_NAME_MAX = 253
+CALLER_NAME_PATTERN = r"^[-._a-zA-Z0-9]+$"
 _HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
 
 

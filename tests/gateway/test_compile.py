@@ -406,3 +406,50 @@ def test_models_lists_route_names_and_literal_patterns() -> None:
     assert all(m["object"] == "model" for m in listed["data"])
     # Every listed name resolves.
     assert all(rt.resolve(name) is not None for name in rt.model_names)
+
+
+# ---- access: allowedServiceAccounts -------------------------------------------------------------
+
+def test_allowed_service_accounts_compile_into_the_config_sorted_and_once() -> None:
+    docs = [*keyed("a", models=["gpt-*"], allowedServiceAccounts=["web", "batch"]), *keyed("b", models=["gpt-4*"]),
+            route("open", "open", "a"), route("closed", "closed", "a", allowedServiceAccounts=["web", "api", "web"])]
+    result = compile_resources(docs, env={})
+    assert result.errors == [] and result.statuses[("ModelRoute", "closed")].ready
+    cfg = result.config
+    assert cfg.routes["closed"].allowed_service_accounts == ("api", "web")
+    assert cfg.routes["open"].allowed_service_accounts == ()
+    assert cfg.provider_keys["a"].allowed_service_accounts == ("batch", "web")
+    assert cfg.provider_keys["b"].allowed_service_accounts == ()
+    assert '"allowedServiceAccounts"' in cfg.dump_json()
+    assert GatewayConfig.model_validate_json(cfg.dump_json()) == cfg  # the ConfigMap round-trips
+    rt = Runtime(cfg, result.keys, State(), Metrics())
+    assert rt.resolve("open").allowed is None  # type: ignore[union-attr]
+    assert rt.resolve("closed").allowed == frozenset({"api", "web"})  # type: ignore[union-attr]
+    # A glob name: every ProviderKey of its chain must allow the caller (b allows all).
+    assert rt.resolve("gpt-4o").allowed == frozenset({"batch", "web"})  # type: ignore[union-attr]
+    assert rt.resolve("gpt-3").permits("web") and not rt.resolve("gpt-3").permits(None)  # type: ignore[union-attr]
+    assert orjson.loads(rt.models_body("api"))["data"][0]["id"] == "closed"
+    assert [m["id"] for m in orjson.loads(rt.models_body(None))["data"]] == ["open"]
+
+
+@pytest.mark.parametrize("names", [["bad name"], [""], ["x" * 254], ["web/admin"], "web"])
+def test_bad_allowed_service_accounts_are_refused_naming_the_field(names: Any) -> None:
+    for doc in (route("r", "m", "a", allowedServiceAccounts=names),
+                pk("a", "openai", "s", allowedServiceAccounts=names)):
+        result = compile_resources([doc], env={})
+        assert len(result.errors) == 1 and "allowedServiceAccounts" in result.errors[0], result.errors
+
+
+def test_the_crds_state_the_very_caller_name_pattern() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from modelroute_sidecar.syntax import CALLER_NAME_MAX, CALLER_NAME_PATTERN
+
+    root = Path(__file__).resolve().parents[2] / "crds"
+    for crd in ("modelroutes.yaml", "providerkeys.yaml"):
+        doc = yaml.safe_load((root / crd).read_text())
+        items = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "allowedServiceAccounts"]["items"]
+        assert items["pattern"] == CALLER_NAME_PATTERN and items["maxLength"] == CALLER_NAME_MAX, crd

@@ -82,6 +82,15 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("header-nul", with_spec(PK, headers={"X-Team": "a\x00b"}), "should match"),
     ("header-non-ascii", with_spec(PK, headers={"X-Team": "caf\u00e9"}), "should match"),
     ("header-name", with_spec(PK, headers={"X Team:": "a"}), "header names must be HTTP tokens"),
+    # Who may use a route: names in the alphabet of ServiceAccounts and caller-key names.
+    ("allowed-name", with_spec(MR, allowedServiceAccounts=["web", "bad name"]),
+     "spec.allowedServiceAccounts[1] in body should match"),
+    ("allowed-slash", with_spec(PK, allowedServiceAccounts=["ns/web"]),
+     "spec.allowedServiceAccounts[0] in body should match"),
+    ("allowed-empty-name", with_spec(MR, allowedServiceAccounts=[""]),
+     "spec.allowedServiceAccounts[0] in body should be at least 1 chars long"),
+    ("allowed-too-long", with_spec(PK, allowedServiceAccounts=["x" * 254]),
+     "spec.allowedServiceAccounts[0]: Too long"),
 ]
 
 
@@ -114,8 +123,10 @@ def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, names
     with_spec(MR, timeouts={"firstByteSeconds": 900}),
     with_spec(MR, retries={"backoffBaseSeconds": 2, "backoffMaxSeconds": 2},
               timeouts={"firstByteSeconds": 30, "totalSeconds": 30}),
+    with_spec(MR, allowedServiceAccounts=["web", "batch-job.v2", "Caller_1", "x" * 253]),
+    with_spec(PK, allowedServiceAccounts=[]),
 ], ids=["near-credential-names", "mock-settings", "header-value-edges", "model-with-slash-and-colon", "base-only",
-        "first-byte-only", "equal-bounds"])
+        "first-byte-only", "equal-bounds", "allowed-service-accounts", "allowed-nobody-listed"])
 def test_edge_cases_of_the_cross_field_rules_are_accepted_by_both(cluster: Cluster, namespace: str,
                                                                   doc: dict[str, Any]) -> None:
     cluster.apply(doc, namespace)

@@ -70,6 +70,20 @@ def test_an_annotated_pod_is_stored_with_the_sidecar_volumes_and_env(
     assert ann[names.INJECTED_ANNOTATION] == "true"
 
 
+def test_the_sidecar_gets_the_pods_service_account(cluster: Cluster, operator: OperatorProcess,
+                                                   namespace: str) -> None:
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}, namespace)
+    robot = create(cluster, namespace, pod("robot", INJECT, serviceAccountName="robot"))
+    plain = create(cluster, namespace, pod("plain", INJECT))
+    for stored, account in ((robot, "robot"), (plain, "default")):
+        [side] = sidecars(stored)
+        assert env_of(side)["MODELROUTE_SERVICE_ACCOUNT"] == account
+        [ns] = [e for e in side["env"] if e["name"] == "MODELROUTE_NAMESPACE"]
+        assert ns["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        [app] = stored["spec"]["containers"]
+        assert "MODELROUTE_SERVICE_ACCOUNT" not in env_of(app)
+
+
 def test_an_unannotated_pod_is_untouched(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     stored = create(cluster, namespace, pod("plain", {"unrelated": "x"}))
     assert sidecars(stored) == []

@@ -111,7 +111,28 @@ def test_app_containers_get_env_unless_already_set() -> None:
         "ANTHROPIC_BASE_URL": "http://127.0.0.1:8700",
         "ANTHROPIC_API_KEY": "modelroute-placeholder",
     }
-    assert "env" not in sidecar_of(out)
+    # The sidecar gets none of that: only who its callers are.
+    assert [e["name"] for e in sidecar_of(out)["env"]] == ["MODELROUTE_SERVICE_ACCOUNT", "MODELROUTE_NAMESPACE"]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"serviceAccountName": "robot"}, "robot"),
+    ({"serviceAccount": "legacy"}, "legacy"),  # the deprecated alias, should a pod only set that
+    ({"serviceAccountName": "robot", "serviceAccount": "robot"}, "robot"),
+    ({}, "default"),
+])
+def test_the_sidecar_knows_the_pods_service_account_and_namespace(spec: dict[str, Any], expected: str) -> None:
+    out = mutate_pod(pod(**spec), S)
+    env = {e["name"]: e for e in sidecar_of(out)["env"]}
+    assert env["MODELROUTE_SERVICE_ACCOUNT"] == {"name": "MODELROUTE_SERVICE_ACCOUNT", "value": expected}
+    assert env["MODELROUTE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1",
+                                                                     "fieldPath": "metadata.namespace"}}
+    # Nothing an app container sets reaches the sidecar, and a forged sidecar is rebuilt.
+    forged = pod(**spec)
+    forged["spec"]["containers"].append({"name": "modelroute-sidecar", "image": "evil", "env": [
+        {"name": "MODELROUTE_SERVICE_ACCOUNT", "value": "admin"}]})
+    assert sidecar_of(mutate_pod(forged, S))["env"] == sidecar_of(out)["env"]
+    assert mutate_pod(out, S) == out
 
 
 def test_scrape_annotations_unless_the_pod_has_its_own() -> None:
