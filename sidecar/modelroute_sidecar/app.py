@@ -235,7 +235,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         if route is None:
             raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
         _check_access(gw, route, caller, model)
-        return await gw.engine.handle(request, rt, route, dialect, ingress, operation)
+        return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller)
     except GatewayError as err:
         if err.status < 500 and err.code != "rate_limit_exceeded":
             gw.metrics.unrouted(err.status)

@@ -88,6 +88,7 @@ class Call:
     attempts: int = 0
     canonical: dict[str, Any] | None = None
     finished: bool = False  # metrics and the access log written
+    caller: str | None = None  # the ServiceAccount or caller-key name, for the access log
 
 
 _MAX_RETRY_AFTER = 86400.0  # longer means "not soon" to every policy; and never inf or nan
@@ -130,11 +131,11 @@ class Engine:
         self.lean = lean  # the lean upstream client, when on; the session still serves proxied keys
 
     async def handle(self, request: web.Request, rt: Runtime, route: Route, dialect: Dialect, ingress: Ingress,
-                     operation: str = "chat") -> web.StreamResponse:
+                     operation: str = "chat", caller: str | None = None) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         now = loop.time()
         call = Call(request.headers.get("x-request-id") or request_id(), route, dialect, ingress, operation,
-                    now, now + route.timeouts.total_seconds)
+                    now, now + route.timeouts.total_seconds, caller=caller)
         plan = route.plan()
         if not plan:
             why = ("; ".join(route.unavailable) if route.unavailable else "none of its ProviderKeys is ready "
@@ -468,7 +469,8 @@ class Engine:
             # The status the caller got: a stream that failed after its first byte was a 200.
             status = 499 if error == "client_closed" else int(error[5:]) if error and error[:5] == "http_" else 200
             access_log.write("request", {
-                "request_id": call.rid, "status": status, "route": call.route.name, "dialect": call.dialect.name,
+                "request_id": call.rid, "status": status, "route": call.route.name, "caller": call.caller,
+                "dialect": call.dialect.name,
                 "backend": backend.id, "attempts": call.attempts, "stream": call.ingress.stream,
                 "latency_ms": round(elapsed * 1000, 2),
                 "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,

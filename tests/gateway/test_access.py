@@ -150,8 +150,8 @@ def test_a_route_not_allowed_to_the_caller_is_a_403_naming_route_and_caller(gw: 
     with pytest.raises(openai.PermissionDeniedError) as e:
         chat(gw, BOB_KEY, "alice-only")
     assert e.value.status_code == 403 and e.value.code == "access_denied"
-    message = e.value.body["message"]  # type: ignore[index]
-    assert "'bob'" in message and "ModelRoute/alice-only" in message and BOB_KEY not in message
+    said = e.value.body["message"]  # type: ignore[index]
+    assert "'bob'" in said and "ModelRoute/alice-only" in said and BOB_KEY not in said
     with pytest.raises(anthropic.PermissionDeniedError) as a:
         message(gw, BOB_KEY, "alice-only")
     assert body_of(a)["error"]["type"] == "permission_error"
@@ -165,6 +165,9 @@ def test_a_route_not_allowed_to_the_caller_is_a_403_naming_route_and_caller(gw: 
     lines = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
     refused = [r for r in lines if r.get("status") == 403 and r.get("model") == "alice-only"]
     assert refused and all(r["reason"] == "access_denied" and "'bob'" in r["message"] for r in refused)
+    # Served requests name their caller in the access log (never its key).
+    served = {(r.get("route"), r.get("caller")) for r in lines if r.get("status") == 200 and "route" in r}
+    assert {("alice-only", "alice"), ("pair", "bob"), ("pair", "alice")} <= served
 
 
 def denied(text: str, route: str) -> float:
