@@ -226,7 +226,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         rid = _checked_headers(request, dialect)
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
-        caller = rt.callers.identify(request.headers)  # before the body: a stranger costs no read
+        caller = rt.callers.identify(request)  # before the body: a stranger costs no read
         body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
         ingress = (parse or dialect.parse)(body)
         model = ingress.model
@@ -284,7 +284,7 @@ async def models(request: web.Request) -> web.Response:
     body = gw.models_body
     if rt is not None:
         try:
-            body = rt.models_body(rt.callers.identify(request.headers))
+            body = rt.models_body(rt.callers.identify(request))
         except GatewayError as err:
             return _dialect_error(OPENAI_CHAT, err, log_refused(request, None, err, None, None))
     access(request, None, 200, None, request.headers.get("x-request-id"))
@@ -298,7 +298,7 @@ async def model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     rt = gw.runtime
     try:
-        caller = rt.callers.identify(request.headers) if rt is not None else None
+        caller = rt.callers.identify(request) if rt is not None else None
         route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
         if route is None:
             raise model_not_found(name)
@@ -324,7 +324,7 @@ def _raw_target(request: web.Request) -> str:
 
 async def gemini_model_method(request: web.Request) -> web.StreamResponse:
     """``POST /v1beta/models/{model}:{method}``. The caller's key (``x-goog-api-key`` or
-    ``?key=``) is a placeholder here: it is neither checked nor forwarded."""
+    ``?key=``) is never forwarded; only ``serve --caller-keys`` checks it."""
     model_name, _, method = _raw_target(request).rpartition(":")
     stream = method == "streamGenerateContent"
     dialect = gemini_generate(sse=not stream or request.query.get("alt") == "sse")
@@ -344,7 +344,12 @@ async def gemini_models(request: web.Request) -> web.Response:
     from .dialects.gemini_generate import model_entry
 
     gw = request.app[GATEWAY]
-    names = gw.runtime.model_names if gw.runtime is not None else ()
+    rt = gw.runtime
+    try:
+        names = rt.models_for(rt.callers.identify(request)) if rt is not None else []
+    except GatewayError as err:
+        dialect = gemini_generate()
+        return _dialect_error(dialect, err, log_refused(request, dialect, err, None, None))
     access(request, "gemini", 200, None, request.headers.get(REQUEST_ID))
     return web.Response(body=orjson.dumps({"models": [model_entry(n) for n in names]}),
                         content_type="application/json")
@@ -356,8 +361,14 @@ async def gemini_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info.get("target") or request.match_info["name"]
     name = name.removeprefix("models/")
-    if gw.runtime is None or not valid_model_name(name) or gw.runtime.resolve(name) is None:
-        err = model_not_found(name)
+    rt = gw.runtime
+    try:
+        caller = rt.callers.identify(request) if rt is not None else None
+        route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
+        if route is None:
+            raise model_not_found(name)
+        _check_access(gw, route, caller, name)
+    except GatewayError as err:
         dialect = gemini_generate()
         return _dialect_error(dialect, err, log_refused(request, dialect, err, name, None))
     access(request, "gemini", 200, None, request.headers.get(REQUEST_ID), name)
@@ -372,14 +383,15 @@ async def count_gemini_tokens(request: web.Request, dialect: Dialect, model_name
     gw = request.app[GATEWAY]
     try:
         rid = _checked_headers(request, dialect)
-        body = await read_body(request, gw.runtime.max_body_bytes if gw.runtime else 32 * 1024 * 1024,
-                               gw.body_timeout)
+        rt = gw.runtime
+        caller = rt.callers.identify(request) if rt is not None else None
+        body = await read_body(request, rt.max_body_bytes if rt else 32 * 1024 * 1024, gw.body_timeout)
         req = parse_count(body)
         _check_model_name(model_name)
-        rt = gw.runtime
         route = rt.resolve(model_name) if rt is not None else None
         if route is None:
             raise model_not_found(model_name, rt.why_unrouted(model_name) if rt is not None else None)
+        _check_access(gw, route, caller, model_name)
         access(request, dialect.name, 200, None, rid, model_name)
         counted = await _gemini_upstream_count(gw, route.backends[0] if route.backends else None, req)
         if counted is not None:
@@ -445,7 +457,7 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     gw = request.app[GATEWAY]
     rt = gw.runtime
     try:
-        caller = rt.callers.identify(request.headers) if rt is not None else None
+        caller = rt.callers.identify(request) if rt is not None else None
         body = await read_body(request, rt.max_body_bytes if rt else 32 * 1024 * 1024, gw.body_timeout)
         from .dialects.anthropic_messages import parse_count_tokens
 

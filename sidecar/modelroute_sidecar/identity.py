@@ -16,13 +16,26 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from .config import split_keys
 from .errors import GatewayError
 from .syntax import CALLER_NAME_MAX, CALLER_NAME_PATTERN
 
-# What an OpenAI SDK sends (Authorization: Bearer) and what an Anthropic one does (x-api-key).
+# What an OpenAI SDK sends (Authorization: Bearer), what an Anthropic one does (x-api-key),
+# and what a Gemini one does (x-goog-api-key, or ?key= in the URL).
 _BEARER = "bearer "
+_KEY_HEADERS = ("x-api-key", "x-goog-api-key")
+
+
+class Request(Protocol):
+    """What identifying a caller reads of a request (aiohttp's ``web.Request``)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
 
 
 def _digest(key: str) -> bytes:
@@ -31,8 +44,9 @@ def _digest(key: str) -> bytes:
 
 def unauthenticated(why: str) -> GatewayError:
     # Never quotes what the caller sent: a wrong key may be a real key of something else.
-    return GatewayError(401, f"{why}: send a caller key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                        type="authentication_error", code="invalid_api_key")
+    return GatewayError(401, f"{why}: send a caller key as 'Authorization: Bearer <key>', 'x-api-key: <key>' "
+                        "or (Gemini clients) 'x-goog-api-key: <key>'", type="authentication_error",
+                        code="invalid_api_key")
 
 
 class Callers:
@@ -49,21 +63,20 @@ class Callers:
             self.by_digest = {_digest(k): name for name, ks in keys.items() for k in ks}
             self.names = tuple(sorted(keys))
 
-    def identify(self, headers: Mapping[str, str]) -> str | None:
+    def identify(self, request: Request) -> str | None:
         """The caller's name; a 401 when caller keys are required and none of those sent matches."""
         table = self.by_digest
         if table is None:
             return self.fixed
-        sent = False
+        headers = request.headers
+        sent: list[str] = []
         auth = headers.get("authorization")
         if auth is not None and auth[:7].lower() == _BEARER:
-            sent = True
-            name = table.get(_digest(auth[7:].strip()))
-            if name is not None:
-                return name
-        key = headers.get("x-api-key")
-        if key is not None:
-            sent = True
+            sent.append(auth[7:])
+        sent.extend(v for h in _KEY_HEADERS if (v := headers.get(h)) is not None)
+        if not sent and "key" in request.query:  # only then: most requests have no query to parse
+            sent.append(request.query["key"])
+        for key in sent:
             name = table.get(_digest(key.strip()))
             if name is not None:
                 return name

@@ -302,6 +302,7 @@ class Runtime:
         self._pattern_routes: dict[str, Route | None] = {}
         self.model_names = sorted(set(self.routes) | self._literal_models())
         self._models_by_caller: dict[str | None, bytes] = {}
+        self._names_by_caller: dict[str | None, list[str]] = {}
         self._unready = [(name, [re.compile(fnmatch.translate(p)) for p in u.models], u.message)
                          for name, u in sorted(config.unready_provider_keys.items()) if u.models]
 
@@ -353,12 +354,20 @@ class Runtime:
         cache[model] = found
         return found
 
+    def models_for(self, caller: str | None) -> list[str]:
+        """The names ``caller`` may use (cached by the caller: callers are the few names of the
+        caller keys, or the pod's one ServiceAccount)."""
+        found = self._names_by_caller.get(caller)
+        if found is None:
+            found = self._names_by_caller[caller] = [
+                m for m in self.model_names if (r := self.resolve(m)) is None or r.permits(caller)]
+        return found
+
     def models_body(self, caller: str | None) -> bytes:
-        """``/v1/models`` for ``caller``: the names it may use, rendered once per caller (callers
-        are the few names of the caller keys, or the pod's one ServiceAccount)."""
+        """``/v1/models`` for ``caller``: the names it may use, rendered once per caller."""
         found = self._models_by_caller.get(caller)
         if found is None:
-            names = [m for m in self.model_names if (r := self.resolve(m)) is None or r.permits(caller)]
+            names = self.models_for(caller)
             found = orjson.dumps({"object": "list", "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"} for name in names]})
             self._models_by_caller[caller] = found

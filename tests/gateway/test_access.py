@@ -256,3 +256,32 @@ def test_sidecar_callers_are_the_pods_service_account(tmp_path: Path) -> None:
         assert sorted(m.id for m in oai(side, "x").models.list()) == ["everyone", "pair"]
     with modelroute(tmp_path, "sidecar", "--config-dir", str(tmp_path), "--service-account", "alice") as side:
         assert chat(side, "x", "alice-only") and chat(side, "x", "team-x")
+
+
+def test_gemini_callers_send_their_key_as_x_goog_api_key_or_in_the_url(gw: GatewayProcess) -> None:
+    from google import genai
+    from google.genai import errors, types
+
+    def gemini(key: str) -> genai.Client:
+        return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=f"http://127.0.0.1:{gw.port}"))
+
+    bob, wrong = gemini(BOB_KEY), gemini(WRONG_KEY)  # held: a Client closes its connections when collected
+    assert bob.models.generate_content(model="pair", contents="hi").text
+    with pytest.raises(errors.ClientError) as e:
+        wrong.models.generate_content(model="pair", contents="hi")
+    assert e.value.code == 401 and e.value.status == "UNAUTHENTICATED" and WRONG_KEY not in str(e.value)
+    with pytest.raises(errors.ClientError) as e:
+        bob.models.generate_content(model="alice-only", contents="hi")
+    assert e.value.code == 403 and e.value.status == "PERMISSION_DENIED" and "'bob'" in str(e.value)
+    with pytest.raises(errors.ClientError) as e:
+        bob.models.count_tokens(model="alice-only", contents="hi")
+    assert e.value.code == 403
+    assert sorted(m.name or "" for m in bob.models.list()) == ["models/everyone", "models/pair"]
+    # ?key= (curl, older clients): the same key, the same caller.
+    status, body = raw(gw, f"/v1beta/models/pair:generateContent?key={BOB_KEY}", {},
+                       {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert status == 200 and body["candidates"]
+    status, body = raw(gw, "/v1beta/models", {})
+    assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+    assert raw(gw, "/v1beta/models/alice-only", {"x-goog-api-key": BOB_KEY})[0] == 403
+    assert BOB_KEY not in gw.logs()
