@@ -351,6 +351,7 @@ class Node:
         self.containerd_socket = "/run/containerd/containerd.sock"
         self.components: list[Component] = []
         self.ns: Namespace | None = None
+        self.machine_sysctls: dict[str, str] = {}
         self.control_plane = ControlPlane(
             assets.controlplane_bin,
             work_dir / "controlplane",
@@ -393,6 +394,8 @@ class Node:
 
     def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # What the machine had before: kubelet must never change it (tests compare).
+        self.machine_sysctls = {k: Path("/proc/sys", k).read_text().strip() for k in KUBELET_SYSCTLS}
         self._make_cgroup_root()
         self.ns = Namespace.create(_namespace_setup("/run/modelroute-sysctl"), self.log_dir / "namespace.log")
         ns = self.ns

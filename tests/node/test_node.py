@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.controlplane.cluster import wait_for
-from tests.node.node import KUBELET_SYSCTLS, NODE_IP, Node
+from tests.node.node import KUBELET_SYSCTLS, NODE_IP, Node, NodeAssets
 
 
 def pod_phase(node: Node, name: str, namespace: str = "default") -> str:
@@ -15,7 +15,7 @@ def pod_phase(node: Node, name: str, namespace: str = "default") -> str:
     return str(json.loads(out)["status"].get("phase", ""))
 
 
-def test_a_pod_of_the_built_image_runs_with_its_own_network(node: Node, node_assets) -> None:
+def test_a_pod_of_the_built_image_runs_with_its_own_network(node: Node, node_assets: NodeAssets) -> None:
     cp = node.control_plane
     script = (
         "import socket, urllib.request, os; "
@@ -44,10 +44,10 @@ def test_the_machine_keeps_its_network_mounts_and_sysctls(node: Node) -> None:
     assert "cni0" not in links and "veth" not in links
     mounts = Path("/proc/self/mounts").read_text()
     assert "node-run" not in mounts and "/var/lib/kubelet" not in mounts
+    assert node.ns is not None
     for key, wanted in KUBELET_SYSCTLS.items():
         host = Path("/proc/sys", key).read_text().strip()
-        inside = subprocess.run(node.ns.argv(["cat", f"/proc/sys/{key}"]) if node.ns else [],
+        inside = subprocess.run(node.ns.argv(["cat", f"/proc/sys/{key}"]),
                                 capture_output=True, text=True, check=True).stdout.strip()
         assert inside == wanted, key  # what kubelet sees (protectKernelDefaults is on)
-        if host != wanted:
-            assert Path("/proc/sys", key).read_text().strip() == host  # the machine's own value stays
+        assert host == node.machine_sysctls[key], key  # the machine's own value stays
