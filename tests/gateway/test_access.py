@@ -285,3 +285,15 @@ def test_gemini_callers_send_their_key_as_x_goog_api_key_or_in_the_url(gw: Gatew
     assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
     assert raw(gw, "/v1beta/models/alice-only", {"x-goog-api-key": BOB_KEY})[0] == 403
     assert BOB_KEY not in gw.logs()
+
+
+def test_allow_unauthenticated_serves_anonymous_callers_whom_lists_still_refuse(tmp_path: Path) -> None:
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all(DOCS))
+    with modelroute(tmp_path, "serve", "-f", str(tmp_path / "routes.yaml"), "--host", "0.0.0.0",
+                    "--allow-unauthenticated") as anon:
+        assert chat(anon, "anything", "everyone")
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            chat(anon, "anything", "pair")
+        assert "An anonymous caller may not use model 'pair'" in e.value.body["message"]  # type: ignore[index]
+        assert sorted(m.id for m in oai(anon, "x").models.list()) == ["everyone"]
+        assert "anonymous (no caller keys)" in anon.logs()
