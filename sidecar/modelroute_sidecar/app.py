@@ -318,8 +318,9 @@ def _raw_target(request: web.Request) -> str:
     """``{model}:{method}`` as the caller sent it, percent-decoded once. Not the routed path:
     that one had its dot segments resolved (``x%2F..%2Fy`` became ``y``), and a name must be
     judged as sent, not as normalised into another."""
-    raw = request.raw_path.split("?", 1)[0]
-    return unquote(raw[raw.index(_MODELS_SEGMENT) + len(_MODELS_SEGMENT):])
+    raw = unquote(request.raw_path.split("?", 1)[0])
+    at = raw.find(_MODELS_SEGMENT)  # the first one: the route's own (a name comes after it)
+    return raw[at + len(_MODELS_SEGMENT):] if at >= 0 else request.match_info["target"]
 
 
 async def gemini_model_method(request: web.Request) -> web.StreamResponse:

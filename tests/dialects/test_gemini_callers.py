@@ -293,6 +293,9 @@ def test_unknown_model_and_method(w: World) -> None:
     _gemini_error(_post(w, "/v1beta/models/nowhere-9:generateContent", {"contents": [{"parts": [{"text": "a"}]}]}),
                   404, "NOT_FOUND")
     _gemini_error(_post(w, "/v1beta/models/via-openai:embedEverything", {}), 404, "NOT_FOUND")
+    # The route's own path spelled with escapes is still the route.
+    r = _post(w, "/v1beta/%6Dodels/via-openai%3AgenerateContent", {"contents": [{"parts": [{"text": "a"}]}]})
+    assert r.status_code == 200 and r.json()["candidates"][0]["content"]["parts"] == [{"text": "echo: a"}]
     with pytest.raises(errors.ClientError) as e:
         w.client().models.generate_content(model="nowhere-9", contents="hi")
     assert e.value.code == 404 and e.value.status == "NOT_FOUND"
