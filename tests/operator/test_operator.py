@@ -287,3 +287,36 @@ def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: Op
     # RBAC says `... is forbidden: User "system:serviceaccount:..." cannot ...`.
     denied = rbac_denials(operator.logs())
     assert denied == [], denied[:5]
+
+
+def test_allowed_service_accounts_reach_the_sidecar_through_the_configmap(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Any) -> None:
+    """ModelRoute/ProviderKey -> the operator's ConfigMap -> a real sidecar running as a ServiceAccount."""
+    import openai
+
+    from tests.gateway.procs import modelroute
+
+    cluster.apply([provider_key("mock", provider="mock", models=["team-*"], allowedServiceAccounts=["web"]),
+                   model_route("open", "open", ("mock", "m")),
+                   model_route("web-only", "web-only", ("mock", "m"), allowedServiceAccounts=["web"])], namespace)
+    cluster.wait_ready("modelroute", "web-only", namespace, reason="Compiled")
+    cfg = wait_for(lambda: (c := config_of(cluster, namespace)) and "web-only" in c["routes"] and c,
+                   timeout=30, what="the ConfigMap with both routes")
+    assert cfg["routes"]["web-only"]["allowedServiceAccounts"] == ["web"]
+    assert cfg["routes"]["open"]["allowedServiceAccounts"] == []
+    assert cfg["providerKeys"]["mock"]["allowedServiceAccounts"] == ["web"]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.json").write_text(json.dumps(cfg))
+    for account, allowed in (("web", True), ("batch", False)):
+        with modelroute(tmp_path, "sidecar", "--config-dir", str(tmp_path),
+                        env={"MODELROUTE_SERVICE_ACCOUNT": account}) as side:
+            client = openai.OpenAI(base_url=side.url, api_key="placeholder", max_retries=0)
+            assert client.chat.completions.create(model="open", messages=[{"role": "user", "content": "hi"}])
+            listed = sorted(m.id for m in client.models.list())
+            assert listed == (["open", "web-only"] if allowed else ["open"])
+            for model in ("web-only", "team-a"):
+                if allowed:
+                    assert client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+                else:
+                    with pytest.raises(openai.PermissionDeniedError):
+                        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
