@@ -300,8 +300,12 @@ def test_allowed_service_accounts_reach_the_sidecar_through_the_configmap(
                    model_route("open", "open", ("mock", "m")),
                    model_route("web-only", "web-only", ("mock", "m"), allowedServiceAccounts=["web"])], namespace)
     cluster.wait_ready("modelroute", "web-only", namespace, reason="Compiled")
-    cfg = wait_for(lambda: (c := config_of(cluster, namespace)) and "web-only" in c["routes"] and c,
-                   timeout=30, what="the ConfigMap with both routes")
+    def compiled() -> dict[str, Any] | None:
+        c = config_of(cluster, namespace)
+        return c if c is not None and "web-only" in c["routes"] else None
+
+    cfg = wait_for(compiled, timeout=30, what="the ConfigMap with both routes")
+    assert cfg is not None
     assert cfg["routes"]["web-only"]["allowedServiceAccounts"] == ["web"]
     assert cfg["routes"]["open"]["allowedServiceAccounts"] == []
     assert cfg["providerKeys"]["mock"]["allowedServiceAccounts"] == ["web"]
