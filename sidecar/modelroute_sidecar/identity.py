@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -140,7 +141,8 @@ def load_caller_keys(path: str | Path) -> Callers:
     return Callers(keys=keys)
 
 
-def _name_ok(name: str) -> bool:
-    import re
+_CALLER_NAME = re.compile(CALLER_NAME_PATTERN)
 
-    return re.fullmatch(CALLER_NAME_PATTERN, name) is not None
+
+def _name_ok(name: str) -> bool:
+    return _CALLER_NAME.fullmatch(name) is not None

@@ -209,6 +209,9 @@ def test_caller_keys_reload_with_the_files_and_never_reach_the_log(gw: GatewayPr
     callers.write_text(yaml.safe_dump(caller_keys()))
     wait_for(lambda: raw(gw, "/v1/chat/completions", {"x-api-key": BOB_KEY}, CHAT)[0] == 200, timeout=15,
              what="the original key to be accepted again")
+    assert raw(gw, "/v1/chat/completions", {"authorization": f"Bearer {WRONG_KEY}"}, CHAT)[0] == 401
+    assert raw(gw, "/v1/chat/completions", {"x-api-key": BOB_KEY}, {**CHAT, "model": "alice-only"})[0] == 403
+    wait_for(lambda: '"status":403' in gw.logs(), timeout=10, what="the access-log line of the 403")
     logs = gw.logs()
     assert '"status":401' in logs and '"status":403' in logs  # the refusals were logged, at debug level
     for secret in (*ALICE_KEYS, BOB_KEY, WRONG_KEY, rotated):
