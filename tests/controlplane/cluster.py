@@ -16,6 +16,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -119,11 +120,24 @@ def find_binaries(build_log: IO[str] | None = None, build_script: Path = BUILD_S
 # --- small helpers ------------------------------------------------------------------
 
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port the kernel hands out
+# to an outgoing connection can be taken again by the next one, so a port picked there and
+# released is often gone by the time a server binds it on a busy machine.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A loopback port free right now (a race is possible; start() retries on EADDRINUSE)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on every interface right now, outside the ephemeral range (a race with
+    another test picking the same port is still possible, but rare)."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port below the ephemeral range")
 
 
 def wait_for(

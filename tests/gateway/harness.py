@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -19,15 +18,10 @@ from modelroute_sidecar.app import DEFAULT_UPSTREAM_CLIENT, Gateway, admin_app, 
 from modelroute_sidecar.compile import compile_resources
 from modelroute_sidecar.config import GatewayConfig
 from modelroute_sidecar.router import Clock
+from tests.controlplane.cluster import free_port
 
 API = "modelroute.dev/v1alpha1"
 UPSTREAM_CLIENT = os.environ.get("MODELROUTE_UPSTREAM_CLIENT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def provider_key(name: str, provider: str, base_url: str | None, keys: Iterable[str] | None = ("sk-test",),
