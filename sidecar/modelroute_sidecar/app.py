@@ -209,6 +209,16 @@ def _check_access(gw: Gateway, route: Route, caller: str | None, model: str) -> 
         raise access_denied(model, route.who_decides(), caller)
 
 
+def _look_up_model(gw: Gateway, request: web.Request, name: str) -> None:
+    """GET of one model: a name the caller may use, or the GatewayError that says why not."""
+    rt = gw.runtime
+    caller = rt.callers.identify(request) if rt is not None else None
+    route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
+    if route is None:
+        raise model_not_found(name)
+    _check_access(gw, route, caller, name)
+
+
 def _check_model_name(model: str) -> None:
     """The one gate for caller-chosen names (every handler that routes calls it): nothing
     past here sees URL syntax."""
@@ -296,13 +306,8 @@ async def model(request: web.Request) -> web.Response:
         return await gemini_model(request)
     gw = request.app[GATEWAY]
     name = request.match_info["name"]
-    rt = gw.runtime
     try:
-        caller = rt.callers.identify(request) if rt is not None else None
-        route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
-        if route is None:
-            raise model_not_found(name)
-        _check_access(gw, route, caller, name)
+        _look_up_model(gw, request, name)
     except GatewayError as err:
         return _dialect_error(OPENAI_CHAT, err, log_refused(request, None, err, name, None))
     access(request, None, 200, None, request.headers.get("x-request-id"), name)
@@ -362,13 +367,8 @@ async def gemini_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info.get("target") or request.match_info["name"]
     name = name.removeprefix("models/")
-    rt = gw.runtime
     try:
-        caller = rt.callers.identify(request) if rt is not None else None
-        route = rt.resolve(name) if rt is not None and valid_model_name(name) else None
-        if route is None:
-            raise model_not_found(name)
-        _check_access(gw, route, caller, name)
+        _look_up_model(gw, request, name)
     except GatewayError as err:
         dialect = gemini_generate()
         return _dialect_error(dialect, err, log_refused(request, dialect, err, name, None))

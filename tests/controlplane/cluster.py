@@ -97,6 +97,20 @@ def find_binaries(build_log: IO[str] | None = None, build_script: Path = BUILD_S
                 f"{', '.join(BINARIES)} there."
             )
         return Path(assets)
+    bin_dir = run_build_script(build_script, "controlplane", ControlPlaneError, build_log)
+    missing = missing_binaries(bin_dir)
+    if missing:
+        raise ControlPlaneError(f"{build_script} printed {bin_dir}, which lacks {', '.join(missing)}")
+    return bin_dir
+
+
+# --- small helpers ------------------------------------------------------------------
+
+
+def run_build_script(build_script: Path, make_target: str, error: type[Exception],
+                     build_log: IO[str] | None = None) -> Path:
+    """Run a build script of the tests' (its progress to ``build_log``) and return the path
+    its last line names: what it built or found in its cache."""
     result = subprocess.run(
         ["bash", str(build_script)],
         stdout=subprocess.PIPE,
@@ -106,18 +120,11 @@ def find_binaries(build_log: IO[str] | None = None, build_script: Path = BUILD_S
     )
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        raise ControlPlaneError(
-            f"{build_script} failed (exit {result.returncode}); run `make controlplane` to see why.\n"
+        raise error(
+            f"{build_script} failed (exit {result.returncode}); run `make {make_target}` to see why.\n"
             f"{result.stderr or ''}"
         )
-    bin_dir = Path(lines[-1])
-    missing = missing_binaries(bin_dir)
-    if missing:
-        raise ControlPlaneError(f"{build_script} printed {bin_dir}, which lacks {', '.join(missing)}")
-    return bin_dir
-
-
-# --- small helpers ------------------------------------------------------------------
+    return Path(lines[-1])
 
 
 # Below the kernel's ephemeral range (32768-60999 by default): a port the kernel hands out

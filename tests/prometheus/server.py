@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +25,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.controlplane.cluster import Component, free_port, tail, wait_for
+from tests.controlplane.cluster import Component, free_port, run_build_script, tail, wait_for
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -39,20 +38,7 @@ class PrometheusError(RuntimeError):
 
 def find_prometheus(build_log: IO[str] | None = None, build_script: Path = BUILD_SCRIPT) -> Path:
     """The `prometheus` binary: $MODELROUTE_PROMETHEUS, the build script's cache, or a build."""
-    result = subprocess.run(
-        ["bash", str(build_script)],
-        stdout=subprocess.PIPE,
-        stderr=build_log if build_log is not None else subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise PrometheusError(
-            f"{build_script} failed (exit {result.returncode}); run `make prometheus` to see why.\n"
-            f"{result.stderr or ''}"
-        )
-    binary = Path(lines[-1])
+    binary = run_build_script(build_script, "prometheus", PrometheusError, build_log)
     if not os.access(binary, os.X_OK):
         raise PrometheusError(f"{build_script} printed {binary}, which is not an executable")
     return binary
