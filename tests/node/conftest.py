@@ -13,20 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.controlplane.cluster import wait_for
 from tests.fakes.openai import FakeOpenAI
 from tests.node.node import NODE_IP, Node, NodeAssets
 from tests.operator.conftest import (
-    ADMISSION_POLICY,
-    CLUSTERROLE,
     CRDS,
-    NAMESPACE_CLUSTERROLE,
     OPERATOR_NS,
     OPERATOR_SA,
     Cluster,
     OperatorProcess,
+    bind_operator_account,
     enable_namespace,
 )
 
@@ -50,19 +47,7 @@ def node_operator(
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev")
-    cluster.apply([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
-    ])
-    for path in (CLUSTERROLE, NAMESPACE_CLUSTERROLE, ADMISSION_POLICY):
-        cluster.kubectl("apply", "-f", str(path))
-    role = yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"]
-    cluster.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": role},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}],
-    })
+    role = bind_operator_account(cluster)
     kubeconfig = node.control_plane.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
     op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("node-operator") / "operator.log", cluster,
                          "--webhook-owner-clusterrole", role,

@@ -182,23 +182,31 @@ def crds(cluster: Cluster) -> None:
                     "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev")
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(cluster: Cluster, crds: None) -> Path:
-    """A ServiceAccount bound to exactly deploy/clusterrole.yaml (and, per namespace, what
-    ``enable_namespace`` binds), deploy/admission-policy.yaml in force, and a kubeconfig for it."""
+def bind_operator_account(cluster: Cluster) -> str:
+    """The operator's ServiceAccount bound to exactly deploy/clusterrole.yaml, with
+    deploy/namespace-clusterrole.yaml and deploy/admission-policy.yaml applied; returns the
+    ClusterRole's name."""
     cluster.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
     ])
     for path in (CLUSTERROLE, NAMESPACE_CLUSTERROLE, ADMISSION_POLICY):
         cluster.kubectl("apply", "-f", str(path))
-    role = yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"]
+    role: str = yaml.safe_load(CLUSTERROLE.read_text())["metadata"]["name"]
     cluster.apply({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}],
     })
+    return role
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: Cluster, crds: None) -> Path:
+    """A ServiceAccount bound to exactly deploy/clusterrole.yaml (and, per namespace, what
+    ``enable_namespace`` binds), deploy/admission-policy.yaml in force, and a kubeconfig for it."""
+    bind_operator_account(cluster)
     return cluster.cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
 
 
