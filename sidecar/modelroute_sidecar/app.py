@@ -414,17 +414,24 @@ async def _gemini_upstream_count(gw: Gateway, backend: Any, req: dict[str, Any])
     key = backend.keyring.pick()
     if key is None:
         return None
+    return await _ask_count(gw, backend, prepared, {**prepared.headers, **key.headers})
+
+
+async def _ask_count(gw: Gateway, backend: Any, prepared: Any, headers: dict[str, str]) -> tuple[int, str] | None:
+    """POST a prepared token-count request: (tokens, backend), or None (the caller then
+    estimates) when the upstream fails or refuses."""
+    adapter = backend.adapter
+    assert gw.session is not None
     try:
-        async with gw.session.post(prepared.url, data=prepared.body, headers={**prepared.headers, **key.headers},
-                                   proxy=adapter.proxy, proxy_auth=adapter.proxy_auth,
-                                   timeout=COUNT_TOKENS_TIMEOUT) as resp:
+        async with gw.session.post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
+                                   proxy_auth=adapter.proxy_auth, timeout=COUNT_TOKENS_TIMEOUT) as resp:
             answer = await resp.read()
             if resp.status != 200:
-                log.info("countTokens: %s answered %d; estimating", backend.id, resp.status)
+                log.info("token count: %s answered %d; estimating", backend.id, resp.status)
                 return None
         return adapter.token_count(answer), backend.id
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
-        log.info("countTokens: %s failed (%s); estimating", backend.id, type(e).__name__)
+        log.info("token count: %s failed (%s); estimating", backend.id, type(e).__name__)
         return None
 
 
@@ -503,17 +510,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
         for h in dialect.forward_headers:  # betas change what counts
             if h in request.headers:
                 headers[h] = request.headers[h]
-    try:
-        async with gw.session.post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
-                                   proxy_auth=adapter.proxy_auth, timeout=COUNT_TOKENS_TIMEOUT) as resp:
-            answer = await resp.read()
-            if resp.status != 200:
-                log.info("count_tokens: %s answered %d; estimating", backend.id, resp.status)
-                return None
-        return adapter.token_count(answer), backend.id
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
-        log.info("count_tokens: %s failed (%s); estimating", backend.id, type(e).__name__)
-        return None
+    return await _ask_count(gw, backend, prepared, headers)
 
 
 def _caller_dialect(request: web.Request) -> Dialect:
