@@ -36,6 +36,18 @@ KEYS_VOLUME: Final = "modelroute-keys"
 TMP_VOLUME: Final = "modelroute-tmp"
 METRICS_PORT_NAME: Final = "mr-metrics"
 PLACEHOLDER_API_KEY: Final = "modelroute-placeholder"
+# The sidecar's ServiceAccount token for the operator's lease server (budgets): a projected
+# volume, audience "modelroute", so the token is good for nothing else (not the API server).
+TOKEN_VOLUME: Final = "modelroute-token"
+TOKEN_AUDIENCE: Final = "modelroute"
+TOKEN_DIR: Final = "/var/run/secrets/modelroute"
+TOKEN_FILE: Final = "token"
+TOKEN_EXPIRATION_SECONDS: Final = 3600
+# Sidecar env: the lease server's URL, and the CA its certificate is checked with (a file of the
+# modelroute-config ConfigMap, key BUDGET_CA_KEY, which the operator writes).
+BUDGET_URL_ENV: Final = "MODELROUTE_BUDGET_URL"
+BUDGET_CA_ENV: Final = "MODELROUTE_BUDGET_CA"
+BUDGET_CA_KEY: Final = "budget-ca.crt"
 
 # --- the admission webhook ------------------------------------------------------------
 WEBHOOK_CONFIGURATION: Final = "modelroute.dev"  # MutatingWebhookConfiguration name

@@ -55,6 +55,9 @@ class InjectionSettings(_Model):
     # Native sidecar (initContainer with restartPolicy: Always), Kubernetes >= 1.29.
     native_sidecar: bool = True
     run_as_user: int = Field(65532, ge=1)
+    # The operator's lease server (budgets), e.g. https://modelroute-operator.modelroute-system.svc:9444;
+    # None: no lease server, and the sidecar gets neither the URL nor the token.
+    budget_url: str | None = Field(None, pattern=r"^https://\S+$")
 
     @field_validator("cpu_request", "memory_request", "cpu_limit", "memory_limit")
     @classmethod

@@ -122,13 +122,26 @@ def service_account(pod: Mapping[str, Any]) -> str:
     return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
 
 
-def sidecar_env(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+def sidecar_env(pod: Mapping[str, Any], s: InjectionSettings | None = None) -> list[dict[str, Any]]:
     """Who the sidecar's callers are: the containers of this pod, so the pod's ServiceAccount
-    (immutable once the pod exists) and namespace (from the downward API)."""
-    return [
+    (immutable once the pod exists) and namespace (from the downward API); and, with a lease
+    server, where it is and which CA signs its certificate."""
+    env: list[dict[str, Any]] = [
         {"name": SERVICE_ACCOUNT_ENV, "value": service_account(pod)},
         {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
     ]
+    if s is not None and s.budget_url:
+        env += [{"name": names.BUDGET_URL_ENV, "value": s.budget_url},
+                {"name": names.BUDGET_CA_ENV, "value": f"{s.config_dir}/{CONFIG_SUBDIR}/{names.BUDGET_CA_KEY}"}]
+    return env
+
+
+def token_volume() -> dict[str, Any]:
+    """The ServiceAccount token the sidecar shows the lease server: audience ``modelroute`` (the
+    API server refuses it), an hour long; kubelet rotates the file well before it expires."""
+    return {"name": names.TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": names.TOKEN_AUDIENCE, "expirationSeconds": names.TOKEN_EXPIRATION_SECONDS,
+        "path": names.TOKEN_FILE}}]}}
 
 
 def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -149,7 +162,7 @@ def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None
         "image": s.image,
         "args": ["sidecar", "--config-dir", s.config_dir, "--port", str(s.port),
                  "--metrics-port", str(s.metrics_port)],
-        "env": sidecar_env(pod or {}),
+        "env": sidecar_env(pod or {}, s),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": s.metrics_port, "protocol": "TCP"}],
         # /healthz: the process serves; the app may start. /readyz: the config is loaded.
         "startupProbe": probe("/healthz", periodSeconds=1, failureThreshold=120, timeoutSeconds=1),
@@ -160,6 +173,7 @@ def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None
             {"name": names.CONFIG_VOLUME, "mountPath": f"{s.config_dir}/{CONFIG_SUBDIR}", "readOnly": True},
             {"name": names.KEYS_VOLUME, "mountPath": f"{s.config_dir}/{KEYS_SUBDIR}", "readOnly": True},
             {"name": names.TMP_VOLUME, "mountPath": "/tmp"},
+            *([{"name": names.TOKEN_VOLUME, "mountPath": names.TOKEN_DIR, "readOnly": True}] if s.budget_url else []),
         ],
         "securityContext": {
             "runAsNonRoot": True,
@@ -178,13 +192,14 @@ def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None
     return container
 
 
-def sidecar_volumes() -> list[dict[str, Any]]:
+def sidecar_volumes(s: InjectionSettings | None = None) -> list[dict[str, Any]]:
     # optional: a pod may start before the operator's first compile of its namespace;
     # kubelet fills the volumes in when the objects appear.
     return [
         {"name": names.CONFIG_VOLUME, "configMap": {"name": CONFIGMAP_NAME, "optional": True}},
         {"name": names.KEYS_VOLUME, "secret": {"secretName": KEYS_SECRET_NAME, "optional": True}},
         {"name": names.TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
+        *([token_volume()] if s is not None and s.budget_url else []),
     ]
 
 
@@ -203,7 +218,7 @@ def scrape_annotations(s: InjectionSettings) -> dict[str, str]:
             "prometheus.io/path": "/metrics"}
 
 
-_OUR_VOLUMES = frozenset({names.CONFIG_VOLUME, names.KEYS_VOLUME, names.TMP_VOLUME})
+_OUR_VOLUMES = frozenset({names.CONFIG_VOLUME, names.KEYS_VOLUME, names.TMP_VOLUME, names.TOKEN_VOLUME})
 
 
 def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
@@ -244,7 +259,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
     else:
         spec.pop("initContainers", None)
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in _OUR_VOLUMES]
-    spec["volumes"] = volumes + sidecar_volumes()
+    spec["volumes"] = volumes + sidecar_volumes(s)
 
     annotations = dict(meta.get("annotations") or {})
     if not any(k in annotations for k in ("prometheus.io/scrape", "prometheus.io/port")):

@@ -314,3 +314,42 @@ def test_webhook_configuration_owner() -> None:
     cfg = webhook_configuration({"url": "https://x/inject"}, WebhookSettings(), owner=owner)
     assert cfg["metadata"]["ownerReferences"] == [owner]
     assert "ownerReferences" not in webhook_configuration({"url": "https://x/inject"}, WebhookSettings())["metadata"]
+
+
+# --- the lease server's token, URL and CA (budgets) ---------------------------------------------
+
+BUDGET = S.model_copy(update={"budget_url": "https://modelroute-operator.modelroute-system.svc:9444"})
+
+
+@pytest.mark.parametrize("s", [BUDGET, BUDGET.model_copy(update={"native_sidecar": False})])
+def test_with_a_lease_server_the_sidecar_gets_a_modelroute_token_its_url_and_ca(s: InjectionSettings) -> None:
+    out = mutate_pod(pod(volumes=[{"name": "data", "emptyDir": {}}]), s)
+    vols = {v["name"]: v for v in out["spec"]["volumes"]}
+    assert vols[names.TOKEN_VOLUME] == {"name": "modelroute-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "modelroute", "expirationSeconds": 3600, "path": "token"}}]}}
+    side = sidecar_of(out)
+    assert {"name": "modelroute-token", "mountPath": "/var/run/secrets/modelroute", "readOnly": True} \
+        in side["volumeMounts"]
+    env = env_of(side)
+    assert env["MODELROUTE_BUDGET_URL"] == "https://modelroute-operator.modelroute-system.svc:9444"
+    # A file of the modelroute-config ConfigMap, which the sidecar already mounts.
+    assert env["MODELROUTE_BUDGET_CA"] == "/etc/modelroute/config/budget-ca.crt"
+    # The app containers get neither the token nor the lease server.
+    for c in out["spec"]["containers"]:
+        if c["name"] != names.SIDECAR_CONTAINER:
+            assert not any(m["name"] == names.TOKEN_VOLUME for m in c.get("volumeMounts", []))
+            assert "MODELROUTE_BUDGET_URL" not in env_of(c)
+    assert mutate_pod(out, s) == out
+
+
+def test_without_a_lease_server_no_token_is_projected() -> None:
+    out = mutate_pod(pod(), S)
+    assert names.TOKEN_VOLUME not in {v["name"] for v in out["spec"]["volumes"]}
+    side = sidecar_of(out)
+    assert names.TOKEN_VOLUME not in {m["name"] for m in side["volumeMounts"]}
+    assert not {"MODELROUTE_BUDGET_URL", "MODELROUTE_BUDGET_CA"} & set(env_of(side))
+
+
+def test_the_budget_url_must_be_https() -> None:
+    with pytest.raises(ValueError):
+        InjectionSettings(budget_url="http://modelroute-operator:9444")
