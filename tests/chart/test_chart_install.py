@@ -80,7 +80,7 @@ def test_install_upgrade_and_uninstall(control_plane: ControlPlane, crds: None, 
     assert exists(cp, "clusterrole", f"{name}-namespace") and exists(cp, "validatingadmissionpolicy", name)
     service = get_json(cp, "service", "-n", ns, f"{release}-webhook")
     assert service["spec"]["ports"][0]["port"] == 443 and service["spec"]["ports"][0]["targetPort"] == "webhook"
-    for crd in ("modelroutes.modelroute.dev", "providerkeys.modelroute.dev"):
+    for crd in ("modelroutes.modelroute.dev", "providerkeys.modelroute.dev", "modelbudgets.modelroute.dev"):
         assert exists(cp, "crd", crd)
     assert get_json(cp, "podmonitors", "-n", ns)["items"] == []
     # helm can tell the user how it went.

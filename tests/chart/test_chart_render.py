@@ -77,10 +77,11 @@ def test_crds_are_the_repository_crds(helm: Helm, tmp_path: Path) -> None:
 
 
 def test_helm_show_crds_applies(control_plane: ControlPlane) -> None:
-    """What the docs tell users to do with a packaged chart: both CRDs, and nothing else."""
+    """What the docs tell users to do with a packaged chart: the CRDs, and nothing else."""
     shown = control_plane.helm("show", "crds", str(CHART)).stdout
     out = control_plane.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-", input=shown).stdout
-    assert sorted(out.split()) == ["customresourcedefinition.apiextensions.k8s.io/modelroutes.modelroute.dev",
+    assert sorted(out.split()) == ["customresourcedefinition.apiextensions.k8s.io/modelbudgets.modelroute.dev",
+                                   "customresourcedefinition.apiextensions.k8s.io/modelroutes.modelroute.dev",
                                    "customresourcedefinition.apiextensions.k8s.io/providerkeys.modelroute.dev"], out
 
 

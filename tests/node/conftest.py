@@ -46,7 +46,8 @@ def node_operator(
     cluster = node_cluster
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev")
+                    "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev",
+                    "crd/modelbudgets.modelroute.dev")
     role = bind_operator_account(cluster)
     kubeconfig = node.control_plane.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
     op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("node-operator") / "operator.log", cluster,

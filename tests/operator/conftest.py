@@ -179,7 +179,8 @@ def cluster(control_plane: ControlPlane) -> Cluster:
 def crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev")
+                    "crd/modelroutes.modelroute.dev", "crd/providerkeys.modelroute.dev",
+                    "crd/modelbudgets.modelroute.dev")
 
 
 def bind_operator_account(cluster: Cluster) -> str:
