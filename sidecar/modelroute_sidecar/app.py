@@ -22,13 +22,13 @@ from aiohttp.typedefs import Handler
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
 from .dialects.base import Dialect, Ingress
 from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
-from .engine import Engine, request_id
+from .engine import AttemptFailed, Engine, credential_headers, request_id
 from .errors import GatewayError, access_denied, bad_request, model_not_found
 from .identity import Callers
 from .logs import access_log, redact_with
 from .metrics import Metrics
 from .request_body import read_body
-from .router import Clock, Route, Runtime, State
+from .router import Clock, KeyEntry, Route, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
 
@@ -414,15 +414,18 @@ async def _gemini_upstream_count(gw: Gateway, backend: Any, req: dict[str, Any])
     key = backend.keyring.pick()
     if key is None:
         return None
-    return await _ask_count(gw, backend, prepared, {**prepared.headers, **key.headers})
+    return await _ask_count(gw, backend, prepared, {**prepared.headers, **key.headers}, key)
 
 
-async def _ask_count(gw: Gateway, backend: Any, prepared: Any, headers: dict[str, str]) -> tuple[int, str] | None:
+async def _ask_count(gw: Gateway, backend: Any, prepared: Any, headers: dict[str, str],
+                     key: KeyEntry) -> tuple[int, str] | None:
     """POST a prepared token-count request: (tokens, backend), or None (the caller then
     estimates) when the upstream fails or refuses."""
     adapter = backend.adapter
     assert gw.session is not None
     try:
+        if key.source is not None:
+            headers.update(await credential_headers(backend, key, prepared))
         async with gw.session.post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
                                    proxy_auth=adapter.proxy_auth, timeout=COUNT_TOKENS_TIMEOUT) as resp:
             answer = await resp.read()
@@ -430,7 +433,7 @@ async def _ask_count(gw: Gateway, backend: Any, prepared: Any, headers: dict[str
                 log.info("token count: %s answered %d; estimating", backend.id, resp.status)
                 return None
         return adapter.token_count(answer), backend.id
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError, AttemptFailed) as e:
         log.info("token count: %s failed (%s); estimating", backend.id, type(e).__name__)
         return None
 
@@ -510,7 +513,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
         for h in dialect.forward_headers:  # betas change what counts
             if h in request.headers:
                 headers[h] = request.headers[h]
-    return await _ask_count(gw, backend, prepared, headers)
+    return await _ask_count(gw, backend, prepared, headers, key)
 
 
 def _caller_dialect(request: web.Request) -> Dialect:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .syntax import (
     CALLER_NAME_MAX,
@@ -110,6 +118,61 @@ class MockSettings(_Model):
     reply: str | None = Field(None, max_length=65536)  # fixed answer text instead of one derived from the prompt
 
 
+# Workload identity: the ProviderKey's credential comes from the cloud, for the pod's
+# ServiceAccount, instead of a key in a Secret. Exactly one of aws, gcp, azure.
+AWS_STS_AUDIENCE = "sts.amazonaws.com"
+EKS_POD_IDENTITY_AUDIENCE = "pods.eks.amazonaws.com"
+AZURE_AUDIENCE = "api://AzureADTokenExchange"
+AZURE_OPENAI_SCOPE = "https://cognitiveservices.azure.com/.default"
+AZURE_AUTHORITY = "https://login.microsoftonline.com"
+GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+GCP_STS_URL = "https://sts.googleapis.com/v1/token"
+GCP_IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
+
+
+class AwsIdentity(_Model):
+    """IRSA when ``roleArn`` is set (the pod's token exchanged at STS AssumeRoleWithWebIdentity),
+    else EKS Pod Identity (the pod identity agent's credentials endpoint)."""
+
+    role_arn: str | None = Field(None, alias="roleArn", pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$",
+                                 max_length=2048)
+    region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")  # STS region; else AWS_REGION
+    session_name: str | None = Field(None, alias="sessionName", pattern=r"^[\w+=,.@-]{2,64}$")
+
+
+class GcpIdentity(_Model):
+    """Workload identity federation when ``audience`` is set (the pod's token exchanged at
+    Google's STS, then optionally for ``serviceAccount``'s token), else the GKE metadata server."""
+
+    audience: str | None = Field(None, min_length=1, max_length=1024)
+    service_account: str | None = Field(None, alias="serviceAccount", pattern=r"^[^@\s/]+@[^@\s/]+$")
+    scopes: tuple[str, ...] = (GCP_SCOPE,)
+    token_url: str = Field(GCP_STS_URL, alias="tokenURL", pattern=r"^https?://")
+    iam_credentials_url: str = Field(GCP_IAM_CREDENTIALS_URL, alias="iamCredentialsURL", pattern=r"^https?://")
+
+
+class AzureIdentity(_Model):
+    """Entra ID workload identity: the pod's token as a client assertion for an app's access
+    token. Unset fields come from AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST."""
+
+    tenant_id: str | None = Field(None, alias="tenantId", pattern=r"^[A-Za-z0-9.-]{1,256}$")
+    client_id: str | None = Field(None, alias="clientId", pattern=r"^[A-Za-z0-9-]{1,256}$")
+    authority_host: str | None = Field(None, alias="authorityHost", pattern=r"^https?://")
+    scope: str = AZURE_OPENAI_SCOPE
+
+
+class WorkloadIdentity(_Model):
+    aws: AwsIdentity | None = None
+    gcp: GcpIdentity | None = None
+    azure: AzureIdentity | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> WorkloadIdentity:
+        if sum(x is not None for x in (self.aws, self.gcp, self.azure)) != 1:
+            raise ValueError("workloadIdentity takes exactly one of aws, gcp, azure")
+        return self
+
+
 class ProviderKeyConfig(_Model):
     name: str
     provider: ProviderKind
@@ -121,6 +184,8 @@ class ProviderKeyConfig(_Model):
     responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")  # openai, openai-compatible
     # Who may use the model names this key serves by its globs (empty: everyone).
     allowed_service_accounts: tuple[CallerName, ...] = Field((), alias="allowedServiceAccounts")
+    # The credential comes from the cloud, not from keys (see credentials/).
+    workload_identity: WorkloadIdentity | None = Field(None, alias="workloadIdentity")
 
     @field_validator("headers")
     @classmethod

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from .canonical import Usage, chunks_from_response, usage_from_openai
+from .credentials import CredentialError
 from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
@@ -61,6 +63,16 @@ class AttemptFailed(Exception):
         self.info = info
         self.retry_after = retry_after
         self.http_status = http_status
+
+
+async def credential_headers(backend: Backend, key: KeyEntry, prepared: PreparedRequest) -> Mapping[str, str]:
+    """The headers of a workload-identity credential; waits only when none is usable yet."""
+    assert key.source is not None
+    try:
+        return backend.adapter.credential_headers(await key.source.get(), prepared)
+    except CredentialError as e:
+        raise AttemptFailed("credentials", "credentials", UpstreamErrorInfo(
+            f"no credential for {backend.id}: {e}", "authentication_error", True), http_status=503) from None
 
 
 class CallerError(Exception):
@@ -265,6 +277,8 @@ class Engine:
             try:
                 async with asyncio.timeout_at(first_byte_at):
                     adapter = backend.adapter
+                    if key.source is not None:
+                        headers.update(await credential_headers(backend, key, prepared))
                     if adapter.in_process:
                         resp = await adapter.respond(prepared)
                     elif self.lean is not None and adapter.proxy is None:

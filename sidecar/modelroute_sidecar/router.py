@@ -16,12 +16,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import ClientTimeout
 
 from .config import CircuitBreaker as BreakerSettings
 from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
+from .credentials import CredentialSource, CredentialSources
 from .identity import Callers
 from .metrics import BackendMetrics, Metrics
 from .pricing import find_price
@@ -71,15 +73,21 @@ class State:
     clock: Clock = time.monotonic  # injectable, so tests step time instead of sleeping through it
     # "<ProviderKey>|<baseURL>" of upstreams found without a Responses API (bridged since).
     no_responses_api: set[str] = field(default_factory=set)
+    # Workload identity credentials, renewed in the background across reloads.
+    credentials: CredentialSources = field(default_factory=CredentialSources)
 
 
 class KeyEntry:
-    __slots__ = ("headers", "label", "state")
+    __slots__ = ("headers", "label", "source", "state")
 
-    def __init__(self, headers: dict[str, str], label: str, state: KeyState) -> None:
+    def __init__(self, headers: dict[str, str], label: str, state: KeyState,
+                 source: CredentialSource[Any] | None = None) -> None:
         self.headers = headers
         self.label = label  # "openai#2": safe to log, never the key
         self.state = state
+        # Workload identity: the credential is asked for per attempt (it is renewed in the
+        # background), and the adapter turns it into headers (credential_headers).
+        self.source = source
 
 
 class KeyRing:
@@ -274,6 +282,7 @@ class Runtime:
         self.adapters: dict[str, ProviderAdapter] = {}
         self.keyrings: dict[str, KeyRing] = {}
         self.secrets: list[str] = []  # every key value
+        sources = state.credentials.sources(config.provider_keys.values())
         for name, pk in config.provider_keys.items():
             adapter = adapter_class(pk.provider)(pk)
             if f"{name}|{pk.base_url}" in self.state.no_responses_api:
@@ -285,13 +294,16 @@ class Runtime:
                 entries.append(KeyEntry(adapter.auth_headers(key), f"{name}#{i + 1}",
                                         state.keys.setdefault(kid, KeyState())))
                 self.secrets.append(key)
+            if name in sources:
+                entries = [KeyEntry({}, f"{name}#identity", state.keys.setdefault(f"{name}|identity", KeyState()),
+                                    sources[name])]
             if not entries:
                 entries.append(KeyEntry({}, f"{name}#none", KeyState()))
             self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0),
                                           state.clock)
         self.redactor = Redactor(self.secrets)  # built here, once: upstream error text passes through it
         # Forget health of keys that are gone, so the state cannot grow without bound.
-        live = {_key_id(n, k) for n, ks in keys.items() for k in ks}
+        live = {_key_id(n, k) for n, ks in keys.items() for k in ks} | {f"{n}|identity" for n in sources}
         for kid in [k for k in state.keys if k not in live]:
             del state.keys[kid]
         self.routes: dict[str, Route] = {

@@ -18,6 +18,7 @@ from yarl import URL
 
 from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
 from ..config import ProviderKeyConfig
+from ..credentials.base import BearerToken, Credential, CredentialError
 from ..errors import ErrorType
 from ..sse import SSEEvent
 
@@ -102,6 +103,14 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]:
         """Headers that authenticate with ``key`` (computed once per key at load)."""
+
+    def credential_headers(self, credential: Credential, prepared: PreparedRequest) -> Mapping[str, str]:
+        """Headers that authenticate ``prepared`` with a credential from workload identity
+        (a ProviderKey's CredentialSource). A bearer token goes as ``Authorization: Bearer``;
+        adapters that sign requests (SigV4) override this."""
+        if isinstance(credential, BearerToken):
+            return {"authorization": f"Bearer {credential.token}"}
+        raise CredentialError(f"provider {self.kind} cannot authenticate with AWS credentials")
 
     @abstractmethod
     def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest: ...

@@ -1,0 +1,119 @@
+"""Credentials without static keys: workload identity for AWS, Google Cloud and Azure.
+
+A ProviderKey with ``workloadIdentity`` gets a :class:`CredentialSource` instead of keys;
+the engine asks it for the current credential on each attempt and the adapter turns that
+into headers (:meth:`ProviderAdapter.credential_headers`). Sources outlive config reloads
+(:class:`CredentialSources`), so a reload neither refetches nor drops a fresh token.
+
+The cloud modules (and their libraries, botocore and google-auth) are imported only when
+a ProviderKey uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..config import ProviderKeyConfig, WorkloadIdentity
+from .base import (
+    AwsCredentials,
+    BearerToken,
+    Credential,
+    CredentialError,
+    CredentialSource,
+    RefreshingSource,
+    StaticSource,
+    UnavailableSource,
+)
+
+__all__ = [
+    "AwsCredentials",
+    "BearerToken",
+    "Credential",
+    "CredentialError",
+    "CredentialSource",
+    "CredentialSources",
+    "RefreshingSource",
+    "StaticSource",
+    "UnavailableSource",
+    "source_for",
+]
+
+
+def source_for(pk: ProviderKeyConfig, env: Mapping[str, str] | None = None) -> CredentialSource[Any]:
+    """The credential source of a ProviderKey with workload identity."""
+    wi = pk.workload_identity
+    if wi is None:
+        raise ValueError(f"ProviderKey {pk.name} has no workloadIdentity")
+    env = os.environ if env is None else env
+    try:
+        return _build(pk.name, wi, env)
+    except CredentialError as e:
+        return UnavailableSource(f"ProviderKey {pk.name}", str(e))
+
+
+def _build(name: str, wi: WorkloadIdentity, env: Mapping[str, str]) -> CredentialSource[Any]:
+    if wi.aws is not None:
+        from .aws import aws_source
+
+        return aws_source(name, wi.aws, env)
+    if wi.gcp is not None:
+        from .gcp import gcp_source
+
+        return gcp_source(name, wi.gcp, env)
+    assert wi.azure is not None
+    from .azure import azure_source
+
+    return azure_source(name, wi.azure, env)
+
+
+def _identity_key(name: str, wi: WorkloadIdentity) -> str:
+    return f"{name}|{wi.model_dump_json()}"
+
+
+class CredentialSources:
+    """The sources of the live config's ProviderKeys, kept across reloads while unchanged."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env
+        self._sources: dict[str, CredentialSource[Any]] = {}
+
+    def sources(self, provider_keys: Iterable[ProviderKeyConfig]) -> dict[str, CredentialSource[Any]]:
+        """ProviderKey name -> source, for those with workload identity; sources of keys that
+        are gone or changed are closed, and new ones start fetching when a loop runs."""
+        out: dict[str, CredentialSource[Any]] = {}
+        live: dict[str, CredentialSource[Any]] = {}
+        for pk in provider_keys:
+            if pk.workload_identity is None:
+                continue
+            key = _identity_key(pk.name, pk.workload_identity)
+            src = self._sources.get(key)
+            if src is None:
+                src = source_for(pk, self._env)
+            live[key] = out[pk.name] = src
+        stale = [s for k, s in self._sources.items() if k not in live]
+        self._sources = live
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for s in stale:
+            if loop is not None:
+                loop.create_task(s.close())
+        if loop is not None:
+            for s in live.values():
+                if isinstance(s, RefreshingSource):
+                    s.start()  # the first request should not have to wait for it
+        return out
+
+    def secrets(self) -> list[str]:
+        return [x for s in self._sources.values() for x in s.secrets()]
+
+    async def close(self) -> None:
+        for s in self._sources.values():
+            with contextlib.suppress(Exception):
+                await s.close()
+        self._sources = {}
