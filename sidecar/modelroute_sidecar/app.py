@@ -115,6 +115,7 @@ class Gateway:
         # Requests on the old config may still log its keys' echoes: redact both sets.
         redact_with(new.redactor | old.redactor if old is not None else new.redactor)
         self.runtime = new
+        self.state.credentials.activate()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
@@ -131,6 +132,7 @@ class Gateway:
         self.engine = Engine(self.session, self.lean)
 
     async def close(self) -> None:
+        await self.state.credentials.close()
         if self.lean is not None:
             await self.lean.close()
         if self.session is not None:

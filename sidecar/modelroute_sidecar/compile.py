@@ -153,6 +153,7 @@ def compile_resources(
             mock=(pk.spec.mock or MockSettings()) if pk.spec.provider == "mock" else None,
             responses_api=pk.spec.responses_api,
             allowed_service_accounts=tuple(sorted(set(pk.spec.allowed_service_accounts))),
+            workload_identity=pk.spec.workload_identity,
         )
         keys[name] = found
 
@@ -239,6 +240,8 @@ def _resolve_keys(
     """
     if pk.spec.provider == "mock":
         return [], "NoKeyRequired", "provider mock answers in-process: no key, no network"
+    if pk.spec.workload_identity is not None:
+        return [], "WorkloadIdentity", f"credentials from {pk.spec.workload_identity.describe()}, no Secret"
     ref = pk.spec.secret_ref
     variables = key_sources(pk.metadata.name, pk.spec.provider) if env is not None else []
     env_hint = f", or set {' or '.join(variables)}" if variables else ""

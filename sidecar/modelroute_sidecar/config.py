@@ -172,6 +172,22 @@ class WorkloadIdentity(_Model):
             raise ValueError("workloadIdentity takes exactly one of aws, gcp, azure")
         return self
 
+    @property
+    def cloud(self) -> Literal["aws", "gcp", "azure"]:
+        return "aws" if self.aws is not None else "gcp" if self.gcp is not None else "azure"
+
+    def describe(self) -> str:
+        """What the credential comes from, for status and logs (no secret in it)."""
+        if self.aws is not None:
+            return f"AWS role {self.aws.role_arn} (IRSA)" if self.aws.role_arn else "EKS Pod Identity"
+        if self.gcp is not None:
+            if self.gcp.audience is None:
+                return "the GKE metadata server"
+            via = f", as {self.gcp.service_account}" if self.gcp.service_account else ""
+            return f"Google workload identity federation{via}"
+        assert self.azure is not None
+        return "Entra workload identity" + (f" (client {self.azure.client_id})" if self.azure.client_id else "")
+
 
 class ProviderKeyConfig(_Model):
     name: str

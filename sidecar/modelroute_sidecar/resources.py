@@ -20,6 +20,7 @@ from .config import (
     RetryPolicy,
     Strategy,
     Timeouts,
+    WorkloadIdentity,
 )
 from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
@@ -41,6 +42,16 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+# Which clouds' workload identity each provider kind can authenticate with (the CRD's CEL
+# rules say the same). Kinds not listed use keys only.
+WORKLOAD_IDENTITY_CLOUDS: dict[str, frozenset[str]] = {
+    "azure-openai": frozenset({"azure"}),
+    "openai-compatible": frozenset({"azure", "gcp"}),  # Azure AI Foundry, Vertex's OpenAI-compatible endpoint
+    "gemini": frozenset({"gcp"}),
+    "bedrock": frozenset({"aws"}),
+    "vertex": frozenset({"gcp"}),
+}
 
 # Headers that carry credentials: refused in ProviderKey.spec.headers (they end up in a
 # ConfigMap), as the CRD refuses them. Compared case-insensitively.
@@ -76,6 +87,7 @@ class ProviderKeySpec(_Spec):
     # Who may use the names this key serves by its globs (not ModelRoutes: they have their own).
     allowed_service_accounts: list[CallerName] = Field(default_factory=list, alias="allowedServiceAccounts",
                                                        max_length=256)
+    workload_identity: WorkloadIdentity | None = Field(None, alias="workloadIdentity")
 
     @field_validator("headers")
     @classmethod
@@ -100,6 +112,14 @@ class ProviderKeySpec(_Spec):
             raise ValueError("baseURL must start with http:// or https://")
         if self.mock is not None and self.provider != "mock":
             raise ValueError("spec.mock is only for provider mock")
+        if self.workload_identity is not None:
+            if self.secret_ref is not None:
+                raise ValueError("secretRef and workloadIdentity are exclusive: the credential comes from one of them")
+            cloud = self.workload_identity.cloud
+            if cloud not in WORKLOAD_IDENTITY_CLOUDS.get(self.provider, frozenset()):
+                kinds = sorted(k for k, clouds in WORKLOAD_IDENTITY_CLOUDS.items() if cloud in clouds)
+                raise ValueError(f"workloadIdentity.{cloud} is for provider {' or '.join(kinds)}, "
+                                 f"not {self.provider}")
         return self
 
     def resolved_base_url(self) -> str:
@@ -190,6 +210,7 @@ __all__ = [
     "DEFAULT_AZURE_API_VERSION",
     "DEFAULT_BASE_URLS",
     "DEFAULT_MODELS",
+    "WORKLOAD_IDENTITY_CLOUDS",
     "BackendSpec",
     "CircuitBreaker",
     "ModelRoute",

@@ -51,6 +51,11 @@ class FakeAzureOpenAI(FakeOpenAI):
         super().__init__(keys, embedding_dimensions=embedding_dimensions, strict_params=strict_params)
         self.deployments: dict[str, str] | None = dict(deployments) if deployments is not None else None
         self.api_versions: set[str] | None = set(api_versions) if api_versions is not None else None
+        # Entra ID: when set, `Authorization: Bearer` must be an access token it issued for
+        # Cognitive Services, still valid (Azure checks signature, audience and expiry).
+        self.entra: Any = None
+        self.bearer_accepted = 0
+        self.bearer_refused = 0
 
     @property
     def base_url(self) -> str:
@@ -112,6 +117,17 @@ class FakeAzureOpenAI(FakeOpenAI):
     # ---- checks ---------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> None:
         key = request.headers.get("api-key")
+        if key is None and self.entra is not None and request.headers.get("Authorization", "").startswith("Bearer "):
+            try:
+                self.entra.check_access_token(request.headers["Authorization"].removeprefix("Bearer ").strip(),
+                                              "https://cognitiveservices.azure.com")
+            except Exception:
+                self.bearer_refused += 1
+                raise Rejected(self.gateway_error(
+                    401, "Unauthorized. Access token is missing, invalid, audience is incorrect "
+                         "(https://cognitiveservices.azure.com), or have expired.")) from None
+            self.bearer_accepted += 1
+            return
         if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
             key = request.headers["Authorization"].removeprefix("Bearer ").strip()
         if key is None:

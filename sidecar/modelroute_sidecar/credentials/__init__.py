@@ -80,34 +80,40 @@ class CredentialSources:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = env
         self._sources: dict[str, CredentialSource[Any]] = {}
+        self._stale: list[CredentialSource[Any]] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def sources(self, provider_keys: Iterable[ProviderKeyConfig]) -> dict[str, CredentialSource[Any]]:
-        """ProviderKey name -> source, for those with workload identity; sources of keys that
-        are gone or changed are closed, and new ones start fetching when a loop runs."""
+        """ProviderKey name -> source, for those with workload identity. Safe in any thread
+        (reloads build Runtimes in one): the sources start, and those of keys gone or
+        changed close, at :meth:`activate`, on the event loop."""
         out: dict[str, CredentialSource[Any]] = {}
         live: dict[str, CredentialSource[Any]] = {}
         for pk in provider_keys:
             if pk.workload_identity is None:
                 continue
             key = _identity_key(pk.name, pk.workload_identity)
-            src = self._sources.get(key)
-            if src is None:
-                src = source_for(pk, self._env)
+            src = self._sources.get(key) or source_for(pk, self._env)
             live[key] = out[pk.name] = src
-        stale = [s for k, s in self._sources.items() if k not in live]
+        self._stale += [s for k, s in self._sources.items() if k not in live]
         self._sources = live
+        return out
+
+    def activate(self) -> None:
+        """On the event loop, once a config is installed: close what it no longer uses, and
+        start fetching new credentials so the first request does not wait for them."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
+            return  # no loop (a test building a Runtime by hand): sources fetch on first use
+        stale, self._stale = self._stale, []
         for s in stale:
-            if loop is not None:
-                loop.create_task(s.close())
-        if loop is not None:
-            for s in live.values():
-                if isinstance(s, RefreshingSource):
-                    s.start()  # the first request should not have to wait for it
-        return out
+            task = loop.create_task(s.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        for s in self._sources.values():
+            if isinstance(s, RefreshingSource):
+                s.start()
 
     def secrets(self) -> list[str]:
         return [x for s in self._sources.values() for x in s.secrets()]
