@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -31,6 +31,9 @@ from .request_body import read_body
 from .router import Clock, KeyEntry, Route, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
+
+if TYPE_CHECKING:
+    from .budget.holder import Budgets
 
 log = logging.getLogger("modelroute.gateway")
 
@@ -79,7 +82,8 @@ class Gateway:
 
     def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT,
                  clock: Clock = time.monotonic, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 body_timeout: float = DEFAULT_BODY_TIMEOUT, callers: Callable[[], Callers] | None = None) -> None:
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT, callers: Callable[[], Callers] | None = None,
+                 budgets: Budgets | None = None) -> None:
         if upstream_client not in UPSTREAM_CLIENTS:
             raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
         self.upstream_client = upstream_client
@@ -95,6 +99,8 @@ class Gateway:
         self.body_timeout = body_timeout
         # Who the callers are, asked at each load (caller keys reload with the config).
         self.callers = callers or Callers
+        self.budgets = budgets  # ModelBudgets: outlive reloads, as their spend must
+        self.metrics.budgets = budgets
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
@@ -114,6 +120,8 @@ class Gateway:
             new.continue_rotation(old)
         # Requests on the old config may still log its keys' echoes: redact both sets.
         redact_with(new.redactor | old.redactor if old is not None else new.redactor)
+        if self.budgets is not None:
+            self.budgets.apply(new.config)
         self.runtime = new
         self.state.credentials.activate()
 
@@ -130,9 +138,13 @@ class Gateway:
             # for ProviderKeys behind a proxy.
             self.lean = LeanClient(keepalive_timeout=60)
         self.engine = Engine(self.session, self.lean)
+        if self.budgets is not None:
+            self.budgets.granter.start()
 
     async def close(self) -> None:
         await self.state.credentials.close()
+        if self.budgets is not None:
+            await self.budgets.close()
         if self.lean is not None:
             await self.lean.close()
         if self.session is not None:
@@ -247,9 +259,18 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         if route is None:
             raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
         _check_access(gw, route, caller, model)
-        return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller)
+        if gw.budgets is None or not gw.budgets.states:
+            return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller)
+        from .budget.gate import admit
+
+        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, len(body), operation)
+        try:
+            return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller, spend)
+        finally:
+            if spend is not None:
+                spend.release()  # a no-op once the engine settled it
     except GatewayError as err:
-        if err.status < 500 and err.code != "rate_limit_exceeded":
+        if err.status < 500 and err.code not in ("rate_limit_exceeded", "budget_exceeded"):
             gw.metrics.unrouted(err.status)
         return await _refuse(request, dialect, err, log_refused(request, dialect, err, model, rid))
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .config import (
     DEFAULT_BODY_TIMEOUT,
@@ -18,6 +19,9 @@ from .config import (
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
 )
+
+if TYPE_CHECKING:
+    from .budget.holder import Budgets
 
 log = logging.getLogger("modelroute")
 
@@ -108,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a Secret document whose data (or stringData) keys are caller names and values "
                             "their keys, one per line; callers then send one as 'Authorization: Bearer' or "
                             "'x-api-key', and a caller's name is its ServiceAccount in allowedServiceAccounts")
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="where ModelBudget spend is kept across restarts (a journal, budgets.journal); "
+                            "without it the spend starts from zero at each start")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="listen on a non-loopback --host without --caller-keys (anyone who reaches it "
                             "spends the provider keys)")
@@ -195,6 +202,23 @@ def _callers_summary(callers: object) -> str:
     return f"ServiceAccount {callers.fixed}" if callers.fixed else "anonymous (no caller keys)"
 
 
+def _budgets(args: argparse.Namespace) -> Budgets:
+    """Where budget leases come from: the operator's lease server in a pod that has one, else
+    this process (serve: the journal under --state-dir)."""
+    from .budget.holder import Budgets
+
+    url = os.environ.get("MODELROUTE_BUDGET_URL")
+    if args.command == "sidecar" and url:
+        from .budget.client import RemoteGranter
+
+        return Budgets(RemoteGranter.from_env(url, os.environ))
+    from .budget.journal import LocalGranter
+
+    if args.command == "sidecar":
+        log.info("no MODELROUTE_BUDGET_URL: ModelBudgets, if any, are enforced by this process alone")
+    return Budgets(LocalGranter(getattr(args, "state_dir", None)))
+
+
 async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
     from aiohttp import web
 
@@ -210,7 +234,8 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
         pod = Callers(fixed=getattr(args, "service_account", None))
         callers = lambda: pod  # noqa: E731
     gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT,
-                      header_timeout=args.header_timeout, body_timeout=args.body_timeout, callers=callers)
+                      header_timeout=args.header_timeout, body_timeout=args.body_timeout, callers=callers,
+                      budgets=_budgets(args))
     last_sig = src.signature()
     try:
         with long_lived():

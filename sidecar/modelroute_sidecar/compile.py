@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from pydantic import ValidationError
 
 from .config import (
     BackendConfig,
+    BudgetConfig,
+    BudgetLimit,
+    BudgetSelector,
     GatewayConfig,
     Keys,
     MockSettings,
@@ -28,9 +32,9 @@ from .config import (
     format_validation_error,
     split_keys,
 )
-from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelRoute, ProviderKey, Secret
+from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelBudget, ModelRoute, ProviderKey, Secret
 
-Kind = Literal["ProviderKey", "ModelRoute"]
+Kind = Literal["ProviderKey", "ModelRoute", "ModelBudget"]
 
 # Environment fallbacks for `modelroute serve`, most specific first.
 PROVIDER_ENV_VARS: dict[str, tuple[str, ...]] = {
@@ -95,6 +99,7 @@ def compile_resources(
     errors: list[str] = []
     keys_docs: list[ProviderKey] = []
     route_docs: list[ModelRoute] = []
+    budget_docs: list[ModelBudget] = []
     secrets: dict[str, Secret] = {}
 
     for doc in docs:
@@ -109,13 +114,15 @@ def compile_resources(
                 keys_docs.append(ProviderKey.model_validate(src.body))
             elif kind == "ModelRoute":
                 route_docs.append(ModelRoute.model_validate(src.body))
+            elif kind == "ModelBudget":
+                budget_docs.append(ModelBudget.model_validate(src.body))
             elif kind == "Secret":
                 s = Secret.model_validate(src.body)
                 secrets[s.metadata.name] = s
             elif str(src.body.get("apiVersion", "")).startswith(GROUP + "/"):
                 # Ours, but a kind we do not know: a typo ("Modelroute") must not vanish silently.
                 errors.append(f"{src.origin}: kind: unknown kind {kind!r} in {GROUP} "
-                              "(expected ModelRoute or ProviderKey)")
+                              "(expected ModelRoute, ProviderKey or ModelBudget)")
             # Anything else (a Deployment in the same file, say) is not ours to judge.
         except ValidationError as e:
             errors.append(format_validation_error(src.origin, e))
@@ -124,6 +131,7 @@ def compile_resources(
     # `kubectl apply`, for every kind alike; it is one object, not a conflict with itself.
     keys_docs = list({d.metadata.name: d for d in keys_docs}.values())
     route_docs = list({d.metadata.name: d for d in route_docs}.values())
+    budget_docs = list({d.metadata.name: d for d in budget_docs}.values())
 
     statuses: dict[tuple[Kind, str], ObjectStatus] = {}
     provider_keys: dict[str, ProviderKeyConfig] = {}
@@ -196,11 +204,53 @@ def compile_resources(
         status.summary = {"model": spec.model, "backends": f"{len(backends)}/{total}", "strategy": spec.strategy}
         statuses[("ModelRoute", name)] = status
 
+    budgets = _compile_budgets(budget_docs, routes, provider_keys, statuses)
     settings = (base or GatewayConfig()).model_dump(
-        by_alias=True, exclude={"routes", "provider_keys", "unready_provider_keys"})
+        by_alias=True, exclude={"routes", "provider_keys", "unready_provider_keys", "budgets"})
     config = GatewayConfig.model_validate({**settings, "routes": routes, "providerKeys": provider_keys,
-                                           "unreadyProviderKeys": unready})
+                                           "unreadyProviderKeys": unready, "budgets": budgets})
     return CompileResult(config, keys, statuses, errors, referenced)
+
+
+def _compile_budgets(docs: list[ModelBudget], routes: Mapping[str, RouteConfig],
+                     provider_keys: Mapping[str, ProviderKeyConfig],
+                     statuses: dict[tuple[Kind, str], ObjectStatus]) -> dict[str, BudgetConfig]:
+    """ModelBudgets into the config's ``budgets``. A budget whose downgradeTo names no route is
+    still enforced (it rejects instead of downgrading) and its status says why."""
+    out: dict[str, BudgetConfig] = {}
+    for mb in sorted(docs, key=lambda d: d.metadata.name):
+        name, spec = mb.metadata.name, mb.spec
+        out[name] = BudgetConfig(
+            name=name,
+            selector=BudgetSelector(routes=tuple(spec.selector.routes),
+                                    service_accounts=tuple(sorted(set(spec.selector.service_accounts)))),
+            limits=tuple(BudgetLimit(window=lim.window, usd=lim.usd, tokens=lim.tokens, requests=lim.requests)
+                         for lim in spec.limits),
+            on_exceeded=spec.on_exceeded, downgrade_to=spec.downgrade_to, failure_policy=spec.failure_policy)
+        limits = ", ".join(_limit_text(lim) for lim in spec.limits)
+        target = spec.downgrade_to
+        if target is not None and not _routed(target, routes, provider_keys):
+            status = ObjectStatus("ModelBudget", name, False, "DowngradeTargetNotFound",
+                                  f"downgradeTo {target!r} is not a routed model name (no ModelRoute has it as "
+                                  "spec.model, no ready ProviderKey's models match it): over budget, requests "
+                                  "are rejected instead", mb.metadata.generation)
+        else:
+            status = ObjectStatus("ModelBudget", name, True, "Compiled", f"limits {limits}",
+                                  mb.metadata.generation)
+        status.summary = {"limits": limits, "onExceeded": spec.on_exceeded}
+        statuses[("ModelBudget", name)] = status
+    return out
+
+
+def _limit_text(lim: Any) -> str:
+    parts = ([f"${lim.usd:.2f}"] if lim.usd is not None else []) + \
+        ([f"{lim.tokens} tokens"] if lim.tokens is not None else []) + \
+        ([f"{lim.requests} requests"] if lim.requests is not None else [])
+    return f"{' + '.join(parts)} per {lim.window}"
+
+
+def _routed(model: str, routes: Mapping[str, RouteConfig], provider_keys: Mapping[str, ProviderKeyConfig]) -> bool:
+    return model in routes or any(fnmatch.fnmatchcase(model, p) for pk in provider_keys.values() for p in pk.models)
 
 
 def _origin(body: Mapping[str, Any]) -> str:

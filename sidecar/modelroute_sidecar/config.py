@@ -255,6 +255,39 @@ class UnreadyKey(_Model):
     message: str = ""
 
 
+WINDOW_PATTERN = r"^(month|[1-9][0-9]{0,3}[mhd])$"  # budget/windows.py and the CRD use the same
+OnExceeded = Literal["Reject", "Downgrade"]
+FailurePolicy = Literal["Closed", "Open"]
+
+
+class BudgetLimit(_Model):
+    """One window's limits; an unset unit is not limited (at least one is set)."""
+
+    window: str = Field(pattern=WINDOW_PATTERN)
+    usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tokens: int | None = Field(None, ge=0)
+    requests: int | None = Field(None, ge=0)
+
+
+class BudgetSelector(_Model):
+    """Which traffic a budget counts; an empty list matches everything."""
+
+    # Globs matched against the requested model name and the ModelRoute's own name.
+    routes: tuple[str, ...] = ()
+    service_accounts: tuple[CallerName, ...] = Field((), alias="serviceAccounts")
+
+
+class BudgetConfig(_Model):
+    """A ModelBudget, compiled."""
+
+    name: str
+    selector: BudgetSelector = BudgetSelector()
+    limits: tuple[BudgetLimit, ...] = Field(min_length=1)
+    on_exceeded: OnExceeded = Field("Reject", alias="onExceeded")
+    downgrade_to: str | None = Field(None, alias="downgradeTo")  # a routed model name
+    failure_policy: FailurePolicy = Field("Closed", alias="failurePolicy")
+
+
 class GatewayConfig(_Model):
     version: int = CONFIG_VERSION
     provider_keys: dict[str, ProviderKeyConfig] = Field(default_factory=dict, alias="providerKeys")
@@ -268,6 +301,7 @@ class GatewayConfig(_Model):
     key_cooldowns: KeyCooldowns = Field(KeyCooldowns(), alias="keyCooldowns")
     prices: dict[str, Price] = Field(default_factory=dict)  # overrides of the built-in table
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, alias="maxBodyBytes")
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict)  # ModelBudgets, by name
 
     def dump_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_defaults=False, indent=2)

@@ -101,6 +101,7 @@ class Call:
     canonical: dict[str, Any] | None = None
     finished: bool = False  # metrics and the access log written
     caller: str | None = None  # the ServiceAccount or caller-key name, for the access log
+    spend: Any = None  # a budget reservation (budget/gate.Spend), settled in _finish
 
 
 _MAX_RETRY_AFTER = 86400.0  # longer means "not soon" to every policy; and never inf or nan
@@ -143,11 +144,11 @@ class Engine:
         self.lean = lean  # the lean upstream client, when on; the session still serves proxied keys
 
     async def handle(self, request: web.Request, rt: Runtime, route: Route, dialect: Dialect, ingress: Ingress,
-                     operation: str = "chat", caller: str | None = None) -> web.StreamResponse:
+                     operation: str = "chat", caller: str | None = None, spend: Any = None) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         now = loop.time()
         call = Call(request.headers.get("x-request-id") or request_id(), route, dialect, ingress, operation,
-                    now, now + route.timeouts.total_seconds, caller=caller)
+                    now, now + route.timeouts.total_seconds, caller=caller, spend=spend)
         plan = route.plan()
         if not plan:
             why = ("; ".join(route.unavailable) if route.unavailable else "none of its ProviderKeys is ready "
@@ -477,6 +478,9 @@ class Engine:
             cost = cost_usd(backend.price, usage)
             if cost:
                 m.cost.inc(cost)
+        if call.spend is not None:
+            # Without usage, an upstream that started answering (or was left mid-answer) may bill it all.
+            call.spend.settle(usage, cost, ttft is not None or error == "client_closed")
         m.genai(call.operation, elapsed, usage.input_tokens if usage else None,
                 usage.output_tokens if usage else None, error or "")
         if access_log.enabled:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -137,12 +138,38 @@ class _SeriesCollector(Collector):
         yield from (requests, tokens, cost, duration, ttft, g_duration, g_tokens)
 
 
+class _BudgetCollector(Collector):
+    """ModelBudget spend as this process knows it (in serve: the whole spend; in a pod: this
+    sidecar's own), read at scrape time; the labels come from the config, never from callers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        spent = GaugeMetricFamily("modelroute_budget_spent", "Spend in the current budget window "
+                                  "(unit usd, tokens or requests)", labels=["budget", "window", "unit"])
+        limit = GaugeMetricFamily("modelroute_budget_limit", "A budget window's limit",
+                                  labels=["budget", "window", "unit"])
+        rejections = CounterMetricFamily("modelroute_budget_rejections", "Requests refused with 429 "
+                                         "budget_exceeded", labels=["budget"])
+        budgets = self.m.budgets
+        for state in list(budgets.states.values()) if budgets is not None else ():
+            for lease in state.leases:
+                for unit in lease.units:
+                    spent.add_metric([state.name, lease.window.name, unit], lease.used.get(unit))
+                    limit.add_metric([state.name, lease.window.name, unit], lease.limit.get(unit))
+            rejections.add_metric([state.name], state.rejections)
+        yield from (spent, limit, rejections)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
         disable_created_metrics()  # the _created series double the scrape for no use here
         self.series: dict[tuple[str, str, str], Series] = {}
         r.register(_SeriesCollector(self))
+        self.budgets: Any = None  # the gateway's Budgets (budget/holder.py), read at scrape time
+        r.register(_BudgetCollector(self))
         self.failovers = Counter("modelroute_failovers", "Moves from one backend to the next",
                                  ["route", "from_backend", "to_backend", "reason"], registry=r)
         self.backend_up = Gauge("modelroute_backend_up", "Circuit state: 1 closed, 0 open",

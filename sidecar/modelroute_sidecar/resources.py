@@ -7,14 +7,18 @@ words.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import (
+    WINDOW_PATTERN,
     CallerName,
     CircuitBreaker,
+    FailurePolicy,
     MockSettings,
+    OnExceeded,
     ProviderKind,
     ResponsesAPI,
     RetryPolicy,
@@ -25,6 +29,7 @@ from .config import (
 from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
 
 GROUP = "modelroute.dev"
+_WINDOW = re.compile(WINDOW_PATTERN)
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
@@ -181,6 +186,61 @@ class ModelRouteSpec(_Spec):
         return self
 
 
+class BudgetSelectorSpec(_Spec):
+    routes: list[str] = Field(default_factory=list, max_length=256)
+    service_accounts: list[CallerName] = Field(default_factory=list, alias="serviceAccounts", max_length=256)
+
+    @field_validator("routes")
+    @classmethod
+    def _globs(cls, routes: list[str]) -> list[str]:
+        for r in routes:
+            if not 1 <= len(r) <= MODEL_NAME_MAX:
+                raise ValueError(f"route names and globs are 1-{MODEL_NAME_MAX} characters")
+        return routes
+
+
+class BudgetLimitSpec(_Spec):
+    window: str
+    usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tokens: int | None = Field(None, ge=0)
+    requests: int | None = Field(None, ge=0)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, window: str) -> str:
+        if not _WINDOW.match(window):
+            raise ValueError(f"window {window!r}: windows are Nm, Nh or Nd (N from 1 to 9999; fixed, aligned in "
+                             "UTC) or month (the calendar month, UTC)")
+        return window
+
+    @model_validator(mode="after")
+    def _some_unit(self) -> BudgetLimitSpec:
+        if self.usd is None and self.tokens is None and self.requests is None:
+            raise ValueError("a limit sets at least one of usd, tokens, requests")
+        return self
+
+
+class ModelBudgetSpec(_Spec):
+    selector: BudgetSelectorSpec = Field(default_factory=BudgetSelectorSpec)
+    limits: list[BudgetLimitSpec] = Field(min_length=1, max_length=8)
+    on_exceeded: OnExceeded = Field("Reject", alias="onExceeded")
+    downgrade_to: str | None = Field(None, alias="downgradeTo", min_length=1, max_length=MODEL_NAME_MAX)
+    failure_policy: FailurePolicy = Field("Closed", alias="failurePolicy")
+
+    _downgrade_to = field_validator("downgrade_to")(_model_name)
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelBudgetSpec:
+        if self.on_exceeded == "Downgrade" and self.downgrade_to is None:
+            raise ValueError("onExceeded: Downgrade needs downgradeTo (the model name to serve instead)")
+        if self.on_exceeded != "Downgrade" and self.downgrade_to is not None:
+            raise ValueError("downgradeTo is only for onExceeded: Downgrade")
+        windows = [lim.window for lim in self.limits]
+        if len(set(windows)) != len(windows):
+            raise ValueError("limits: each window at most once")
+        return self
+
+
 class ProviderKey(BaseModel):
     model_config = ConfigDict(extra="ignore")
     api_version: Literal["modelroute.dev/v1alpha1"] = Field(alias="apiVersion")
@@ -195,6 +255,14 @@ class ModelRoute(BaseModel):
     kind: Literal["ModelRoute"]
     metadata: Metadata
     spec: ModelRouteSpec
+
+
+class ModelBudget(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["modelroute.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelBudget"]
+    metadata: Metadata
+    spec: ModelBudgetSpec
 
 
 class Secret(BaseModel):
@@ -213,6 +281,8 @@ __all__ = [
     "WORKLOAD_IDENTITY_CLOUDS",
     "BackendSpec",
     "CircuitBreaker",
+    "ModelBudget",
+    "ModelBudgetSpec",
     "ModelRoute",
     "ModelRouteSpec",
     "ProviderKey",

@@ -199,8 +199,8 @@ class Backend:
 
 
 class Route:
-    __slots__ = ("allowed", "backends", "client_timeout", "label", "name", "order", "retries", "source",
-                 "timeouts", "unavailable")
+    __slots__ = ("allowed", "backends", "client_timeout", "label", "max_price", "name", "order", "retries",
+                 "source", "timeouts", "unavailable")
 
     def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
                  timeouts: Timeouts, source: str, label: str | None = None,
@@ -215,6 +215,9 @@ class Route:
         self.source = source
         self.order: Callable[[], list[Backend]] = _STRATEGIES[strategy](backends)
         self.client_timeout = ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
+        # USD per million (input, output) tokens at its most expensive backend: budgets reserve at it.
+        prices = [b.price for b in backends if b.price is not None]
+        self.max_price = (max((p.input for p in prices), default=0.0), max((p.output for p in prices), default=0.0))
 
     def permits(self, caller: str | None) -> bool:
         allowed = self.allowed

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Final
 
-# The CRD's CEL rule and the config model use this same pattern.
-WINDOW_PATTERN: Final = r"^(month|[1-9][0-9]{0,5}[mhd])$"
+from ..config import WINDOW_PATTERN
+
 _WINDOW = re.compile(WINDOW_PATTERN)
 _UNIT_SECONDS: Final = {"m": 60, "h": 3600, "d": 86400}
 

@@ -1,0 +1,251 @@
+"""The sidecar's side of budgets: local leases, reserve before and settle after each call.
+
+Each (budget, window) is a :class:`WindowLease`: what this process was granted, has used,
+and holds reserved for requests in flight. A request reserves from every lease of the
+budgets that select it (no I/O when the leases have room: the common case) and settles
+from the usage the upstream reported. Where leases come from is a :class:`Granter`: the
+operator's lease server in a cluster (client.py), or, in ``serve``, the limit itself with
+the spend kept in a journal under ``--state-dir`` (journal.py).
+
+A request that straddles a window boundary is counted in the window it settles in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import BudgetConfig, GatewayConfig
+from .ledger import UNITS, Amount, Limit
+from .windows import Window, parse_window
+
+log = logging.getLogger("modelroute.budget")
+
+# Output tokens reserved for a request that sets no max_tokens (documented in README).
+DEFAULT_OUTPUT_RESERVATION = 4096
+# How long a request may wait for the operator to top its lease up.
+TOP_UP_DEADLINE = 0.5
+
+
+class WindowLease:
+    """One budget window as this process sees it."""
+
+    __slots__ = ("budget", "end", "exhausted", "granted", "last", "limit", "reported", "reserved", "slice",
+                 "slice_given", "start", "units", "used", "want", "window")
+
+    def __init__(self, budget: str, window: Window, limit: Limit, now: float) -> None:
+        self.budget = budget
+        self.window = window
+        self.limit = limit
+        self.units = limit.units
+        self.start = window.start(now)
+        self.end = window.end(now)
+        self.granted = Amount()
+        self.used = Amount()  # cumulative in this window, settled
+        self.reserved = Amount()  # held by requests in flight (carried across a window boundary)
+        self.reported = Amount()  # what the granter last acknowledged of `used`
+        self.slice = Amount()  # the last grant's size: renew when the free part falls under half of it
+        self.want = Amount()  # the reservation that last came up short (what to ask for)
+        self.last = Amount()  # the last reservation: renewals ask for a few of these
+        self.exhausted = False
+        self.slice_given = False  # whether a granter answered for this window yet
+
+    def roll(self, now: float) -> None:
+        """Start the next window when ``now`` has passed this one's end."""
+        if now >= self.end:
+            self.start = self.window.start(now)
+            self.end = self.window.end(now)
+            self.granted, self.used, self.reported, self.slice = Amount(), Amount(), Amount(), Amount()
+            self.exhausted = self.slice_given = False
+
+    def free(self, unit: str) -> float:
+        return self.granted.get(unit) - self.used.get(unit) - self.reserved.get(unit)
+
+    def fits(self, amount: Amount) -> bool:
+        return all(self.free(u) >= amount.get(u) for u in self.units)
+
+    def low(self) -> bool:
+        """Whether to renew in the background: the free part is under half the last slice."""
+        return any(self.free(u) < self.slice.get(u) / 2 for u in self.units)
+
+    def spent(self) -> Amount:
+        """Spend as this process knows it: settled, plus what is still reserved."""
+        total = self.used.copy()
+        total.add(self.reserved)
+        return total
+
+
+class Granter(Protocol):
+    """Where leases come from. ``top_up`` returns whether it could ask (False: unreachable)."""
+
+    reachable: bool
+
+    def load(self, leases: Iterable[WindowLease], now: float) -> None: ...
+
+    async def top_up(self, leases: list[WindowLease]) -> None: ...
+
+    def start(self) -> None: ...
+
+    def reserved(self, ticket: Ticket) -> None: ...
+
+    def settled(self, ticket: Ticket, actual: Amount) -> None: ...
+
+    def wake(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BudgetExceeded(Exception):
+    def __init__(self, budget: BudgetState, lease: WindowLease, unreachable: bool) -> None:
+        super().__init__(budget.name)
+        self.budget = budget
+        self.lease = lease
+        self.unreachable = unreachable
+
+
+class BudgetState:
+    """One ModelBudget: its config and its window leases (kept across reloads)."""
+
+    __slots__ = ("config", "leases", "name", "rejections", "route_globs", "service_accounts")
+
+    def __init__(self, config: BudgetConfig, now: float) -> None:
+        self.name = config.name
+        self.config = config
+        self.leases = [WindowLease(config.name, parse_window(lim.window),
+                                   Limit(lim.usd, lim.tokens, lim.requests), now) for lim in config.limits]
+        self.rejections = 0
+        self.route_globs = [re.compile(fnmatch.translate(g)) for g in config.selector.routes]
+        self.service_accounts = frozenset(config.selector.service_accounts)
+
+    def selects(self, model: str, route_name: str | None, caller: str | None) -> bool:
+        if self.service_accounts and caller not in self.service_accounts:
+            return False
+        if not self.route_globs:
+            return True
+        return any(rx.match(model) or (route_name is not None and rx.match(route_name)) for rx in self.route_globs)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's reservation across the leases that count it; settled once."""
+
+    leases: tuple[WindowLease, ...]
+    amount: Amount
+    rid: int
+    settled: bool = False
+
+    def settle(self, granter: Granter, actual: Amount) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        for lease in self.leases:
+            lease.reserved.sub(self.amount)
+            lease.used.add(actual)
+        granter.settled(self, actual)
+        if any(lease.low() for lease in self.leases):
+            granter.wake()
+
+
+_ticket_ids = iter(range(1, 1 << 62))
+_SELECTION_MAX = 4096
+
+
+class Budgets:
+    """Every budget of the gateway; outlives config reloads (the spend must)."""
+
+    def __init__(self, granter: Granter, clock: Callable[[], float] = time.time) -> None:
+        self.granter = granter
+        self.clock = clock
+        self.states: dict[str, BudgetState] = {}
+        # (model, route name, caller, left out) -> the budgets that count it; rebuilt per config
+        self._selection: dict[tuple[str, str | None, str | None, frozenset[str]], tuple[BudgetState, ...]] = {}
+
+    def apply(self, config: GatewayConfig) -> None:
+        """Take a config's budgets; a window that stays keeps its lease and its spend."""
+        now = self.clock()
+        new: dict[str, BudgetState] = {}
+        for name, bc in config.budgets.items():
+            state = BudgetState(bc, now)
+            old = self.states.get(name)
+            if old is not None:
+                kept = {lease.window.name: lease for lease in old.leases}
+                for i, lease in enumerate(state.leases):
+                    prev = kept.get(lease.window.name)
+                    if prev is not None:
+                        prev.limit, prev.units = lease.limit, lease.limit.units
+                        state.leases[i] = prev
+                state.rejections = old.rejections
+            new[name] = state
+        self.states = new
+        self._selection = {}
+        self.granter.load([lease for s in new.values() for lease in s.leases], now)
+
+    def select(self, model: str, route_name: str | None, caller: str | None,
+               without: frozenset[str] = frozenset()) -> tuple[BudgetState, ...]:
+        """The budgets that count a call (computed once per model, route and caller)."""
+        key = (model, route_name, caller, without)
+        found = self._selection.get(key)
+        if found is None:
+            found = tuple(s for s in self.states.values()
+                          if s.name not in without and s.selects(model, route_name, caller))
+            if len(self._selection) >= _SELECTION_MAX:
+                del self._selection[next(iter(self._selection))]  # bounded, whatever names callers send
+            self._selection[key] = found
+        return found
+
+    def try_reserve(self, budgets: tuple[BudgetState, ...], amount: Amount) -> Ticket | None:
+        """The common case, without I/O: every lease has room."""
+        now = self.clock()
+        leases: list[WindowLease] = []
+        for b in budgets:
+            for lease in b.leases:
+                lease.roll(now)
+                if not lease.fits(amount):
+                    return None
+                leases.append(lease)
+        return self._hold(tuple(leases), amount)
+
+    async def reserve(self, budgets: tuple[BudgetState, ...], amount: Amount) -> Ticket:
+        """Reserve, asking the granter for more where a lease is short; BudgetExceeded when
+        one stays short (under failurePolicy Open an unreachable operator does not refuse)."""
+        ticket = self.try_reserve(budgets, amount)
+        if ticket is not None:
+            return ticket
+        short = [lease for b in budgets for lease in b.leases if not lease.fits(amount)]
+        for lease in short:
+            for u in lease.units:
+                setattr(lease.want, u, max(0.0, amount.get(u) - lease.free(u)))
+        try:
+            async with asyncio.timeout(TOP_UP_DEADLINE):
+                await self.granter.top_up(short)
+        except TimeoutError:
+            self.granter.reachable = False
+        leases: list[WindowLease] = []
+        for b in budgets:
+            for lease in b.leases:
+                if not lease.fits(amount):
+                    unreachable = not self.granter.reachable
+                    if not (unreachable and b.config.failure_policy == "Open"):
+                        raise BudgetExceeded(b, lease, unreachable)
+                leases.append(lease)
+        return self._hold(tuple(leases), amount)
+
+    def _hold(self, leases: tuple[WindowLease, ...], amount: Amount) -> Ticket:
+        for lease in leases:
+            lease.reserved.add(amount)
+            lease.last = amount
+        ticket = Ticket(leases, amount, next(_ticket_ids))
+        self.granter.reserved(ticket)
+        return ticket
+
+    async def close(self) -> None:
+        await self.granter.close()
+
+
+__all__ = ["UNITS", "BudgetExceeded", "BudgetState", "Budgets", "Granter", "Ticket", "WindowLease"]
