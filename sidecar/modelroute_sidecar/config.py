@@ -255,7 +255,7 @@ class UnreadyKey(_Model):
     message: str = ""
 
 
-WINDOW_PATTERN = r"^(month|[1-9][0-9]{0,3}[mhd])$"  # budget/windows.py and the CRD use the same
+WINDOW_PATTERN = r"^(month|[1-9][0-9]{0,5}[mhd])$"  # budget/windows.py and the CRD use the same
 OnExceeded = Literal["Reject", "Downgrade"]
 FailurePolicy = Literal["Closed", "Open"]
 

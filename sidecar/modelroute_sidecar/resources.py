@@ -209,7 +209,7 @@ class BudgetLimitSpec(_Spec):
     @classmethod
     def _window(cls, window: str) -> str:
         if not _WINDOW.match(window):
-            raise ValueError(f"window {window!r}: windows are Nm, Nh or Nd (N from 1 to 9999; fixed, aligned in "
+            raise ValueError(f"window {window!r}: windows are Nm, Nh or Nd (N from 1 to 999999; fixed, aligned in "
                              "UTC) or month (the calendar month, UTC)")
         return window
 

@@ -66,7 +66,7 @@ def test_retry_after_rounds_up(window: str, now: datetime, expected: int) -> Non
     assert retry_after(window, now) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "0m", "1w", "1.5h", "h", "Month", "1 h", "-1d", "10000m", "monthly"])
+@pytest.mark.parametrize("bad", ["", "0m", "1w", "1.5h", "h", "Month", "1 h", "-1d", "1000000m", "monthly"])
 def test_bad_windows_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_window(bad)

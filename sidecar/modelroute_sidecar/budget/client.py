@@ -37,6 +37,7 @@ DEFAULT_TOKEN_FILE = "/var/run/secrets/modelroute/token"
 DEFAULT_TTL = 30.0
 CALL_TIMEOUT = 5.0  # a background call; requests wait TOP_UP_DEADLINE at most
 RENEW_FACTOR = 4  # a renewal asks for this many of the last reservation
+MAX_ENTRIES = 64  # leases per call, as the server takes them
 
 
 class RemoteGranter:
@@ -56,8 +57,11 @@ class RemoteGranter:
 
     @classmethod
     def from_env(cls, url: str, env: Mapping[str, str]) -> RemoteGranter:
-        """holder = ``<namespace>/<pod>/<nonce>``: one per process, so a restarted sidecar is a new holder."""
-        holder = f"{env.get('MODELROUTE_NAMESPACE', '')}/{env.get('HOSTNAME', '')}/{os.urandom(6).hex()}"
+        """holder = ``<namespace>/<pod>/<nonce>``: one per process, so a restarted sidecar is a new
+        holder. The pod name is MODELROUTE_POD_NAME (downward API), else HOSTNAME (the pod's name
+        unless its spec sets a hostname)."""
+        pod = env.get("MODELROUTE_POD_NAME") or env.get("HOSTNAME", "")
+        holder = f"{env.get('MODELROUTE_NAMESPACE', '')}/{pod}/{os.urandom(6).hex()}"
         return cls(url, holder, env.get("MODELROUTE_BUDGET_TOKEN_FILE", DEFAULT_TOKEN_FILE),
                    env.get("MODELROUTE_BUDGET_CA"))
 
@@ -134,6 +138,10 @@ class RemoteGranter:
         return entries
 
     async def _call(self, leases: list[WindowLease], short: list[WindowLease], final: bool = False) -> None:
+        for i in range(0, len(leases), MAX_ENTRIES):  # the server takes at most MAX_ENTRIES a call
+            await self._call_batch(leases[i:i + MAX_ENTRIES], short, final)
+
+    async def _call_batch(self, leases: list[WindowLease], short: list[WindowLease], final: bool) -> None:
         if not leases:
             return
         sent = [(lease, lease.start, lease.used.copy()) for lease in leases]
@@ -179,15 +187,29 @@ class RemoteGranter:
             self.ssl = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         token = (await asyncio.to_thread(self.token_file.read_text)).strip()
         headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        async with self.session.post(self.url, data=body, headers=headers, ssl=self.ssl or True) as resp:
+        try:
+            resp = await self.session.post(self.url, data=body, headers=headers, ssl=self.ssl or True)
+        except aiohttp.ClientConnectorCertificateError:
+            # The operator renewed its CA: the ConfigMap volume brings the new file; read it again, once.
+            self.ssl = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            resp = await self.session.post(self.url, data=body, headers=headers, ssl=self.ssl)
+        async with resp:
             data = await resp.read()
             if resp.status != 200:
-                # 4xx: this holder's fault (a token the server refuses): as unreachable, said once
-                raise ValueError(f"HTTP {resp.status} from the lease server")
+                # 401/403: a token or holder the server refuses; 503: it cannot store the ledger now.
+                # Either way no lease: as unreachable (said once), failurePolicy applies once spent.
+                raise ValueError(f"HTTP {resp.status} from the lease server: {_message(data)}")
         answer = orjson.loads(data)
         if not isinstance(answer, dict):
             raise ValueError("the lease server's answer is not an object")
         return answer
+
+
+def _message(data: bytes) -> str:
+    try:
+        return str(orjson.loads(data)["error"]["message"])[:300]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "(no message)"
 
 
 def _unreported(lease: WindowLease) -> bool:
