@@ -97,6 +97,9 @@ async def admit(budgets: Budgets, rt: Runtime, route: Route, caller: str | None,
     if not selected:
         return route, None
     amount = reservation(route, body, body_bytes, operation)
+    ticket = budgets.try_reserve(selected, amount)  # the common case: no await, no I/O
+    if ticket is not None:
+        return route, Spend(budgets, ticket)
     try:
         return route, Spend(budgets, await budgets.reserve(selected, amount))
     except BudgetExceeded as e:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from ..config import BudgetConfig, GatewayConfig
 from .ledger import UNITS, Amount, Limit
-from .windows import Window, parse_window
+from .windows import Window, parse_window, rfc3339
 
 log = logging.getLogger("modelroute.budget")
 
@@ -37,7 +37,7 @@ class WindowLease:
     """One budget window as this process sees it."""
 
     __slots__ = ("budget", "end", "exhausted", "granted", "last", "limit", "reported", "reserved", "slice",
-                 "slice_given", "start", "units", "used", "want", "window")
+                 "slice_given", "start", "start_text", "units", "used", "want", "window")
 
     def __init__(self, budget: str, window: Window, limit: Limit, now: float) -> None:
         self.budget = budget
@@ -46,6 +46,7 @@ class WindowLease:
         self.units = limit.units
         self.start = window.start(now)
         self.end = window.end(now)
+        self.start_text = rfc3339(self.start)  # for the journal and the lease protocol
         self.granted = Amount()
         self.used = Amount()  # cumulative in this window, settled
         self.reserved = Amount()  # held by requests in flight (carried across a window boundary)
@@ -61,18 +62,27 @@ class WindowLease:
         if now >= self.end:
             self.start = self.window.start(now)
             self.end = self.window.end(now)
+            self.start_text = rfc3339(self.start)
             self.granted, self.used, self.reported, self.slice = Amount(), Amount(), Amount(), Amount()
             self.exhausted = self.slice_given = False
 
     def free(self, unit: str) -> float:
         return self.granted.get(unit) - self.used.get(unit) - self.reserved.get(unit)
 
-    def fits(self, amount: Amount) -> bool:
-        return all(self.free(u) >= amount.get(u) for u in self.units)
+    # Written out per unit: these run for every request, and getattr by unit name costs
+    # more than the arithmetic.
+    def fits(self, a: Amount) -> bool:
+        g, u, r, lim = self.granted, self.used, self.reserved, self.limit
+        return ((lim.usd is None or g.usd - u.usd - r.usd >= a.usd)
+                and (lim.tokens is None or g.tokens - u.tokens - r.tokens >= a.tokens)
+                and (lim.requests is None or g.requests - u.requests - r.requests >= a.requests))
 
     def low(self) -> bool:
         """Whether to renew in the background: the free part is under half the last slice."""
-        return any(self.free(u) < self.slice.get(u) / 2 for u in self.units)
+        g, u, r, s, lim = self.granted, self.used, self.reserved, self.slice, self.limit
+        return ((lim.usd is not None and g.usd - u.usd - r.usd < s.usd / 2)
+                or (lim.tokens is not None and g.tokens - u.tokens - r.tokens < s.tokens / 2)
+                or (lim.requests is not None and g.requests - u.requests - r.requests < s.requests / 2))
 
     def spent(self) -> Amount:
         """Spend as this process knows it: settled, plus what is still reserved."""

@@ -39,7 +39,7 @@ Key = tuple[str, str, str]  # (budget, window, window start as RFC 3339)
 
 
 def _key(lease: WindowLease) -> list[str]:
-    return [lease.budget, lease.window.name, rfc3339(lease.start)]
+    return [lease.budget, lease.window.name, lease.start_text]
 
 
 def replay(lines: Iterable[bytes]) -> dict[Key, Amount]:
@@ -112,7 +112,7 @@ class LocalGranter:
         for lease in leases:
             self._grant(lease)
             if not (lease.used.usd or lease.used.tokens or lease.used.requests):
-                found = self.totals.get((lease.budget, lease.window.name, rfc3339(lease.start)))
+                found = self.totals.get((lease.budget, lease.window.name, lease.start_text))
                 if found is not None:
                     lease.used = found.copy()
         if self.path is not None and self.fd is not None:
