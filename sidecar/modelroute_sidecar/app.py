@@ -20,8 +20,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
-from .dialects.base import Dialect, Ingress
-from .dialects.openai_chat import OpenAIChat, parse_embeddings, render_openai_error
 from .engine import AttemptFailed, Engine, credential_headers, request_id
 from .errors import GatewayError, access_denied, bad_request, model_not_found
 from .identity import Callers
@@ -31,6 +29,8 @@ from .request_body import read_body
 from .router import Clock, KeyEntry, Route, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
+from .wire.base import Dialect, Ingress
+from .wire.openai_chat.caller import OpenAIChat, parse_embeddings, render_openai_error
 
 if TYPE_CHECKING:
     from .budget.holder import Budgets
@@ -50,7 +50,7 @@ def anthropic_messages() -> Dialect:
     """The Anthropic dialect, imported on its first caller: a pod that never sees one never loads it."""
     d = _LAZY_DIALECTS.get("anthropic-messages")
     if d is None:
-        from .dialects.anthropic_messages import AnthropicMessages
+        from .wire.anthropic.caller import AnthropicMessages
 
         d = _LAZY_DIALECTS["anthropic-messages"] = AnthropicMessages()
     return d
@@ -60,7 +60,7 @@ def openai_responses() -> Dialect:
     """The Responses dialect (Codex), imported on its first caller."""
     d = _LAZY_DIALECTS.get("openai-responses")
     if d is None:
-        from .dialects.openai_responses import OpenAIResponses
+        from .wire.openai_responses.caller import OpenAIResponses
 
         d = _LAZY_DIALECTS["openai-responses"] = OpenAIResponses()
     return d
@@ -71,7 +71,7 @@ def gemini_generate(sse: bool = True) -> Dialect:
     key = "gemini" if sse else "gemini-array"
     d = _LAZY_DIALECTS.get(key)
     if d is None:
-        from .dialects.gemini_generate import GeminiGenerate
+        from .wire.gemini.caller import GeminiGenerate
 
         d = _LAZY_DIALECTS[key] = GeminiGenerate(sse)
     return d
@@ -363,14 +363,14 @@ async def gemini_model_method(request: web.Request) -> web.StreamResponse:
         err = GatewayError(404, f"Unknown request URL: {request.method} {request.path}: the methods served are "
                            f"{', '.join(GEMINI_METHODS)}.", type="not_found_error", code="unknown_url")
         return _dialect_error(dialect, err, log_refused(request, dialect, err, None, request.headers.get(REQUEST_ID)))
-    from .dialects.gemini_generate import GeminiGenerate
+    from .wire.gemini.caller import GeminiGenerate
 
     assert isinstance(dialect, GeminiGenerate)
     return await serve_dialect(request, dialect, parse=lambda body: dialect.parse_for(body, model_name, stream))
 
 
 async def gemini_models(request: web.Request) -> web.Response:
-    from .dialects.gemini_generate import model_entry
+    from .wire.gemini.caller import model_entry
 
     gw = request.app[GATEWAY]
     rt = gw.runtime
@@ -385,7 +385,7 @@ async def gemini_models(request: web.Request) -> web.Response:
 
 
 async def gemini_model(request: web.Request) -> web.Response:
-    from .dialects.gemini_generate import model_entry
+    from .wire.gemini.caller import model_entry
 
     gw = request.app[GATEWAY]
     name = request.match_info.get("target") or request.match_info["name"]
@@ -402,7 +402,7 @@ async def gemini_model(request: web.Request) -> web.Response:
 async def count_gemini_tokens(request: web.Request, dialect: Dialect, model_name: str) -> web.Response:
     """Gemini's ``countTokens``: asked of the route's first backend where that is Gemini,
     else estimated (text by characters, images by pixel size), marked ``x-modelroute-estimate``."""
-    from .dialects.gemini_generate import estimate_tokens, parse_count
+    from .wire.gemini.caller import estimate_tokens, parse_count
 
     gw = request.app[GATEWAY]
     try:
@@ -493,7 +493,7 @@ async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Re
     try:
         caller = rt.callers.identify(request) if rt is not None else None
         body = await read_body(request, rt.max_body_bytes if rt else 32 * 1024 * 1024, gw.body_timeout)
-        from .dialects.anthropic_messages import parse_count_tokens
+        from .wire.anthropic.caller import parse_count_tokens
 
         req = parse_count_tokens(body)  # the same validation as /v1/messages: a bad body is a 400
         _checked_headers(request, dialect)  # the same gates too: the count may be asked upstream
@@ -519,7 +519,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
     route = rt.resolve(req["model"]) if rt is not None else None
     if route is None or not route.backends or gw.session is None:
         return None
-    from .dialects.anthropic_messages import to_canonical as messages_to_canonical
+    from .wire.anthropic.caller import to_canonical as messages_to_canonical
 
     backend = route.backends[0]
     adapter = backend.adapter

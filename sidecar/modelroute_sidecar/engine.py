@@ -27,14 +27,14 @@ from aiohttp import web
 
 from .canonical import Usage, chunks_from_response, usage_from_openai
 from .credentials import CredentialError
-from .dialects.base import Dialect, Ingress, NativeTap, StreamEncoder
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
 from .pricing import cost_usd
-from .providers.base import InProcessResponse, PreparedRequest, StreamDecoder, StreamError, UpstreamErrorInfo
+from .providers.base import InProcessResponse, PreparedRequest
 from .router import Backend, KeyEntry, Route, Runtime
 from .sse import SSEParser
 from .upstream import LeanClient, LeanResponse
+from .wire.base import Dialect, Ingress, NativeTap, StreamDecoder, StreamEncoder, StreamError, UpstreamErrorInfo
 
 log = logging.getLogger("modelroute.access")
 

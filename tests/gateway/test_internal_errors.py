@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 
 from modelroute_sidecar import app as app_module
-from modelroute_sidecar.dialects import anthropic_messages, gemini_generate
-from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages
-from modelroute_sidecar.dialects.openai_chat import OpenAIChat
-from modelroute_sidecar.dialects.openai_responses import OpenAIResponses
+from modelroute_sidecar.wire.anthropic import caller as anthropic_messages
+from modelroute_sidecar.wire.anthropic.caller import AnthropicMessages
+from modelroute_sidecar.wire.gemini import caller as gemini_generate
+from modelroute_sidecar.wire.openai_chat.caller import OpenAIChat
+from modelroute_sidecar.wire.openai_responses.caller import OpenAIResponses
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, model_route, provider_key, running_gateway
 

@@ -12,9 +12,9 @@ import openai
 import orjson
 
 from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
-from modelroute_sidecar.providers.anthropic import openai_usage
-from modelroute_sidecar.providers.base import StreamDecoder
 from modelroute_sidecar.sse import SSEParser
+from modelroute_sidecar.wire.anthropic.upstream import openai_usage
+from modelroute_sidecar.wire.base import StreamDecoder
 
 
 @dataclass

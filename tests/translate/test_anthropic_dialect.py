@@ -11,16 +11,16 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from modelroute_sidecar.canonical import Usage
-from modelroute_sidecar.dialects.anthropic_messages import (
+from modelroute_sidecar.errors import GatewayError
+from modelroute_sidecar.sse import SSEEvent
+from modelroute_sidecar.wire.anthropic.caller import (
     AnthropicMessages,
     from_canonical,
     parse_request,
     to_canonical,
 )
-from modelroute_sidecar.errors import GatewayError
-from modelroute_sidecar.providers import gemini
-from modelroute_sidecar.providers.anthropic import build_request
-from modelroute_sidecar.sse import SSEEvent
+from modelroute_sidecar.wire.anthropic.upstream import build_request
+from modelroute_sidecar.wire.gemini import upstream as gemini
 
 from .helpers import anthropic_client, canonical_stream, chunk, events
 from .test_anthropic_provider import TOOL_STREAM

@@ -9,17 +9,17 @@ import pytest
 
 from modelroute_sidecar.canonical import Usage, usage_from_openai
 from modelroute_sidecar.config import ProviderKeyConfig
-from modelroute_sidecar.providers.anthropic import (
+from modelroute_sidecar.providers.anthropic import AnthropicAdapter
+from modelroute_sidecar.sse import SSEEvent, frame
+from modelroute_sidecar.wire.anthropic.upstream import (
     API_VERSION,
-    AnthropicAdapter,
     AnthropicStreamDecoder,
     build_request,
     default_max_tokens,
     error_info,
     parse_response,
 )
-from modelroute_sidecar.providers.base import StreamError
-from modelroute_sidecar.sse import SSEEvent, frame
+from modelroute_sidecar.wire.base import StreamError
 
 from .helpers import decode, reassemble, split_at
 

@@ -9,7 +9,9 @@ import orjson
 import pytest
 
 from modelroute_sidecar.canonical import Usage
-from modelroute_sidecar.dialects.gemini_generate import (
+from modelroute_sidecar.errors import GatewayError
+from modelroute_sidecar.sse import SSEParser
+from modelroute_sidecar.wire.gemini.caller import (
     GeminiGenerate,
     _schema,
     estimate_tokens,
@@ -20,8 +22,6 @@ from modelroute_sidecar.dialects.gemini_generate import (
     to_canonical,
     usage_metadata,
 )
-from modelroute_sidecar.errors import GatewayError
-from modelroute_sidecar.sse import SSEParser
 
 
 def canon(body: dict[str, Any], stream: bool = False) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import pytest
 from modelroute_sidecar.canonical import Usage, usage_from_openai
 from modelroute_sidecar.config import ProviderKeyConfig
 from modelroute_sidecar.errors import GatewayError
-from modelroute_sidecar.providers.base import StreamError
-from modelroute_sidecar.providers.gemini import (
+from modelroute_sidecar.providers.gemini import GeminiAdapter
+from modelroute_sidecar.sse import frame
+from modelroute_sidecar.wire.base import StreamError
+from modelroute_sidecar.wire.gemini.upstream import (
     FOREIGN_SIGNATURE,
-    GeminiAdapter,
     GeminiStreamDecoder,
     build_embeddings,
     build_request,
@@ -22,7 +23,6 @@ from modelroute_sidecar.providers.gemini import (
     parse_embeddings,
     parse_response,
 )
-from modelroute_sidecar.sse import frame
 
 from .helpers import decode, reassemble, split_at
 

@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 from openai.types.responses import Response
 
 from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
-from modelroute_sidecar.dialects.anthropic_messages import AnthropicMessages
-from modelroute_sidecar.dialects.anthropic_messages import from_canonical as to_anthropic_message
-from modelroute_sidecar.dialects.anthropic_messages import to_canonical as anthropic_to_canonical
-from modelroute_sidecar.dialects.openai_responses import OpenAIResponses
-from modelroute_sidecar.dialects.openai_responses import from_canonical as to_response
-from modelroute_sidecar.dialects.openai_responses import to_canonical as responses_to_canonical
-from modelroute_sidecar.providers import anthropic, gemini
 from modelroute_sidecar.sse import SSEParser, frame
+from modelroute_sidecar.wire.anthropic import upstream as anthropic
+from modelroute_sidecar.wire.anthropic.caller import AnthropicMessages
+from modelroute_sidecar.wire.anthropic.caller import from_canonical as to_anthropic_message
+from modelroute_sidecar.wire.anthropic.caller import to_canonical as anthropic_to_canonical
+from modelroute_sidecar.wire.gemini import upstream as gemini
+from modelroute_sidecar.wire.openai_responses.caller import OpenAIResponses
+from modelroute_sidecar.wire.openai_responses.caller import from_canonical as to_response
+from modelroute_sidecar.wire.openai_responses.caller import to_canonical as responses_to_canonical
 
 from .helpers import canonical_stream, decode, reassemble, split_at
 

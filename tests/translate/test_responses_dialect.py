@@ -12,11 +12,11 @@ from pydantic import TypeAdapter
 
 from modelroute_sidecar.canonical import Usage
 from modelroute_sidecar.config import ProviderKeyConfig
-from modelroute_sidecar.dialects.base import Ingress
-from modelroute_sidecar.dialects.openai_responses import OpenAIResponses, from_canonical, to_canonical
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.openai import AzureOpenAIAdapter, OpenAIAdapter, OpenAICompatibleAdapter
 from modelroute_sidecar.sse import SSEParser
+from modelroute_sidecar.wire.base import Ingress
+from modelroute_sidecar.wire.openai_responses.caller import OpenAIResponses, from_canonical, to_canonical
 
 from .helpers import canonical_stream, chunk, events, openai_client
 

@@ -16,11 +16,10 @@ from aiohttp import BasicAuth
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ..canonical import ChatRequest, ChatResponse
 from ..config import ProviderKeyConfig
 from ..credentials.base import BearerToken, Credential, CredentialError
-from ..errors import ErrorType
-from ..sse import SSEEvent
+from ..wire.base import StreamDecoder, UpstreamErrorInfo
 
 
 def env_proxy(url: str) -> tuple[str | None, BasicAuth | None]:
@@ -35,41 +34,6 @@ class PreparedRequest(NamedTuple):
     url: str
     body: bytes
     headers: Mapping[str, str]  # without authentication; see ProviderAdapter.auth_headers
-
-
-class UpstreamErrorInfo(NamedTuple):
-    """An upstream error, read from its body, in gateway terms."""
-
-    message: str
-    type: ErrorType
-    retryable: bool  # worth another backend or key (overloaded, rate limit, server error)
-
-
-class StreamError(Exception):
-    """An upstream reported an error inside a stream (e.g. Anthropic's ``error`` event)."""
-
-    def __init__(self, info: UpstreamErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
-
-
-class StreamDecoder(ABC):
-    """Turns one upstream stream's SSE events into canonical chunks.
-
-    ``feed`` returns the chunks an event yields (often none) and raises
-    :class:`StreamError` for an in-band error event. ``usage`` is set once known.
-    ``done`` becomes True when the upstream signalled a proper end.
-    """
-
-    usage: Usage | None = None
-    done: bool = False
-
-    @abstractmethod
-    def feed(self, event: SSEEvent) -> list[ChatChunk]: ...
-
-    def finish(self) -> list[ChatChunk]:
-        """Chunks to flush when the upstream's byte stream ends."""
-        return []
 
 
 class ProviderAdapter(ABC):

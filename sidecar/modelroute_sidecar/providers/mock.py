@@ -24,8 +24,9 @@ import orjson
 
 from ..canonical import ChatRequest, ChatResponse
 from ..config import MockSettings, ProviderKeyConfig
-from .base import PreparedRequest, ProviderAdapter, StreamDecoder, UpstreamErrorInfo
-from .openai import OpenAIStreamDecoder, error_type_for, openai_error_info, with_model
+from ..wire.base import StreamDecoder, UpstreamErrorInfo
+from ..wire.openai_chat.upstream import OpenAIStreamDecoder, error_type_for, openai_error_info, with_model
+from .base import PreparedRequest, ProviderAdapter
 
 CHAT_URL = "mock:chat/completions"
 EMBEDDINGS_URL = "mock:embeddings"

@@ -11,149 +11,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, NamedTuple, NotRequired, Union
+from typing import Any, NamedTuple
 
 import orjson
-from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter
-from typing_extensions import TypedDict
 
-from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
-from ..errors import GatewayError, bad_request
-from ..providers._parts import content_text, dump_arguments, new_id, parse_arguments
-from ..providers.openai import openai_error_info
-from ..sse import SSEEvent, frame
-from .base import Dialect, Ingress, NativeTap, StreamEncoder
-from .openai_chat import parse_json_object, render_openai_error
-
-# Strict, as the other dialects: wrong JSON types are refused, not coerced. What the
-# translation reads is typed as OpenAI documents it; item and part types the gateway does
-# not know stay open (they pass through to OpenAI, and are dropped for other providers).
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
-
-
-class _Tool(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-    name: NotRequired[str | None]
-    description: NotRequired[str | None]
-    parameters: NotRequired[dict[str, Any] | None]
-    strict: NotRequired[bool | None]
-
-
-class _Typed(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: NotRequired[str]
-
-
-class _TextPart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-    text: str
-
-
-class _RefusalPart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["refusal"]
-    refusal: str
-
-
-class _ImageURL(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    url: NotRequired[str | None]
-
-
-class _ImagePart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["input_image"]
-    image_url: NotRequired[str | _ImageURL | None]
-    detail: NotRequired[str | None]
-
-
-class _FilePart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["input_file"]
-    file_data: NotRequired[str | None]
-    filename: NotRequired[str | None]
-
-
-class _AudioPart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["input_audio"]
-    input_audio: NotRequired[dict[str, Any] | None]
-
-
-def _tagged(known: dict[str, type], default: str | None = None) -> Any:
-    """A union chosen by ``type`` (``default`` when absent); any other type stays open."""
-
-    def tag(v: Any) -> str:
-        t = v.get("type", default) if isinstance(v, dict) else None
-        if t is None and isinstance(v, dict) and "role" in v:
-            t = "message"
-        return f"_{t}" if isinstance(t, str) and t in known else "_other"
-
-    members = [Annotated[b, Tag(f"_{name}")] for name, b in known.items()]
-    return Annotated[Union[(*members, Annotated[_Typed, Tag("_other")])], Discriminator(tag)]
-
-
-_Part = _tagged({"input_text": _TextPart, "output_text": _TextPart, "text": _TextPart, "refusal": _RefusalPart,
-                 "input_image": _ImagePart, "input_file": _FilePart, "input_audio": _AudioPart})
-
-
-class _MessageItem(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: NotRequired[Literal["message"]]
-    role: str
-    content: NotRequired[str | list[_Part] | None]  # type: ignore[valid-type]
-
-
-class _CallItem(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-    call_id: NotRequired[str | None]
-    name: NotRequired[str | None]
-    arguments: NotRequired[str | None]
-    input: NotRequired[str | None]
-
-
-class _OutputItem(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-    call_id: NotRequired[str | None]
-    output: NotRequired[str | list[_Part] | None]  # type: ignore[valid-type]
-
-
-_Item = _tagged({"message": _MessageItem, "function_call": _CallItem, "custom_tool_call": _CallItem,
-                 "function_call_output": _OutputItem, "custom_tool_call_output": _OutputItem})
-
-
-class ResponsesRequestModel(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    model: str
-    input: NotRequired[str | list[_Item] | None]  # type: ignore[valid-type]
-    instructions: NotRequired[str | list[_Item] | None]  # type: ignore[valid-type]
-    stream: NotRequired[bool | None]
-    tools: NotRequired[list[_Tool] | None]
-    tool_choice: NotRequired[str | dict[str, Any] | None]
-    max_output_tokens: NotRequired[int | None]
-    previous_response_id: NotRequired[str | None]
-    conversation: NotRequired[str | dict[str, Any] | None]
-    reasoning: NotRequired[dict[str, Any] | None]
-    text: NotRequired[dict[str, Any] | None]
-    temperature: NotRequired[float | None]
-    top_p: NotRequired[float | None]
-    parallel_tool_calls: NotRequired[bool | None]
-    store: NotRequired[bool | None]
-    user: NotRequired[str | None]
-    safety_identifier: NotRequired[str | None]
-    prompt_cache_key: NotRequired[str | None]
-    metadata: NotRequired[dict[str, Any] | None]
-
-
-_REQUEST: TypeAdapter[Any] = TypeAdapter(ResponsesRequestModel)
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
+from ...errors import GatewayError, bad_request
+from ...sse import SSEEvent, frame
+from ..base import Dialect, Ingress, NativeTap, StreamEncoder
+from ..openai_chat.caller import render_openai_error
+from ..openai_chat.upstream import openai_error_info
+from ..openai_chat.validation import parse_json_object
+from ..parts import content_text, dump_arguments, new_id, parse_arguments
+from .validation import RESPONSES_REQUEST
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
-    req = parse_json_object(body, _REQUEST)
+    req = parse_json_object(body, RESPONSES_REQUEST)
     if not req["model"]:
         raise bad_request("Invalid 'model': empty string.", "model")
     return req

@@ -2,10 +2,10 @@
 and ``:countTokens``, what the google-genai SDKs and gemini-cli speak.
 
 The model comes from the URL path, the body is a ``GenerateContentRequest``. Toward a
-Gemini upstream it passes through untranslated (see ``GeminiAdapter.native``); toward any
+Gemini upstream it passes through untranslated (see ``wire/pairs.py``); toward any
 other it goes through the canonical form. The Gemini wire facts (finish reasons, usage,
-error statuses) live with the upstream translators in ``providers/gemini.py``; this
-module holds only the caller's direction.
+error statuses) are shared with the upstream direction in ``upstream.py`` next to this
+module; this module holds the caller's direction.
 
 Streams come in Gemini's two framings: ``?alt=sse`` (``data: {...}`` events, what the
 SDKs use) and the default, one JSON array written element by element.
@@ -14,159 +14,18 @@ SDKs use) and the default, one JSON array written element by element.
 from __future__ import annotations
 
 import re
-from typing import Any, NotRequired
+from typing import Any
 
 import orjson
-from pydantic import ConfigDict, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
 
-from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
-from ..errors import GatewayError
-from ..providers._parts import new_id, parse_arguments
-from ..providers.gemini import FINISH_REASONS, usage_from_gemini
-from ..sse import SSEEvent
-from ..tokens import CHARS_PER_TOKEN, MAX_IMAGE_TOKENS, base64_image_tokens, pdf_tokens
-from .base import Dialect, Ingress, NativeTap, StreamEncoder
-from .json_numbers import NON_FINITE, bad_number
-
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
-
-# ------------------------------------------------------------------------- validation
-# Every field the translation reads is typed as Gemini documents it (camelCase, as the
-# SDKs send it); the rest stays open and passes through to a Gemini upstream as sent.
-
-
-class _Blob(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    mimeType: str
-    data: str
-
-
-class _FileData(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    fileUri: str
-    mimeType: NotRequired[str]
-
-
-class _FunctionCall(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    name: str
-    args: NotRequired[dict[str, Any] | None]
-    id: NotRequired[str | None]
-
-
-class _FunctionResponse(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    name: str
-    response: NotRequired[dict[str, Any] | None]
-    id: NotRequired[str | None]
-
-
-class _Part(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    text: NotRequired[str | None]
-    thought: NotRequired[bool | None]
-    thoughtSignature: NotRequired[str | None]
-    inlineData: NotRequired[_Blob | None]
-    fileData: NotRequired[_FileData | None]
-    functionCall: NotRequired[_FunctionCall | None]
-    functionResponse: NotRequired[_FunctionResponse | None]
-
-
-class _Content(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    role: NotRequired[str | None]
-    parts: NotRequired[list[_Part] | None]
-
-
-class _Declaration(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    name: str
-    description: NotRequired[str | None]
-    parameters: NotRequired[dict[str, Any] | None]
-    parametersJsonSchema: NotRequired[dict[str, Any] | None]
-
-
-class _Tool(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    functionDeclarations: NotRequired[list[_Declaration] | None]
-
-
-class _CallingConfig(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    mode: NotRequired[str | None]
-    allowedFunctionNames: NotRequired[list[str] | None]
-
-
-class _ToolConfig(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    functionCallingConfig: NotRequired[_CallingConfig | None]
-
-
-class _ThinkingConfig(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    thinkingBudget: NotRequired[int | None]
-    includeThoughts: NotRequired[bool | None]
-
-
-class _GenerationConfig(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    maxOutputTokens: NotRequired[int | None]
-    temperature: NotRequired[float | int | None]
-    topP: NotRequired[float | int | None]
-    seed: NotRequired[int | None]
-    presencePenalty: NotRequired[float | int | None]
-    frequencyPenalty: NotRequired[float | int | None]
-    stopSequences: NotRequired[list[str] | None]
-    candidateCount: NotRequired[int | None]
-    responseMimeType: NotRequired[str | None]
-    responseSchema: NotRequired[dict[str, Any] | None]
-    responseJsonSchema: NotRequired[dict[str, Any] | None]
-    thinkingConfig: NotRequired[_ThinkingConfig | None]
-
-
-class GenerateContentRequestModel(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    contents: list[_Content]
-    systemInstruction: NotRequired[_Content | None]
-    tools: NotRequired[list[_Tool] | None]
-    toolConfig: NotRequired[_ToolConfig | None]
-    generationConfig: NotRequired[_GenerationConfig | None]
-
-
-class CountTokensRequestModel(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    contents: NotRequired[list[_Content] | None]
-    generateContentRequest: NotRequired[GenerateContentRequestModel | None]
-
-
-_GENERATE: TypeAdapter[Any] = TypeAdapter(GenerateContentRequestModel)
-_COUNT: TypeAdapter[Any] = TypeAdapter(CountTokensRequestModel)
-
-
-def _invalid(message: str) -> GatewayError:
-    return GatewayError(400, message, type="invalid_request_error")
-
-
-def _validate(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    try:
-        req: dict[str, Any] = adapter.validate_json(body)
-    except ValidationError as e:
-        errors = e.errors(include_url=False)
-        if errors[0]["type"] in ("json_invalid", "json_type"):
-            raise _invalid("Invalid JSON payload received: the body is not valid JSON.") from None
-        first = max(errors, key=lambda err: len(err["loc"]))
-        loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "nullable", "dict[")))
-        if not loc:
-            raise _invalid("Invalid JSON payload received: the body must be a JSON object.") from None
-        raise _invalid(f"Invalid JSON payload received. {loc}: {first['msg']}") from None
-    bad = bad_number(body, req)
-    if bad is not None:
-        loc = ".".join(str(p) for p in bad[0])
-        why = "must be a finite number" if bad[1] == NON_FINITE else "must be a 64-bit integer"
-        raise _invalid(f"Invalid JSON payload received. {loc or 'A number'} {why}.")
-    return req
-
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ...errors import GatewayError
+from ...sse import SSEEvent
+from ...tokens import CHARS_PER_TOKEN, MAX_IMAGE_TOKENS, base64_image_tokens, pdf_tokens
+from ..base import Dialect, Ingress, NativeTap, StreamEncoder
+from ..parts import new_id, parse_arguments
+from .upstream import FINISH_REASONS, usage_from_gemini
+from .validation import COUNT_TOKENS_REQUEST, GENERATE_REQUEST, invalid, validate
 
 # Gemini's JSON takes proto field names too (``system_instruction``, as in Google's curl
 # examples); the SDKs send the camelCase names. The ones translation reads are renamed.
@@ -204,15 +63,15 @@ def _camel_body(body: bytes) -> bytes:
 
 
 def parse_generate(body: bytes) -> dict[str, Any]:
-    req = _validate(_camel_body(body), _GENERATE)
+    req = validate(_camel_body(body), GENERATE_REQUEST)
     if not req["contents"]:
-        raise _invalid("* GenerateContentRequest.contents: contents is not specified")
+        raise invalid("* GenerateContentRequest.contents: contents is not specified")
     return req
 
 
 def parse_count(body: bytes) -> dict[str, Any]:
     """A ``countTokens`` body as the ``GenerateContentRequest`` it counts."""
-    req = _validate(_camel_body(body), _COUNT)
+    req = validate(_camel_body(body), COUNT_TOKENS_REQUEST)
     inner = req.get("generateContentRequest")
     if inner is not None:
         out: dict[str, Any] = dict(inner)
@@ -220,7 +79,7 @@ def parse_count(body: bytes) -> dict[str, Any]:
     else:
         out = {"contents": req.get("contents") or []}
     if not out.get("contents"):
-        raise _invalid("* CountTokensRequest.contents: contents is not specified")
+        raise invalid("* CountTokensRequest.contents: contents is not specified")
     return out
 
 
@@ -589,7 +448,7 @@ class _GenerateTap(NativeTap):
         data = orjson.loads(event.data)
         err = data.get("error")
         if isinstance(err, dict):
-            from ..providers.gemini import error_info
+            from .upstream import error_info
 
             self.error = error_info(int(err.get("code") or 500), event.data)
             return False

@@ -10,25 +10,18 @@ provider that cannot honour it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, NotRequired, Union
+from typing import Any
 
 import orjson
-from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
 
-from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
-from ..errors import ErrorType, GatewayError
-from ..providers._parts import content_text, dump_arguments, new_id, parse_arguments
-from ..providers.anthropic import info_from_error, usage_from_anthropic
-from ..sse import SSEEvent, frame
-from ..tokens import estimate_messages_tokens
-from .base import Dialect, Ingress, NativeTap, StreamEncoder
-from .json_numbers import NON_FINITE, bad_number
-
-# strict, as the OpenAI dialects: a wrong JSON type is refused, never coerced ("5" into 5,
-# "yes" into true), and NaN or infinities are no numbers (Anthropic's API refuses them too).
-# Fields and blocks the gateway does not know stay allowed and pass through as sent.
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
+from ...errors import ErrorType, GatewayError
+from ...sse import SSEEvent, frame
+from ...tokens import estimate_messages_tokens
+from ..base import Dialect, Ingress, NativeTap, StreamEncoder
+from ..parts import content_text, dump_arguments, new_id, parse_arguments
+from .upstream import info_from_error, usage_from_anthropic
+from .validation import COUNT_TOKENS_REQUEST, MESSAGES_REQUEST, invalid, validate
 
 # A cap every current OpenAI and Gemini chat model accepts. Claude Code asks for 32k-64k
 # as "as much as it takes"; passing that on makes e.g. gpt-4o answer 400, so larger caps
@@ -37,170 +30,12 @@ MAX_TRANSLATED_MAX_TOKENS = 16384
 MAX_OPENAI_STOP = 4  # OpenAI rejects more stop sequences
 
 
-class _Block(TypedDict):
-    """A content block of a type the gateway does not read (thinking, server tools, ...)."""
-
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-
-
-# The blocks the translation reads have their fields typed as Anthropic documents them, so
-# whatever reaches the translator is of the shape it expects. Unknown block types stay
-# open (``_Block``): they pass through to Anthropic, and are dropped for other providers.
-class _TextBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["text"]
-    text: str
-
-
-class _Source(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: str
-    data: NotRequired[str]
-    media_type: NotRequired[str]
-    url: NotRequired[str]
-
-
-class _ImageBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["image"]
-    source: _Source
-
-
-class _DocumentBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["document"]
-    source: dict[str, Any]  # base64, text, content, url or file: read only where data is a string
-    title: NotRequired[str | None]
-
-
-class _SearchResultBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["search_result"]
-    content: list[_TextBlock]
-
-
-class _ToolUseBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["tool_use"]
-    id: str
-    name: str
-    input: dict[str, Any]
-
-
-def _tagged(known: dict[str, type]) -> Any:
-    """A union of blocks chosen by their ``type`` (the open ``_Block`` for any other type)."""
-
-    def tag(v: Any) -> str:
-        t = v.get("type") if isinstance(v, dict) else None
-        return f"_{t}" if isinstance(t, str) and t in known else "_other"
-
-    members = [Annotated[b, Tag(f"_{name}")] for name, b in known.items()]
-    return Annotated[Union[(*members, Annotated[_Block, Tag("_other")])], Discriminator(tag)]
-
-
-_INNER: dict[str, type] = {"text": _TextBlock, "image": _ImageBlock, "document": _DocumentBlock,
-                           "search_result": _SearchResultBlock}
-_InnerBlock = _tagged(_INNER)
-
-
-class _ToolResultBlock(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Literal["tool_result"]
-    tool_use_id: str
-    content: NotRequired[str | list[_InnerBlock] | None]  # type: ignore[valid-type]
-    is_error: NotRequired[bool | None]
-
-
-_AnyBlock = _tagged({**_INNER, "tool_use": _ToolUseBlock, "tool_result": _ToolResultBlock})
-
-
-class _Message(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    # "system": mid-conversation system messages (instructions added after a user turn
-    # without touching the cached prefix); Claude Code sends them for current models.
-    role: Literal["user", "assistant", "system"]
-    content: str | list[_AnyBlock]  # type: ignore[valid-type]
-
-
-class _Tool(TypedDict):
-    """Client tools (name, input_schema) and server tools (type, name) alike."""
-
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    name: str
-    type: NotRequired[str | None]
-    description: NotRequired[str | None]
-    input_schema: NotRequired[dict[str, Any] | None]
-
-
-class CountTokensRequestModel(TypedDict):
-    """``/v1/messages/count_tokens``: a Messages request without ``max_tokens``."""
-
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    model: str
-    messages: list[_Message]
-    system: NotRequired[str | list[_AnyBlock] | None]  # type: ignore[valid-type]
-    tools: NotRequired[list[_Tool] | None]
-    tool_choice: NotRequired[dict[str, Any] | None]
-    thinking: NotRequired[dict[str, Any] | None]
-
-
-class MessagesRequestModel(CountTokensRequestModel):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    max_tokens: int
-    stream: NotRequired[bool | None]
-    stop_sequences: NotRequired[list[str] | None]
-    temperature: NotRequired[float | None]
-    top_p: NotRequired[float | None]
-    top_k: NotRequired[int | None]
-    metadata: NotRequired[dict[str, Any] | None]
-    service_tier: NotRequired[str | None]
-    output_config: NotRequired[dict[str, Any] | None]
-    output_format: NotRequired[dict[str, Any] | None]
-
-
-_REQUEST: TypeAdapter[Any] = TypeAdapter(MessagesRequestModel)
-_COUNT_TOKENS: TypeAdapter[Any] = TypeAdapter(CountTokensRequestModel)
-
-
-def _invalid(message: str) -> GatewayError:
-    return GatewayError(400, message, type="invalid_request_error")
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    parts = []
-    for p in loc:
-        s = str(p)
-        if s in ("str", "none") or "[" in s or s.startswith("_"):
-            continue  # union branch names pydantic inserts
-        parts.append(s)
-    return ".".join(parts)
-
-
-def _validate(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    try:
-        req: dict[str, Any] = adapter.validate_json(body)
-    except ValidationError as e:
-        errors = e.errors(include_url=False)
-        if errors[0]["type"] in ("json_invalid", "json_type"):
-            raise _invalid("There was an error parsing the body of your request: it is not valid JSON") from None
-        first = max(errors, key=lambda err: len(err["loc"]))
-        loc = _loc(first["loc"])
-        raise _invalid(f"{loc}: {first['msg']}" if loc else "The request body must be a JSON object.") from None
-    bad = bad_number(body, req)
-    if bad is not None:
-        loc = ".".join(str(p) for p in bad[0])
-        why = "Input should be a finite number" if bad[1] == NON_FINITE else "Input should be a 64-bit integer"
-        raise _invalid(f"{loc}: {why}" if loc else f"The request body holds a number no API takes: {bad[1]}")
-    return req
-
-
 def parse_count_tokens(body: bytes) -> dict[str, Any]:
-    req = _validate(body, _COUNT_TOKENS)
+    req = validate(body, COUNT_TOKENS_REQUEST)
     if not req["messages"]:
-        raise _invalid("messages: at least one message is required")
+        raise invalid("messages: at least one message is required")
     if not req["model"]:
-        raise _invalid("model: String should have at least 1 character")
+        raise invalid("model: String should have at least 1 character")
     _check_system_placement(req["messages"])
     return req
 
@@ -218,21 +53,21 @@ def _check_system_placement(messages: list[dict[str, Any]]) -> None:
         role = m["role"]
         if role == "system":
             if last != "user":
-                raise _invalid(UNEXPECTED_SYSTEM)
+                raise invalid(UNEXPECTED_SYSTEM)
         else:
             last = role
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
-    req = _validate(body, _REQUEST)
+    req = validate(body, MESSAGES_REQUEST)
     if req["max_tokens"] < 1:
-        raise _invalid("max_tokens: Input should be greater than or equal to 1")
+        raise invalid("max_tokens: Input should be greater than or equal to 1")
     if req["max_tokens"] >= 2**63:
-        raise _invalid("max_tokens: Input should be a 64-bit integer")
+        raise invalid("max_tokens: Input should be a 64-bit integer")
     if not req["messages"]:
-        raise _invalid("messages: at least one message is required")
+        raise invalid("messages: at least one message is required")
     if not req["model"]:
-        raise _invalid("model: String should have at least 1 character")
+        raise invalid("model: String should have at least 1 character")
     _check_system_placement(req["messages"])
     return req
 

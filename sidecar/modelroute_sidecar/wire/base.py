@@ -12,9 +12,48 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, NamedTuple
 
 from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage
-from ..errors import GatewayError
-from ..providers.base import UpstreamErrorInfo
+from ..errors import ErrorType, GatewayError
 from ..sse import SSEEvent
+
+# ------------------------------------------------------------------ upstream side
+
+
+class UpstreamErrorInfo(NamedTuple):
+    """An upstream error, read from its body, in gateway terms."""
+
+    message: str
+    type: ErrorType
+    retryable: bool  # worth another backend or key (overloaded, rate limit, server error)
+
+
+class StreamError(Exception):
+    """An upstream reported an error inside a stream (e.g. Anthropic's ``error`` event)."""
+
+    def __init__(self, info: UpstreamErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class StreamDecoder(ABC):
+    """Turns one upstream stream's SSE events into canonical chunks.
+
+    ``feed`` returns the chunks an event yields (often none) and raises
+    :class:`StreamError` for an in-band error event. ``usage`` is set once known.
+    ``done`` becomes True when the upstream signalled a proper end.
+    """
+
+    usage: Usage | None = None
+    done: bool = False
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> list[ChatChunk]: ...
+
+    def finish(self) -> list[ChatChunk]:
+        """Chunks to flush when the upstream's byte stream ends."""
+        return []
+
+
+# -------------------------------------------------------------------- caller side
 
 
 class Ingress(NamedTuple):

@@ -1,9 +1,7 @@
-"""The OpenAI Chat Completions dialect: ``POST /v1/chat/completions``.
+"""Validation of Chat Completions (and embeddings) requests: strict types, clear 400s in OpenAI's words.
 
-Canonical form is this dialect, so translation is the identity; the work here is
-validating input into clear 400s and framing the stream. Validation and JSON parsing
-happen in one pass in pydantic-core (``validate_json`` into TypedDicts, which yields
-plain dicts and keeps fields the gateway does not know about).
+The pydantic models and TypeAdapters of this format's caller requests, kept in one module
+so the validation can be swapped without touching the translation.
 """
 
 from __future__ import annotations
@@ -12,15 +10,11 @@ import json
 import re
 from typing import Any, Literal, NotRequired
 
-import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from ..canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
-from ..errors import GatewayError, bad_request
-from ..sse import SSEEvent, frame
-from .base import Dialect, Ingress, NativeTap, StreamEncoder
-from .json_numbers import bad_number
+from ...errors import bad_request
+from ..json_numbers import bad_number
 
 # strict: a wrong JSON type is the caller's mistake to hear about, not to have coerced
 # ("10" into 10, "yes" into true); NaN and infinities are not numbers an upstream takes.
@@ -154,8 +148,8 @@ class EmbeddingsRequestModel(TypedDict):
     dimensions: NotRequired[int]
 
 
-_CHAT = TypeAdapter(ChatRequestModel)
-_EMBEDDINGS = TypeAdapter(EmbeddingsRequestModel)
+CHAT_REQUEST: TypeAdapter[Any] = TypeAdapter(ChatRequestModel)
+EMBEDDINGS_REQUEST: TypeAdapter[Any] = TypeAdapter(EmbeddingsRequestModel)
 
 _MALFORMED = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
@@ -221,98 +215,4 @@ def parse_json_object(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
         raise bad_request(f"Invalid value for '{param}': {bad[1]}." if param else f"Invalid body: {bad[1]}.", param)
     return parsed
 
-
-def render_openai_error(err: GatewayError) -> bytes:
-    return orjson.dumps({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                   "code": err.code}})
-
-
-class _ChatEncoder(StreamEncoder):
-    __slots__ = ("include_usage",)
-
-    def __init__(self, include_usage: bool) -> None:
-        self.include_usage = include_usage
-
-    def chunk(self, chunk: ChatChunk) -> bytes:
-        if not chunk.get("choices") and chunk.get("usage") and not self.include_usage:
-            return b""  # the usage chunk the gateway asked for, not the caller
-        return frame(orjson.dumps(chunk))
-
-    def end(self) -> bytes:
-        return b"data: [DONE]\n\n"
-
-    def error(self, err: GatewayError) -> bytes:
-        # The openai SDK raises APIError on a data event carrying "error".
-        return frame(render_openai_error(err))
-
-
-class _ChatTap(NativeTap):
-    """Pass-through of an OpenAI stream: spot usage, the error event and [DONE]."""
-
-    __slots__ = ("done", "error", "include_usage", "usage")
-
-    def __init__(self, include_usage: bool) -> None:
-        self.include_usage = include_usage
-        self.usage: Usage | None = None
-        self.done = False
-        self.error = None
-
-    def feed(self, event: SSEEvent) -> bool:
-        data = event.data
-        if data == b"[DONE]":
-            self.done = True
-            return True
-        # Substring checks first: only the one usage chunk (and errors) get parsed twice.
-        if b'"usage":{' in data or b'"usage": {' in data:
-            chunk = orjson.loads(data)
-            if chunk.get("usage"):
-                self.usage = usage_from_openai(chunk["usage"])
-            if not chunk.get("choices"):
-                return self.include_usage
-        elif data.startswith(b'{"error"'):
-            from ..providers.openai import openai_error_info
-
-            self.error = openai_error_info(502, data)
-        return True
-
-
-class OpenAIChat(Dialect):
-    name = "openai-chat"
-
-    def parse(self, body: bytes) -> Ingress:
-        req = parse_json_object(body, _CHAT)
-        if not req["messages"]:
-            raise bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                              "messages", "empty_array")
-        if not req["model"]:
-            raise bad_request("Invalid 'model': empty string.", "model")
-        stream = bool(req.get("stream"))
-        opts = req.get("stream_options") or {}
-        return Ingress(req, req["model"], stream, bool(opts.get("include_usage")))
-
-    def to_canonical(self, ingress: Ingress) -> ChatRequest:
-        return ingress.body
-
-    def from_canonical(self, resp: ChatResponse, model: str) -> dict[str, Any]:
-        return resp
-
-    def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder:
-        return _ChatEncoder(include_usage)
-
-    def render_error(self, err: GatewayError) -> bytes:
-        return render_openai_error(err)
-
-    def native_usage(self, body: dict[str, Any]) -> Usage | None:
-        return usage_from_openai(body.get("usage"))
-
-    def native_tap(self, include_usage: bool) -> NativeTap:
-        return _ChatTap(include_usage)
-
-
-def parse_embeddings(body: bytes) -> Ingress:
-    req = parse_json_object(body, _EMBEDDINGS)
-    if req["input"] == [] or req["input"] == "":
-        raise bad_request("'$.input' is invalid. Please check the API reference: "
-                          "https://platform.openai.com/docs/api-reference.", "input")
-    return Ingress(req, req["model"], False, False)
 

@@ -1,1 +1,0 @@
-"""Ingress dialects: what callers speak (OpenAI Chat, OpenAI Responses, Anthropic Messages)."""

@@ -1,0 +1,1 @@
+"""Wire formats: one package per format, both directions in it (see pairs.py)."""
