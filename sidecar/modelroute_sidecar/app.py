@@ -31,6 +31,7 @@ from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
 from .upstream import LeanClient
 from .wire.base import Dialect, Ingress
 from .wire.openai_chat.caller import OpenAIChat, parse_embeddings, render_openai_error
+from .wire.pairs import passes
 
 if TYPE_CHECKING:
     from .budget.holder import Budgets
@@ -532,7 +533,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
         return None
     headers = {**prepared.headers, **key.headers}
     dialect = anthropic_messages()
-    if adapter.speaks(dialect.name):
+    if passes(dialect.name, adapter):
         for h in dialect.forward_headers:  # betas change what counts
             if h in request.headers:
                 headers[h] = request.headers[h]

@@ -35,6 +35,7 @@ from .router import Backend, KeyEntry, Route, Runtime
 from .sse import SSEParser
 from .upstream import LeanClient, LeanResponse
 from .wire.base import Dialect, Ingress, NativeTap, StreamDecoder, StreamEncoder, StreamError, UpstreamErrorInfo
+from .wire.pairs import BRIDGE, passes, path
 
 log = logging.getLogger("modelroute.access")
 
@@ -251,10 +252,13 @@ class Engine:
     def _prepare_request(self, call: Call, backend: Backend) -> tuple[PreparedRequest, bool]:
         adapter = backend.adapter
         ingress = call.ingress
+        # The one place that decides pass-through or translation: the pair table.
+        native = passes(call.dialect.name, adapter)
         if call.operation == "embeddings":
-            # The caller speaks OpenAI embeddings; only OpenAI-shaped upstreams pass through.
-            return adapter.embeddings(ingress.body, backend.model), adapter.speaks(call.dialect.name)
-        if adapter.speaks(call.dialect.name):
+            # The caller speaks OpenAI embeddings: as Chat Completions callers do, they pass
+            # through to OpenAI-shaped upstreams only.
+            return adapter.embeddings(ingress.body, backend.model), native
+        if native:
             return adapter.native(call.dialect.name, ingress.body, backend.model, ingress.stream), True
         if call.canonical is None:
             call.canonical = call.dialect.to_canonical(ingress)
@@ -290,8 +294,9 @@ class Engine:
                                                        proxy_auth=adapter.proxy_auth)
                     if resp.status >= 400:
                         body = await resp.read()
-                        if native and resp.status in (404, 405) and call.dialect.name == "openai-responses" \
-                                and backend.adapter.probes_responses and not _names_a_model(body):
+                        if native and resp.status in (404, 405) and backend.adapter.probes_responses \
+                                and path(call.dialect.name, backend.adapter.kind) is BRIDGE \
+                                and not _names_a_model(body):
                             raise self._no_responses_api(rt, backend, resp.status)
                         raise self._classify(rt, backend, resp, body, native)
                     if call.ingress.stream:

@@ -20,6 +20,7 @@ from modelroute_sidecar.wire.anthropic.upstream import (
     parse_response,
 )
 from modelroute_sidecar.wire.base import StreamError
+from modelroute_sidecar.wire.pairs import passes
 
 from .helpers import decode, reassemble, split_at
 
@@ -274,4 +275,4 @@ def test_native_passes_everything_but_the_model() -> None:
     prep = ad.native("anthropic-messages", req, "claude-opus-5-5", True)
     assert orjson.loads(prep.body) == {**req, "model": "claude-opus-5-5"}
     assert req["model"] == "alias"  # the caller's body is not mutated (failover reuses it)
-    assert "anthropic-messages" in AnthropicAdapter.native_dialects
+    assert passes("anthropic-messages", ad) and not passes("openai-chat", ad)

@@ -23,6 +23,7 @@ from modelroute_sidecar.wire.gemini.upstream import (
     parse_embeddings,
     parse_response,
 )
+from modelroute_sidecar.wire.pairs import passes
 
 from .helpers import decode, reassemble, split_at
 
@@ -308,4 +309,4 @@ def test_adapter_urls_and_headers() -> None:
     assert ad.embeddings({"input": ["a"]}, "text-embedding-004").url.endswith(
         "/v1beta/models/text-embedding-004:batchEmbedContents")
     assert ad.auth_headers("AIza") == {"x-goog-api-key": "AIza"}
-    assert ad.native_dialects == frozenset({"gemini"})  # Gemini callers pass through
+    assert passes("gemini", ad) and not passes("openai-chat", ad)  # only Gemini callers pass through

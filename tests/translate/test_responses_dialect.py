@@ -13,10 +13,11 @@ from pydantic import TypeAdapter
 from modelroute_sidecar.canonical import Usage
 from modelroute_sidecar.config import ProviderKeyConfig
 from modelroute_sidecar.errors import GatewayError
-from modelroute_sidecar.providers.openai import AzureOpenAIAdapter, OpenAIAdapter, OpenAICompatibleAdapter
+from modelroute_sidecar.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
 from modelroute_sidecar.sse import SSEParser
 from modelroute_sidecar.wire.base import Ingress
 from modelroute_sidecar.wire.openai_responses.caller import OpenAIResponses, from_canonical, to_canonical
+from modelroute_sidecar.wire.pairs import BRIDGE, TRANSLATE, passes, path
 
 from .helpers import canonical_stream, chunk, events, openai_client
 
@@ -275,8 +276,8 @@ def test_openai_backends_pass_responses_through() -> None:
                                     "gpt-5", True)
     assert prep.url == "https://api.openai.com/v1/responses"
     assert orjson.loads(prep.body) == {"model": "gpt-5", "input": "x", "store": False}
-    assert "openai-responses" in OpenAICompatibleAdapter.native_dialects
-    assert "openai-responses" not in AzureOpenAIAdapter.native_dialects
+    assert path("openai-responses", "openai-compatible") is BRIDGE
+    assert path("openai-responses", "azure-openai") is TRANSLATE
 
 
 def test_sdk_raises_on_error_body() -> None:
@@ -354,11 +355,11 @@ def test_responses_api_setting(setting: str, passes_through: bool) -> None:
     pk = ProviderKeyConfig.model_validate({"name": "c", "provider": "openai-compatible",
                                            "baseURL": "http://vllm.test/v1", "responsesAPI": setting})
     adapter = OpenAICompatibleAdapter(pk)
-    assert adapter.speaks("openai-responses") is passes_through
-    assert adapter.speaks("openai-chat")
+    assert passes("openai-responses", adapter) is passes_through
+    assert passes("openai-chat", adapter)
     assert adapter.probes_responses is (setting == "auto")
     adapter.bridge_responses()
-    assert not adapter.speaks("openai-responses") and not adapter.probes_responses
+    assert not passes("openai-responses", adapter) and not adapter.probes_responses
 
 
 def test_reasoning_comes_back_as_a_reasoning_summary() -> None:

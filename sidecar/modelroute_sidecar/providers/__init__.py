@@ -1,28 +1,21 @@
-"""Provider adapters: canonical request -> upstream HTTP request -> canonical response.
+"""Provider kinds: the adapters that know each kind's URLs, auth and keys.
 
-Adapters are imported when a config first uses their kind: a sidecar whose routes all
-lead to OpenAI never loads the Anthropic or Gemini translators.
+Which kinds exist, which wire format each speaks and which caller dialects pass through to
+it is one table, ``wire/pairs.py``. Adapters are imported when a config first uses their
+kind: a sidecar whose routes all lead to OpenAI never loads the Anthropic or Gemini translators.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
+from ..wire.pairs import KINDS as _KINDS
 from .base import ProviderAdapter
 
-# kind -> (module under providers/, class)
-_ADAPTERS: dict[str, tuple[str, str]] = {
-    "openai": ("openai", "OpenAIAdapter"),
-    "openai-compatible": ("openai", "OpenAICompatibleAdapter"),
-    "azure-openai": ("openai", "AzureOpenAIAdapter"),
-    "anthropic": ("anthropic", "AnthropicAdapter"),
-    "gemini": ("gemini", "GeminiAdapter"),
-    "mock": ("mock", "MockAdapter"),
-}
-KINDS = frozenset(_ADAPTERS)
+KINDS = frozenset(_KINDS)
 
 
 def adapter_class(kind: str) -> type[ProviderAdapter]:
-    module, name = _ADAPTERS[kind]
+    module, name = _KINDS[kind].adapter.split(":")
     cls: type[ProviderAdapter] = getattr(import_module(f"{__name__}.{module}"), name)
     return cls

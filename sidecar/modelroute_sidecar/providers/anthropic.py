@@ -26,7 +26,6 @@ from .base import PreparedRequest, ProviderAdapter
 
 class AnthropicAdapter(ProviderAdapter):
     kind = "anthropic"
-    native_dialects = frozenset({"anthropic-messages"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)

@@ -38,9 +38,6 @@ class PreparedRequest(NamedTuple):
 
 class ProviderAdapter(ABC):
     kind: ClassVar[str]
-    # Ingress dialects this upstream speaks natively: requests in them are passed through
-    # with only the model replaced, which keeps every field the caller sent.
-    native_dialects: ClassVar[frozenset[str]] = frozenset()
     # In-process adapters (the mock) answer through respond() instead of the network.
     in_process: ClassVar[bool] = False
     priced: ClassVar[bool] = True  # False: usage costs nothing, whatever the model's name
@@ -51,18 +48,18 @@ class ProviderAdapter(ABC):
         # HTTP(S)_PROXY / NO_PROXY, resolved once per ProviderKey: asking aiohttp to do it
         # per request (trust_env) costs two thread-pool round trips on every call.
         self.proxy, self.proxy_auth = env_proxy(pk.base_url)
-
-    def speaks(self, dialect: str) -> bool:
-        """Whether requests in ``dialect`` pass through to this upstream untranslated."""
-        return dialect in self.native_dialects
+        # For kinds whose Responses path is BRIDGE (wire/pairs.py): Responses requests are
+        # translated to Chat Completions, by configuration or since the upstream had no /responses.
+        self.responses_bridged = pk.responses_api == "bridge"
 
     @property
     def probes_responses(self) -> bool:
         """Whether a 404/405 on a passed-through Responses request means "no Responses API here"."""
-        return False
+        return self.pk.responses_api == "auto" and not self.responses_bridged
 
-    def bridge_responses(self) -> None:  # noqa: B027 - only OpenAI-shaped upstreams have anything to switch
-        """Translate Responses requests to Chat Completions from now on (see OpenAIAdapter)."""
+    def bridge_responses(self) -> None:
+        """Translate Responses requests to Chat Completions from now on."""
+        self.responses_bridged = True
 
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -94,7 +91,7 @@ class ProviderAdapter(ABC):
         raise NotImplementedError
 
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
-        """Pass-through request for a dialect in :attr:`native_dialects`."""
+        """The pass-through request of a dialect whose path to this kind is PASS (wire/pairs.py)."""
         raise NotImplementedError
 
     def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],

@@ -27,7 +27,6 @@ from .base import PreparedRequest, ProviderAdapter
 
 class GeminiAdapter(ProviderAdapter):
     kind = "gemini"
-    native_dialects = frozenset({"gemini"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)

@@ -23,27 +23,11 @@ _URL_MEMO_MAX = 1024
 
 class OpenAIAdapter(ProviderAdapter):
     kind: ClassVar[str] = "openai"
-    native_dialects: ClassVar[frozenset[str]] = frozenset({"openai-chat", "openai-responses"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)
         self._headers = {"content-type": "application/json", "accept": "application/json", **pk.headers}
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
-        self._bridged = pk.responses_api == "bridge"
-
-    def speaks(self, dialect: str) -> bool:
-        if dialect == "openai-responses" and self._bridged:
-            return False
-        return dialect in self.native_dialects
-
-    @property
-    def probes_responses(self) -> bool:
-        """Whether a 404/405 on ``/responses`` should switch this upstream to the bridge."""
-        return self.pk.responses_api == "auto" and not self._bridged and "openai-responses" in self.native_dialects
-
-    def bridge_responses(self) -> None:
-        """From now on, Responses requests are translated to Chat Completions for this upstream."""
-        self._bridged = True
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"} if key else {}
@@ -95,7 +79,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     """
 
     kind: ClassVar[str] = "azure-openai"
-    native_dialects: ClassVar[frozenset[str]] = frozenset({"openai-chat"})
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         super().__init__(pk)

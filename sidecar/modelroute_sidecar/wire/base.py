@@ -1,9 +1,13 @@
-"""What every ingress dialect offers the HTTP handlers and the engine.
+"""The interfaces of a wire format's two sides.
 
-A dialect validates the caller's body, translates it to the canonical request, and
-translates canonical responses, streams and errors back. When the chosen upstream
-speaks the same dialect natively, the engine skips translation and uses the
-``native_*`` hooks only to read usage and errors from the pass-through traffic.
+Upstream side (``wire/<format>/upstream.py``): a :class:`StreamDecoder` turns the format's
+stream into canonical chunks, :class:`UpstreamErrorInfo` says what an error body meant.
+
+Caller side (``wire/<format>/caller.py``): a :class:`Dialect` validates the caller's body,
+translates it to the canonical request, and translates canonical responses, streams and
+errors back. When the pair table (``pairs.py``) says the request passes through, the engine
+skips translation and uses the ``native_*`` hooks only to read usage and errors from the
+passed-through traffic.
 """
 
 from __future__ import annotations
