@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .holder import Ticket, WindowLease
+from .holder import EXHAUSTED_RECHECK, Ticket, WindowLease
 from .ledger import Amount
 from .windows import parse_rfc3339, rfc3339
 
@@ -38,6 +39,7 @@ DEFAULT_TTL = 30.0
 CALL_TIMEOUT = 5.0  # a background call; requests wait TOP_UP_DEADLINE at most
 RENEW_FACTOR = 4  # a renewal asks for this many of the last reservation
 MAX_ENTRIES = 64  # leases per call, as the server takes them
+BATCH_SECONDS = 0.05  # at most one background call this often
 
 
 class RemoteGranter:
@@ -111,14 +113,16 @@ class RemoteGranter:
                 async with asyncio.timeout(self.ttl / 2):
                     await self.kick.wait()
             self.kick.clear()
-            due = [lease for lease in self.leases if _unreported(lease) or lease.low() or not lease.slice_given]
+            now = time.time()
+            due = [lease for lease in self.leases if _unreported(lease) or not lease.slice_given or (
+                lease.low() and not (lease.exhausted and now - lease.answered < EXHAUSTED_RECHECK))]
             if due or not self.reachable:
                 try:
                     await self._call(self.leases, short=[])
                 except Exception:  # the loop must outlive any one failure
                     log.exception("budget lease call failed")
-                if not self.reachable:
-                    await asyncio.sleep(1.0)  # retry soon, not in a busy loop
+                # not in a busy loop: settles arriving meanwhile go in the next call together
+                await asyncio.sleep(1.0 if not self.reachable else BATCH_SECONDS)
 
     # --- one call -------------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class RemoteGranter:
             lease.slice_given = True
             lease.reported = used
             lease.exhausted = bool(entry.get("exhausted"))
+            lease.answered = time.time()
 
     async def _post(self, body: bytes) -> dict[str, Any]:
         if self.session is None:

@@ -31,12 +31,14 @@ log = logging.getLogger("modelroute.budget")
 DEFAULT_OUTPUT_RESERVATION = 4096
 # How long a request may wait for the operator to top its lease up.
 TOP_UP_DEADLINE = 0.5
+# Seconds a lease the granter called exhausted is not asked about again on the request path.
+EXHAUSTED_RECHECK = 1.0
 
 
 class WindowLease:
     """One budget window as this process sees it."""
 
-    __slots__ = ("budget", "end", "exhausted", "granted", "last", "limit", "reported", "reserved", "slice",
+    __slots__ = ("answered", "budget", "end", "exhausted", "granted", "last", "limit", "reported", "reserved", "slice",
                  "slice_given", "start", "start_text", "units", "used", "want", "window")
 
     def __init__(self, budget: str, window: Window, limit: Limit, now: float) -> None:
@@ -56,6 +58,7 @@ class WindowLease:
         self.last = Amount()  # the last reservation: renewals ask for a few of these
         self.exhausted = False
         self.slice_given = False  # whether a granter answered for this window yet
+        self.answered = 0.0  # when a granter last answered (clock time)
 
     def roll(self, now: float) -> None:
         """Start the next window when ``now`` has passed this one's end."""
@@ -231,11 +234,15 @@ class Budgets:
         for lease in short:
             for u in lease.units:
                 setattr(lease.want, u, max(0.0, amount.get(u) - lease.free(u)))
-        try:
-            async with asyncio.timeout(TOP_UP_DEADLINE):
-                await self.granter.top_up(short)
-        except TimeoutError:
-            self.granter.reachable = False
+        now = self.clock()
+        # A budget the granter just called exhausted is refused without asking again: a burst of
+        # refused requests must not become a burst of lease calls (its leases come back with time).
+        if not all(lease.exhausted and now - lease.answered < EXHAUSTED_RECHECK for lease in short):
+            try:
+                async with asyncio.timeout(TOP_UP_DEADLINE):
+                    await self.granter.top_up(short)
+            except TimeoutError:
+                self.granter.reachable = False
         leases: list[WindowLease] = []
         for b in budgets:
             for lease in b.leases:
