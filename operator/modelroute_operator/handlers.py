@@ -23,7 +23,7 @@ import kopf
 from . import names
 from .reconcile import Reconciler
 from .settings import InjectionSettings
-from .webhook import InjectionError, mutate_pod
+from .webhook import InjectionError, identity_tokens, mutate_pod
 
 logger = logging.getLogger("modelroute.operator")
 
@@ -62,10 +62,19 @@ def build_registry(reconciler: Reconciler, injection: InjectionSettings | None) 
     if injection is not None:
         settings = injection
 
+        # Each namespace's workload identities, kept in memory from the ProviderKeys watch, so
+        # the webhook projects the tokens they need without asking the API server.
+        @kopf.index(names.GROUP, names.VERSION, "providerkeys", id="workload_identities", registry=registry)
+        def workload_identities(namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, Any] | None:
+            wi = spec.get("workloadIdentity")
+            return {namespace: dict(wi)} if namespace and isinstance(wi, Mapping) else None
+
         @kopf.on.mutate("v1", "pods", id=names.WEBHOOK_HANDLER_ID, operations=["CREATE"], registry=registry)
-        async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        async def inject(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+            index: kopf.Index[str, Any] = kwargs["workload_identities"]  # kopf passes indices by id
+            tokens = identity_tokens(index.get(body.metadata.namespace or "", []))
             try:
-                mutated = mutate_pod(body, settings)
+                mutated = mutate_pod(body, settings, tokens)
             except InjectionError as e:
                 raise kopf.AdmissionError(str(e), code=400) from None
             patch.fns.append(functools.partial(_become, mutated))

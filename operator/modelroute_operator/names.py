@@ -39,6 +39,8 @@ PLACEHOLDER_API_KEY: Final = "modelroute-placeholder"
 # The sidecar's ServiceAccount token for the operator's lease server (budgets): a projected
 # volume, audience "modelroute", so the token is good for nothing else (not the API server).
 TOKEN_VOLUME: Final = "modelroute-token"
+# Projected ServiceAccount tokens for the clouds' workload identity (ProviderKey spec.workloadIdentity).
+IDENTITY_VOLUME: Final = "modelroute-identity"
 TOKEN_AUDIENCE: Final = "modelroute"
 TOKEN_DIR: Final = "/var/run/secrets/modelroute"
 TOKEN_FILE: Final = "token"

@@ -16,13 +16,19 @@ It is idempotent: ``mutate_pod(mutate_pod(p)) == mutate_pod(p)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jsonpatch
+from pydantic import ValidationError
 
-from modelroute_sidecar.config import CONFIG_SUBDIR, CONFIGMAP_NAME, KEYS_SECRET_NAME, KEYS_SUBDIR
+from modelroute_sidecar.config import CONFIG_SUBDIR, CONFIGMAP_NAME, KEYS_SECRET_NAME, KEYS_SUBDIR, WorkloadIdentity
+from modelroute_sidecar.credentials.projection import TOKEN_DIR as IDENTITY_DIR
+from modelroute_sidecar.credentials.projection import TOKEN_EXPIRATION_SECONDS as IDENTITY_TOKEN_SECONDS
+from modelroute_sidecar.credentials.projection import TokenProjection, projections
+from modelroute_sidecar.credentials.projection import sidecar_env as identity_env
 
 from . import names
 from .settings import InjectionSettings, WebhookSettings, check_quantity
@@ -144,8 +150,10 @@ def token_volume() -> dict[str, Any]:
         "path": names.TOKEN_FILE}}]}}
 
 
-def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``modelroute-sidecar`` container (without ``restartPolicy``) for ``pod``."""
+def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None,
+                      tokens: Sequence[TokenProjection] = ()) -> dict[str, Any]:
+    """The ``modelroute-sidecar`` container (without ``restartPolicy``) for ``pod``; with
+    ``tokens``, the workload identity tokens mounted and pointed at, in this container only."""
     requests = {k: v for k, v in (("cpu", s.cpu_request), ("memory", s.memory_request)) if v}
     limits = {k: v for k, v in (("cpu", s.cpu_limit), ("memory", s.memory_limit)) if v}
     resources: dict[str, Any] = {}
@@ -189,7 +197,28 @@ def sidecar_container(s: InjectionSettings, pod: Mapping[str, Any] | None = None
     }
     if s.image_pull_policy:
         container["imagePullPolicy"] = s.image_pull_policy
+    if tokens:
+        container["env"] += identity_env(tokens)
+        container["volumeMounts"].append({"name": names.IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": True})
     return container
+
+
+def identity_tokens(identities: Iterable[Mapping[str, Any]]) -> list[TokenProjection]:
+    """The tokens for a namespace's ``spec.workloadIdentity`` values (invalid ones, which
+    compile refuses anyway, need none)."""
+    found: list[WorkloadIdentity] = []
+    for wi in identities:
+        with contextlib.suppress(ValidationError):
+            found.append(WorkloadIdentity.model_validate(wi))
+    return projections(found)
+
+
+def identity_volume(tokens: Sequence[TokenProjection]) -> dict[str, Any]:
+    """One projected volume with a ServiceAccount token per audience the namespace's
+    ProviderKeys need (STS, Entra, a Google pool provider); kubelet renews them."""
+    return {"name": names.IDENTITY_VOLUME, "projected": {"sources": [
+        {"serviceAccountToken": {"audience": t.audience, "expirationSeconds": IDENTITY_TOKEN_SECONDS,
+                                 "path": t.file}} for t in tokens]}}
 
 
 def sidecar_volumes(s: InjectionSettings | None = None) -> list[dict[str, Any]]:
@@ -218,11 +247,17 @@ def scrape_annotations(s: InjectionSettings) -> dict[str, str]:
             "prometheus.io/path": "/metrics"}
 
 
-_OUR_VOLUMES = frozenset({names.CONFIG_VOLUME, names.KEYS_VOLUME, names.TMP_VOLUME, names.TOKEN_VOLUME})
+_OUR_VOLUMES = frozenset({names.CONFIG_VOLUME, names.KEYS_VOLUME, names.TMP_VOLUME, names.TOKEN_VOLUME,
+                          names.IDENTITY_VOLUME})
 
 
-def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
+def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings,
+               tokens: Sequence[TokenProjection] = ()) -> Pod:
     """The pod with the sidecar injected (a new dict; the argument is not modified).
+
+    ``tokens``: the ServiceAccount tokens the namespace's workload identities need
+    (:func:`modelroute_sidecar.credentials.projection.projections`). They reach the sidecar
+    only: app containers get neither the volume nor the variables.
 
     Idempotent: a pod already injected comes out the same, with its sidecar container
     and volumes rebuilt in place and app env that is already set left alone.
@@ -237,7 +272,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
 
     containers = [c for c in spec.get("containers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
     inits = [c for c in spec.get("initContainers") or [] if c.get("name") != names.SIDECAR_CONTAINER]
-    sidecar = sidecar_container(s, out)
+    sidecar = sidecar_container(s, out, tokens)
     if s.native_sidecar:
         # First, so it runs (and is started) before any other init container.
         inits.insert(0, {**sidecar, "restartPolicy": "Always"})
@@ -259,7 +294,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
     else:
         spec.pop("initContainers", None)
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in _OUR_VOLUMES]
-    spec["volumes"] = volumes + sidecar_volumes(s)
+    spec["volumes"] = volumes + sidecar_volumes(s) + ([identity_volume(tokens)] if tokens else [])
 
     annotations = dict(meta.get("annotations") or {})
     if not any(k in annotations for k in ("prometheus.io/scrape", "prometheus.io/port")):
@@ -273,9 +308,10 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings) -> Pod:
     return out
 
 
-def pod_patch(pod: Mapping[str, Any], settings: InjectionSettings) -> JSONPatch:
+def pod_patch(pod: Mapping[str, Any], settings: InjectionSettings,
+              tokens: Sequence[TokenProjection] = ()) -> JSONPatch:
     """The JSON patch (RFC 6902) the webhook answers with: from ``pod`` to the injected pod."""
-    ops: JSONPatch = jsonpatch.JsonPatch.from_diff(dict(pod), mutate_pod(pod, settings)).patch
+    ops: JSONPatch = jsonpatch.JsonPatch.from_diff(dict(pod), mutate_pod(pod, settings, tokens)).patch
     return ops
 
 

@@ -45,7 +45,7 @@ class Issuer(RefreshingSource[BearerToken]):
 def test_renewal_times() -> None:
     assert refresh_at(0, 3600) == 3300  # five minutes ahead for an hour-long token
     assert refresh_at(0, 30) == 20  # a third of a short one
-    assert usable_until(0, 3600) == 3590 and usable_until(0, 30) == 27
+    assert usable_until(0, 3600) == 3590 and usable_until(0, 30) == 24
 
 
 async def test_many_waiters_share_one_fetch() -> None:
@@ -86,8 +86,14 @@ async def test_failed_renewals_retry_while_the_old_token_serves_then_fail_clearl
     await wait_until(lambda: time.time() >= end, within=5)
     with pytest.raises(CredentialError, match="test issuer: refused"):
         await src.get()
+    calls = src.calls
+    for _ in range(20):  # callers during the backoff get the reason at once, and ask the issuer nothing
+        with pytest.raises(CredentialError, match="test issuer: refused"):
+            await src.get()
+    assert src.calls <= calls + 1  # (a retry timer may have fired meanwhile)
     src.failing = False
-    assert (await src.get()).token.startswith("token-")  # recovers on the next success
+    await wait_until(lambda: src._last_error is None, within=40)  # the backoff's next retry succeeds
+    assert (await src.get()).token.startswith("token-")
     await src.close()
 
 

@@ -99,7 +99,7 @@ class PodIdentity(RefreshingSource[AwsCredentials]):
 
         token = read_token(self.token_file, self.label)
         try:
-            c = ContainerMetadataFetcher(timeout=10).retrieve_full_uri(self.uri, headers={"Authorization": token})
+            c = ContainerMetadataFetcher().retrieve_full_uri(self.uri, headers={"Authorization": token})
         except MetadataRetrievalError:
             raise CredentialError(f"{self.label}: the credentials endpoint {self.uri} gave no credentials") from None
         except ValueError as e:  # botocore refuses hosts that are not the agent's or loopback

@@ -136,7 +136,7 @@ def refresh_at(fetched_at: float, expires_at: float) -> float:
 
 def usable_until(fetched_at: float, expires_at: float) -> float:
     lifetime = max(expires_at - fetched_at, 0.0)
-    return expires_at - min(USE_MARGIN_MAX, lifetime / 10)
+    return expires_at - min(USE_MARGIN_MAX, lifetime / 5)
 
 
 class RefreshingSource(ABC, Generic[C]):
@@ -154,6 +154,7 @@ class RefreshingSource(ABC, Generic[C]):
         self._current: C | None = None
         self._usable_until = 0.0
         self._refresh_at = 0.0
+        self._retry_at = 0.0  # after a failure, not before this (the backoff), unless nothing is usable
         self._inflight: asyncio.Task[C] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
@@ -177,13 +178,19 @@ class RefreshingSource(ABC, Generic[C]):
         if current is not None:
             now = self._clock()
             if now < self._usable_until:
-                if now >= self._refresh_at and self._inflight is None:
+                if now >= self._refresh_at and now >= self._retry_at and self._inflight is None:
                     self._start()  # the timer did not fire (suspended process?): renew now, in the background
                 return current
         if self._closed:
             raise CredentialError(f"{self._label}: the credential source is closed")
-        # Nothing usable: wait for the one fetch in flight (started here if none is).
-        task = self._inflight or self._start()
+        task = self._inflight
+        if task is None:
+            if self._last_error is not None and self._clock() < self._retry_at:
+                # The issuer just failed: answer with why until the backoff's retry (the timer
+                # makes it), rather than send it one request per caller.
+                raise CredentialError(self._last_error)
+            task = self._start()
+        # Nothing usable: wait for the one fetch in flight.
         return await asyncio.shield(task)
 
     def start(self) -> None:
@@ -232,15 +239,14 @@ class RefreshingSource(ABC, Generic[C]):
         self._last_error = message
         # Retry sooner than the credential's end, with backoff; log without any secret.
         delay = min(RETRY_MAX, RETRY_MIN * 2 ** (self._failures - 1))
-        if self._current is not None:
-            left = self._usable_until - self._clock()
+        self._retry_at = self._clock() + delay
+        left = self._usable_until - self._clock()
+        if left > 0:
             logger.warning("credential renewal failed (%s); the current one is usable for %.0fs more, retrying in "
-                           "%.1fs", message, max(left, 0.0), delay)
-            self._schedule(delay)
+                           "%.1fs", message, left, delay)
         else:
-            logger.warning("credential fetch failed: %s", message)
-            # No credential yet: the next request starts a fetch; keep trying meanwhile.
-            self._schedule(delay)
+            logger.warning("credential fetch failed (%s); retrying in %.1fs", message, delay)
+        self._schedule(delay)
 
     def _schedule(self, delay: float) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import AWS_STS_AUDIENCE, AZURE_AUDIENCE, EKS_POD_IDENTITY_AUDIENCE, WorkloadIdentity
 
-TOKEN_DIR = "/var/run/secrets/modelroute.dev/identity"
+TOKEN_DIR = "/var/run/secrets/modelroute-identity"
 TOKEN_DIR_ENV = "MODELROUTE_IDENTITY_TOKEN_DIR"
 # kubelet renews a projected token at 80% of its lifetime; an hour is what EKS and AKS use.
 TOKEN_EXPIRATION_SECONDS = 3600
