@@ -533,7 +533,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
         return None
     headers = {**prepared.headers, **key.headers}
     dialect = anthropic_messages()
-    if passes(dialect.name, adapter):
+    if passes(dialect.name, adapter, backend.model):
         for h in dialect.forward_headers:  # betas change what counts
             if h in request.headers:
                 headers[h] = request.headers[h]

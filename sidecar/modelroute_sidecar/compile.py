@@ -44,6 +44,8 @@ PROVIDER_ENV_VARS: dict[str, tuple[str, ...]] = {
     "azure-openai": ("AZURE_OPENAI_API_KEY",),
     "openai-compatible": (),
     "mock": (),
+    "bedrock": ("AWS_BEARER_TOKEN_BEDROCK",),  # a Bedrock API key, as the AWS SDKs read it
+    "vertex": (),
 }
 
 
@@ -162,6 +164,9 @@ def compile_resources(
             responses_api=pk.spec.responses_api,
             allowed_service_accounts=tuple(sorted(set(pk.spec.allowed_service_accounts))),
             workload_identity=pk.spec.workload_identity,
+            region=pk.spec.region,
+            project=pk.spec.project,
+            location=pk.spec.location,
         )
         keys[name] = found
 
@@ -279,6 +284,20 @@ def key_sources(pk_name: str, provider: str) -> list[str]:
     return [env_var_for(pk_name), *PROVIDER_ENV_VARS[provider]]
 
 
+# bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN], or a Bedrock API key (no ':').
+_AWS_KEY_LINE = re.compile(r"^([^:]+|[A-Z0-9]{16,128}:[^:]+(:[^:]+)?)$")
+
+
+def key_format_error(provider: str, keys: list[str]) -> str | None:
+    """Why key lines cannot be a ``provider``'s credentials, or None (never quotes a line)."""
+    if provider == "bedrock":
+        for i, line in enumerate(keys):
+            if not _AWS_KEY_LINE.match(line):
+                return (f"line {i + 1} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] "
+                        "(or a Bedrock API key, which holds no ':')")
+    return None
+
+
 def _resolve_keys(
     pk: ProviderKey, secrets: Mapping[str, Secret], env: Mapping[str, str] | None
 ) -> tuple[list[str] | None, str, str]:
@@ -308,6 +327,9 @@ def _resolve_keys(
         if not found:
             return None, "KeyEmpty", f"Secret {ref.name} key {ref.key!r} holds no API key{env_hint}"
         if not any(map(is_placeholder, found)):
+            bad = key_format_error(pk.spec.provider, found)
+            if bad is not None:
+                return None, "KeyInvalid", f"Secret {ref.name} key {ref.key!r}: {bad}"
             return found, "KeysLoaded", f"{len(found)} key(s) from Secret {ref.name}"
         placeholder = f"Secret {ref.name} key {ref.key!r}"
     for var in variables:

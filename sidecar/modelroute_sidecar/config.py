@@ -30,7 +30,8 @@ from .syntax import (
     valid_model_name,
 )
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "azure-openai", "openai-compatible", "mock", "bedrock",
+                       "vertex"]
 # How `POST /v1/responses` reaches an OpenAI-shaped upstream: passed through (native),
 # translated to Chat Completions (bridge), or passed through until the upstream answers
 # 404/405 there, then bridged for good (auto).
@@ -197,6 +198,9 @@ class ProviderKeyConfig(_Model):
     api_version: str | None = Field(None, alias="apiVersion")  # azure-openai
     headers: dict[str, str] = Field(default_factory=dict)  # extra, non-secret upstream headers
     mock: MockSettings | None = None  # provider mock only
+    region: str | None = None  # bedrock: the AWS region requests are signed for
+    project: str | None = None  # vertex: the Google Cloud project
+    location: str | None = None  # vertex: the region, or "global"
     responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")  # openai, openai-compatible
     # Who may use the model names this key serves by its globs (empty: everyone).
     allowed_service_accounts: tuple[CallerName, ...] = Field((), alias="allowedServiceAccounts")

@@ -32,7 +32,6 @@ from .logs import access_log
 from .pricing import cost_usd
 from .providers.base import InProcessResponse, PreparedRequest
 from .router import Backend, KeyEntry, Route, Runtime
-from .sse import SSEParser
 from .upstream import LeanClient, LeanResponse
 from .wire.base import Dialect, Ingress, NativeTap, StreamDecoder, StreamEncoder, StreamError, UpstreamErrorInfo
 from .wire.pairs import BRIDGE, passes, path
@@ -253,7 +252,7 @@ class Engine:
         adapter = backend.adapter
         ingress = call.ingress
         # The one place that decides pass-through or translation: the pair table.
-        native = passes(call.dialect.name, adapter)
+        native = passes(call.dialect.name, adapter, backend.model)
         if call.operation == "embeddings":
             # The caller speaks OpenAI embeddings: as Chat Completions callers do, they pass
             # through to OpenAI-shaped upstreams only.
@@ -267,12 +266,11 @@ class Engine:
     async def _attempt(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
                        key: KeyEntry) -> web.StreamResponse:
         prepared, native = self._prepare(call, backend)
-        headers = {**prepared.headers, **key.headers}
         if native and call.dialect.forward_headers:
-            for h in call.dialect.forward_headers:
-                v = request.headers.get(h)
-                if v is not None:
-                    headers[h] = v
+            forwarded = {h: v for h in call.dialect.forward_headers if (v := request.headers.get(h)) is not None}
+            if forwarded:
+                prepared = backend.adapter.with_forwarded(prepared, forwarded)
+        headers = {**prepared.headers, **key.headers}
         loop = asyncio.get_running_loop()
         timeouts = call.route.timeouts
         started = loop.time()
@@ -510,7 +508,7 @@ class Engine:
     def _caller_error(self, rt: Runtime, call: Call, backend: Backend, err: CallerError) -> web.Response:
         self._finish(rt, call, backend, None, f"http_{err.status}")
         headers = self._headers(call, backend)
-        if err.native and err.body:
+        if err.native and err.body and backend.adapter.native_errors:
             try:
                 orjson.loads(err.body)
                 # An upstream's own error body, passed on: redacted whole (any JSON escaping).
@@ -560,7 +558,7 @@ class _Reader:
 
     def __init__(self, call: Call, backend: Backend, native: bool) -> None:
         self.backend_id = backend.id
-        self.parser = SSEParser()
+        self.parser = backend.adapter.stream_parser(backend.model, native)
         self.native = native
         self.usage: Usage | None = None
         self.finished = False

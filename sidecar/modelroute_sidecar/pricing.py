@@ -8,6 +8,7 @@ Figures are list prices for standard (non-batch) use as published by each provid
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from .canonical import Usage
@@ -56,10 +57,37 @@ BUILTIN_PRICES: dict[str, Price] = {
     "mistral-small-latest": _p(0.10, 0.30),
     "llama-3.3-70b-versatile": _p(0.59, 0.79),
     "llama-3.1-8b-instant": _p(0.05, 0.08),
+    # Amazon Nova on Bedrock (us-east-1 on-demand)
+    "nova-premier": _p(2.50, 12.50),
+    "nova-pro": _p(0.80, 3.20, 0.20),
+    "nova-lite": _p(0.06, 0.24, 0.015),
+    "nova-micro": _p(0.035, 0.14, 0.00875),
 }
+
+# Bedrock ids name a model with a cross-region profile and a vendor in front and a version
+# behind (us.anthropic.claude-sonnet-4-5-20250929-v1:0, amazon.nova-pro-v1:0, or an ARN
+# ending in one); Vertex's Claude ids end in @<date> (claude-sonnet-4-5@20250929).
+_CLOUD_ID = re.compile(r"^(?:arn:[^/]+/)?(?:(?:us|eu|apac|jp|au|ca|us-gov|global)\.)?"
+                       r"(?:(?:anthropic|amazon|meta|mistral|cohere|ai21|deepseek|openai|qwen|writer)\.)?"
+                       r"(.+?)(?:-v\d+(?::\d+)?|@[0-9a-z-]+)?$")
+
+
+def list_name(model: str) -> str:
+    """The provider's own name in a Bedrock or Vertex model id (any other name as it is)."""
+    m = _CLOUD_ID.match(model)
+    return m.group(1) if m else model
 
 
 def find_price(model: str, overrides: Mapping[str, Price] | None = None) -> Price | None:
+    """The price of ``model``: its exact name, then the longest known prefix; then the same
+    for its provider's name inside a Bedrock or Vertex id (an override by the full id wins)."""
+    price = _find(model, overrides)
+    if price is None and (name := list_name(model)) != model:
+        price = _find(name, overrides)
+    return price
+
+
+def _find(model: str, overrides: Mapping[str, Price] | None) -> Price | None:
     for table in (overrides or {}, BUILTIN_PRICES):
         if model in table:
             return table[model]

@@ -57,6 +57,20 @@ WORKLOAD_IDENTITY_CLOUDS: dict[str, frozenset[str]] = {
     "bedrock": frozenset({"aws"}),
     "vertex": frozenset({"gcp"}),
 }
+# Where a region or project ends up in a host name or URL path: a fixed alphabet, as in the CRD.
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$"
+GCP_PROJECT_PATTERN = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
+GCP_LOCATION_PATTERN = r"^(global|[a-z]+(-[a-z0-9]+)+)$"
+
+
+def cloud_base_url(provider: str, region: str | None, location: str | None) -> str | None:
+    """The default endpoint of a bedrock or vertex ProviderKey (it names its region)."""
+    if provider == "bedrock" and region:
+        return f"https://bedrock-runtime.{region}.amazonaws.com"
+    if provider == "vertex":
+        loc = location or "global"
+        return "https://aiplatform.googleapis.com" if loc == "global" else f"https://{loc}-aiplatform.googleapis.com"
+    return None
 
 # Headers that carry credentials: refused in ProviderKey.spec.headers (they end up in a
 # ConfigMap), as the CRD refuses them. Compared case-insensitively.
@@ -89,6 +103,9 @@ class ProviderKeySpec(_Spec):
     headers: dict[str, str] = Field(default_factory=dict)
     mock: MockSettings | None = None
     responses_api: ResponsesAPI = Field("auto", alias="responsesAPI")
+    region: str | None = Field(None, pattern=AWS_REGION_PATTERN)  # bedrock (required)
+    project: str | None = Field(None, pattern=GCP_PROJECT_PATTERN)  # vertex (required)
+    location: str | None = Field(None, pattern=GCP_LOCATION_PATTERN)  # vertex; default global
     # Who may use the names this key serves by its globs (not ModelRoutes: they have their own).
     allowed_service_accounts: list[CallerName] = Field(default_factory=list, alias="allowedServiceAccounts",
                                                        max_length=256)
@@ -111,7 +128,7 @@ class ProviderKeySpec(_Spec):
 
     @model_validator(mode="after")
     def _base_url_required(self) -> ProviderKeySpec:
-        if self.base_url is None and self.provider not in DEFAULT_BASE_URLS:
+        if self.base_url is None and self.provider not in DEFAULT_BASE_URLS | {"bedrock": "", "vertex": ""}:
             raise ValueError(f"baseURL is required for provider {self.provider!r}")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("baseURL must start with http:// or https://")
@@ -125,12 +142,19 @@ class ProviderKeySpec(_Spec):
                 kinds = sorted(k for k, clouds in WORKLOAD_IDENTITY_CLOUDS.items() if cloud in clouds)
                 raise ValueError(f"workloadIdentity.{cloud} is for provider {' or '.join(kinds)}, "
                                  f"not {self.provider}")
+        if (self.provider == "bedrock") != (self.region is not None):
+            raise ValueError("region is required for provider bedrock, and only for it")
+        if (self.provider == "vertex") != (self.project is not None):
+            raise ValueError("project is required for provider vertex, and only for it")
+        if self.location is not None and self.provider != "vertex":
+            raise ValueError("location is only for provider vertex")
         return self
 
     def resolved_base_url(self) -> str:
         if self.provider == "mock":
             return DEFAULT_BASE_URLS["mock"]  # no network: a baseURL means nothing to it
-        return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+        cloud = cloud_base_url(self.provider, self.region, self.location)
+        return (self.base_url or cloud or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
 
     def resolved_models(self) -> tuple[str, ...]:
         if self.models is not None:

@@ -295,8 +295,8 @@ class Runtime:
             for i, key in enumerate(keys.get(name, [])):
                 kid = _key_id(name, key)
                 entries.append(KeyEntry(adapter.auth_headers(key), f"{name}#{i + 1}",
-                                        state.keys.setdefault(kid, KeyState())))
-                self.secrets.append(key)
+                                        state.keys.setdefault(kid, KeyState()), adapter.key_source(key)))
+                self.secrets.extend(adapter.secrets_of(key))
             if name in sources:
                 entries = [KeyEntry({}, f"{name}#identity", state.keys.setdefault(f"{name}|identity", KeyState()),
                                     sources[name])]

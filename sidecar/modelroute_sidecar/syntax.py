@@ -54,14 +54,16 @@ def valid_header_value(value: str) -> bool:
     return _HEADER_VALUE.fullmatch(value) is not None
 
 
-def path_segment(name: str) -> str:
+def path_segment(name: str, safe: str = "") -> str:
     """``name`` as exactly one URL path segment (defence in depth behind the ingress check).
 
-    Everything but unreserved characters is percent-encoded, so ``/ ? # %`` cannot
-    split or end the path; ``.`` and ``..`` (which encoding cannot neutralise: clients
-    and servers normalise them away) are refused.
+    Everything but unreserved characters (and ``safe``, a subset of ``: @ + ~``) is
+    percent-encoded, so ``/ ? # %`` cannot split or end the path; ``.`` and ``..`` (which
+    encoding cannot neutralise: clients and servers normalise them away) are refused.
+    A signed URL (AWS SigV4) keeps ``: @ +`` as they are: HTTP clients send them
+    unencoded whatever they were given, and the signature covers the path as sent.
     """
     if name in ("", ".", ".."):
         raise bad_request(f"Invalid 'model': {name!r} cannot name an upstream path segment", "model",
                           "invalid_model_name")
-    return quote(name, safe="")
+    return quote(name, safe=safe)

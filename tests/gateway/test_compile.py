@@ -270,8 +270,10 @@ INVALID = {
                            "ModelRoute default/<unnamed>: metadata.name: Field required"),
     "route-spec-a-list": ({**mr_spec(), "spec": []}, "ModelRoute default/x: spec: Input should be a valid "
                           "dictionary"),
-    "unknown-provider": (pk("p", "bedrock"), "ProviderKey default/p: spec.provider: Input should be 'openai', "
-                         "'anthropic', 'gemini', 'azure-openai', 'openai-compatible' or 'mock'"),
+    "unknown-provider": (pk("p", "cohere"), "ProviderKey default/p: spec.provider: Input should be 'openai', "
+                         "'anthropic', 'gemini', 'azure-openai', 'openai-compatible', 'mock', 'bedrock' or 'vertex'"),
+    "bedrock-without-region": (pk("p", "bedrock"), "ProviderKey default/p: spec: Value error, region is required "
+                               "for provider bedrock, and only for it"),
     "openai-compatible-without-baseURL": (pk("p", "openai-compatible"), "ProviderKey default/p: spec: Value error, "
                                           "baseURL is required for provider 'openai-compatible'"),
     "azure-without-baseURL": (pk("p", "azure-openai"), "ProviderKey default/p: spec: Value error, baseURL is "

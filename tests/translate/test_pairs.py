@@ -20,7 +20,10 @@ WIRE = ROOT / "sidecar" / "modelroute_sidecar" / "wire"
 # How the README names each caller dialect (the clients that speak it).
 CALLERS = {"openai-chat": "Chat Completions", "openai-responses": "Responses (Codex)",
            "anthropic-messages": "Messages (Claude Code)", "gemini": "Gemini (gemini-cli, google-genai)"}
-CELLS = {pairs.PASS: "pass", pairs.TRANSLATE: "tr", pairs.BRIDGE: "pass or bridged"}
+CELLS = {pairs.PASS: "pass", pairs.TRANSLATE: "tr", pairs.BRIDGE: "pass or bridged", pairs.BY_MODEL: "by model"}
+# BY_MODEL cells: a model of the kind that speaks the dialect, and one that does not.
+BY_MODEL = {"bedrock": ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "amazon.nova-pro-v1:0"),
+            "vertex": ("claude-sonnet-4-5@20250929", "gemini-2.5-flash")}
 BODIES: dict[str, dict[str, typing.Any]] = {
     "openai-chat": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
     "openai-responses": {"model": "m", "input": "hi"},
@@ -55,8 +58,9 @@ def test_every_configurable_kind_has_a_row_and_every_row_a_kind() -> None:
 def test_a_row_names_an_adapter_of_its_kind_and_a_wire_format_with_an_upstream_side(kind: str) -> None:
     cls = adapter_class(kind)
     assert cls.kind == kind
-    upstream = importlib.import_module(f"modelroute_sidecar.wire.{pairs.KINDS[kind].wire}.upstream")
-    assert hasattr(upstream, "error_info") or hasattr(upstream, "openai_error_info")
+    for wire in pairs.KINDS[kind].wire.split("+"):
+        upstream = importlib.import_module(f"modelroute_sidecar.wire.{wire}.upstream")
+        assert hasattr(upstream, "error_info") or hasattr(upstream, "openai_error_info")
 
 
 @pytest.mark.parametrize(("dialect", "package"), list(pairs.DIALECTS.items()))
@@ -70,13 +74,19 @@ def test_a_dialect_lives_in_the_package_the_table_names(dialect: str, package: s
 
 @pytest.mark.parametrize(("dialect", "kind"), list(pairs.PATHS))
 def test_a_pass_through_cell_is_one_the_adapter_can_send(dialect: str, kind: str) -> None:
-    pk = ProviderKeyConfig.model_validate({"name": "k", "provider": kind, "baseURL": "http://upstream.test/v1"})
+    pk = ProviderKeyConfig.model_validate({"name": "k", "provider": kind, "baseURL": "http://upstream.test/v1",
+                                           "project": "my-project"})
     adapter = adapter_class(kind)(pk)
     if pairs.path(dialect, kind) is pairs.TRANSLATE:
         assert not pairs.passes(dialect, adapter)
         return
-    assert pairs.passes(dialect, adapter)
-    prepared = adapter.native(dialect, BODIES[dialect], "upstream-model", False)
+    model = "upstream-model"
+    if pairs.path(dialect, kind) is pairs.BY_MODEL:
+        speaking, other = BY_MODEL[kind]
+        model = speaking if dialect == "anthropic-messages" else other
+        assert not pairs.passes(dialect, adapter, other if model == speaking else speaking)
+    assert pairs.passes(dialect, adapter, model)
+    prepared = adapter.native(dialect, BODIES[dialect], model, False)
     assert prepared.url.startswith("http://upstream.test/")
     if pairs.path(dialect, kind) is pairs.BRIDGE:
         adapter.bridge_responses()  # no Responses API there: translated from now on

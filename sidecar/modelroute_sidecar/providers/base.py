@@ -18,7 +18,8 @@ from yarl import URL
 
 from ..canonical import ChatRequest, ChatResponse
 from ..config import ProviderKeyConfig
-from ..credentials.base import BearerToken, Credential, CredentialError
+from ..credentials.base import BearerToken, Credential, CredentialError, CredentialSource
+from ..sse import SSEEvent, SSEParser
 from ..wire.base import StreamDecoder, UpstreamErrorInfo
 
 
@@ -36,11 +37,20 @@ class PreparedRequest(NamedTuple):
     headers: Mapping[str, str]  # without authentication; see ProviderAdapter.auth_headers
 
 
+class EventParser(Protocol):
+    """Upstream stream bytes -> events (SSE, or another framing read as SSE events)."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+
+
 class ProviderAdapter(ABC):
     kind: ClassVar[str]
     # In-process adapters (the mock) answer through respond() instead of the network.
     in_process: ClassVar[bool] = False
     priced: ClassVar[bool] = True  # False: usage costs nothing, whatever the model's name
+    # Whether a pass-through request's 4xx body is in the caller's dialect (passed on as is);
+    # False for upstreams whose errors have their own shape (AWS, Google front ends).
+    native_errors: ClassVar[bool] = True
 
     def __init__(self, pk: ProviderKeyConfig) -> None:
         self.pk = pk
@@ -61,6 +71,11 @@ class ProviderAdapter(ABC):
         """Translate Responses requests to Chat Completions from now on."""
         self.responses_bridged = True
 
+    def speaks_for(self, dialect: str, model: str) -> bool:
+        """For a ``BY_MODEL`` cell of the pair table: whether ``model`` speaks ``dialect``
+        (Bedrock and Vertex pass Anthropic callers through only to Claude models)."""
+        return False
+
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]:
         """Headers that authenticate with ``key`` (computed once per key at load)."""
@@ -72,6 +87,24 @@ class ProviderAdapter(ABC):
         if isinstance(credential, BearerToken):
             return {"authorization": f"Bearer {credential.token}"}
         raise CredentialError(f"provider {self.kind} cannot authenticate with AWS credentials")
+
+    def key_source(self, key: str) -> CredentialSource[Any] | None:
+        """A static key that authenticates each request itself (AWS access keys sign with
+        SigV4): its credential source, read by :meth:`credential_headers`; else None, and
+        :meth:`auth_headers` is all it takes."""
+        return None
+
+    def secrets_of(self, key: str) -> list[str]:
+        """The secret strings in a key line, for the redactor (a line may hold several)."""
+        return [key]
+
+    def stream_parser(self, model: str, native: bool) -> EventParser:
+        """The parser of this upstream's stream framing for ``model``."""
+        return SSEParser()
+
+    def with_forwarded(self, prepared: PreparedRequest, headers: dict[str, str]) -> PreparedRequest:
+        """A pass-through request with the caller headers its dialect forwards (``anthropic-beta``)."""
+        return prepared._replace(headers={**prepared.headers, **headers})
 
     @abstractmethod
     def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest: ...

@@ -16,6 +16,11 @@ one path per caller dialect, in the order of ``DIALECTS``:
 ``BRIDGE``
     ``PASS`` while the upstream has a Responses API; ``TRANSLATE`` (to Chat Completions) once
     its ProviderKey says ``responsesAPI: bridge`` or it answered 404/405 on ``/responses``.
+``BY_MODEL``
+    ``PASS`` to the kind's models that speak the dialect (Claude on Bedrock and Vertex for
+    Anthropic callers, Gemini on Vertex for Gemini callers: ``adapter.speaks_for``),
+    ``TRANSLATE`` for its others. A kind whose models speak several formats names them all
+    in ``wire``, joined by ``+``.
 
 So "a Claude Code request on a Gemini route" is row ``gemini``, column ``anthropic-messages``:
 ``TRANSLATE``, through ``wire/anthropic/caller.py`` and ``wire/gemini/upstream.py``.
@@ -39,9 +44,10 @@ class Path(StrEnum):
     PASS = "pass-through"
     TRANSLATE = "translated"
     BRIDGE = "pass-through, or bridged to Chat Completions"
+    BY_MODEL = "pass-through to the models that speak it, else translated"
 
 
-PASS, TRANSLATE, BRIDGE = Path.PASS, Path.TRANSLATE, Path.BRIDGE
+PASS, TRANSLATE, BRIDGE, BY_MODEL = Path.PASS, Path.TRANSLATE, Path.BRIDGE, Path.BY_MODEL
 
 # The caller dialects (Dialect.name) and the wire package that holds each one's caller side.
 DIALECTS: dict[str, str] = {
@@ -68,6 +74,10 @@ KINDS: dict[str, Kind] = {
     # In-process, deterministic; answers in Chat Completions (its "translation" from an
     # openai-chat caller is the identity).
     "mock":              Kind("mock:MockAdapter",               "openai_chat", (TRANSLATE, TRANSLATE, TRANSLATE, TRANSLATE)),
+    # Converse for every model; Claude's InvokeModel takes Anthropic callers' bodies as sent.
+    "bedrock":           Kind("bedrock:BedrockAdapter",         "bedrock_converse", (TRANSLATE, TRANSLATE, BY_MODEL, TRANSLATE)),
+    # Google's publisher models speak Gemini, Anthropic's (claude-*) the Messages format.
+    "vertex":            Kind("vertex:VertexAdapter",           "gemini+anthropic", (TRANSLATE, TRANSLATE, BY_MODEL, BY_MODEL)),
 }  # fmt: skip
 
 # (dialect, kind) -> path, flattened once at import for the engine's per-attempt look-up.
@@ -80,19 +90,23 @@ def path(dialect: str, kind: str) -> Path:
     return PATHS[(dialect, kind)]
 
 
-def passes(dialect: str, adapter: ProviderAdapter) -> bool:
-    """Whether a request in ``dialect`` goes to ``adapter``'s upstream untranslated, now."""
+def passes(dialect: str, adapter: ProviderAdapter, model: str = "") -> bool:
+    """Whether a request in ``dialect`` goes to ``adapter``'s upstream (for ``model``) untranslated, now."""
     p = PATHS[(dialect, adapter.kind)]
-    return p is PASS or (p is BRIDGE and not adapter.responses_bridged)
+    return (p is PASS or (p is BRIDGE and not adapter.responses_bridged)
+            or (p is BY_MODEL and adapter.speaks_for(dialect, model)))
 
 
 def via(dialect: str, kind: str) -> str:
     """The modules a request takes, for people: the README's table is made of these."""
     p = PATHS[(dialect, kind)]
-    caller, upstream = DIALECTS[dialect], KINDS[kind].wire
-    translated = f"`wire/{caller}/caller.py` → canonical → `wire/{upstream}/upstream.py`"
+    caller = DIALECTS[dialect]
+    upstreams = " or ".join(f"`wire/{u}/upstream.py`" for u in KINDS[kind].wire.split("+"))
+    translated = f"`wire/{caller}/caller.py` → canonical → {upstreams}"
     if p is PASS:
         return f"pass-through (`wire/{caller}`)"
     if p is BRIDGE:
         return f"pass-through (`wire/{caller}`); bridged: {translated}"
+    if p is BY_MODEL:
+        return f"pass-through (`wire/{caller}`) to the models that speak it; others: {translated}"
     return f"translated: {translated}"
