@@ -94,6 +94,7 @@ def signature(secret: str, amz_date: str, region: str, service: str, canonical: 
 class AwsCredential:
     secret_access_key: str
     session_token: str | None = None
+    expires_at: float | None = None  # seconds since the epoch (temporary credentials)
 
 
 class SigV4Error(Exception):
@@ -161,6 +162,8 @@ def verify_sigv4(*, method: str, raw_path: str, raw_query: str, headers: Mapping
         raise SigV4Error("UnrecognizedClientException", "The security token included in the request is invalid.")
     if cred.session_token is None and tokens:
         raise SigV4Error("UnrecognizedClientException", "The security token included in the request is invalid.")
+    if cred.expires_at is not None and now.timestamp() >= cred.expires_at:
+        raise SigV4Error("ExpiredTokenException", "The security token included in the request is expired")
     payload_hash = hashlib.sha256(body).hexdigest()
     claimed = headers.get("x-amz-content-sha256", [])
     if claimed and claimed[0] != payload_hash:

@@ -327,7 +327,8 @@ class FakeBedrock(FakeUpstream):
         models: Iterable[str] | None = None,
     ) -> None:
         super().__init__(api_keys, models=models)
-        self.credentials = dict(credentials or {})
+        # Read at each request: a live view (e.g. of what a fake STS issued) stays current.
+        self.credentials: Mapping[str, AwsCredential] = credentials if credentials is not None else {}
         self.region = region
         self.cache_read_tokens = 0
         self.cache_write_tokens = 0
