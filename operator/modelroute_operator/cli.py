@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .settings import InjectionSettings, OperatorSettings, WebhookSettings
+from .settings import BudgetSettings, InjectionSettings, OperatorSettings, WebhookSettings
 
 logger = logging.getLogger("modelroute.operator")
 
@@ -100,6 +100,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--native-sidecars", type=_tristate, default=None, metavar="auto|true|false",
                    help="inject as a native sidecar (initContainer, restartPolicy Always); "
                         "auto: when the API server is 1.29 or newer")
+    b = p.add_argument_group("budgets (the lease server for ModelBudgets)")
+    b.add_argument("--budget-port", type=int, metavar="PORT",
+                   help="serve leases on https://HOST:PORT/budget/v1/leases with the webhook's certificate (HOST: "
+                        "the webhook's address, or --webhook-listen's); sidecars get the URL and a ServiceAccount "
+                        "token for it. Default: none (the chart sets 9444)")
+    b.add_argument("--budget-url", metavar="URL",
+                   help="the URL sidecars are given (default https://NAME.NS.svc:PORT with --webhook-service, "
+                        "https://HOST:PORT with --webhook-address)")
+    b.add_argument("--budget-lease-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a lease counts its holder as active; sidecars report at least every half of it "
+                        "(default 30)")
     o = p.add_argument_group("operation")
     peer = o.add_mutually_exclusive_group()
     peer.add_argument("--standalone", dest="peering", action="store_const", const=None, default=None,
@@ -132,6 +143,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             cert_check_seconds=args.webhook_cert_check_seconds, owner_clusterrole=args.webhook_owner_clusterrole,
             failure_policy=args.failure_policy, remove_on_exit=args.remove_webhook,
         ),
+        budget=BudgetSettings(port=args.budget_port, url=args.budget_url, lease_ttl_seconds=args.budget_lease_ttl),
         native_sidecars=args.native_sidecars,
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -99,13 +99,15 @@ def _labels() -> dict[str, str]:
     return {names.MANAGED_BY_LABEL: names.MANAGED_BY_VALUE, names.PART_OF_LABEL: names.PART_OF_VALUE}
 
 
-def desired_configmap(namespace: str, result: CompileResult, owners: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def desired_configmap(namespace: str, result: CompileResult, owners: Sequence[Mapping[str, Any]],
+                      extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``extra``: more files for the sidecar (e.g. the lease server's CA, ``budget-ca.crt``)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": CONFIGMAP_NAME, "namespace": namespace, "labels": _labels(),
                      "ownerReferences": [dict(o) for o in owners]},
-        "data": {CONFIG_FILE: result.config.dump_json()},
+        "data": {CONFIG_FILE: result.config.dump_json(), **(extra or {})},
     }
 
 

@@ -18,7 +18,7 @@ import datetime
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +101,10 @@ class ConfigWriteError(Exception):
 
 
 async def reconcile_namespace(
-    kube: Kube, namespace: str, *, base: GatewayConfig | None = None, instance: str | None = None
+    kube: Kube, namespace: str, *, base: GatewayConfig | None = None, instance: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> Report:
+    """``extra``: more files of the ConfigMap (the lease server's CA)."""
     report = Report(namespace)
     routes, keys = await asyncio.gather(
         kube.list(custom_path("modelroutes", namespace)), kube.list(custom_path("providerkeys", namespace))
@@ -143,7 +145,7 @@ async def reconcile_namespace(
 
     if report.problem is None:
         owners = objects.owner_references(sources)
-        outputs = (objects.desired_configmap(namespace, result, owners),
+        outputs = (objects.desired_configmap(namespace, result, owners, extra),
                    objects.desired_keys_secret(namespace, result, owners))
         try:
             changed = await asyncio.gather(*(_apply(kube, desired) for desired in outputs))
@@ -204,12 +206,13 @@ FollowFn = Callable[[str, frozenset[str]], None]
 
 
 async def reconcile_and_log(kube: Kube, namespace: str, metrics: OperatorMetrics | None = None,
-                            follow: FollowFn | None = None) -> Report:
+                            follow: FollowFn | None = None,
+                            extra: Callable[[], Mapping[str, str]] | None = None) -> Report:
     """Reconcile, count and log; ``follow(namespace, secret names)`` is told which Secrets to
     watch for rotation afterwards (none where they cannot be read)."""
     start = time.perf_counter()
     try:
-        report = await reconcile_namespace(kube, namespace)
+        report = await reconcile_namespace(kube, namespace, extra=extra() if extra is not None else None)
     except Exception as e:
         if metrics is not None:
             metrics.reconciled(namespace, "error", time.perf_counter() - start)

@@ -12,14 +12,19 @@ from pathlib import Path
 
 import kopf
 
+from . import names
 from .admission import RegisteringWebhookServer, clusterrole_owner, unregister
+from .budget_reconcile import RollOver, reconcile_budgets
+from .budget_store import BudgetStore
 from .certs import ensure_certs, renew_generated_forever, service_hosts
 from .handlers import build_registry, configure
 from .kube import Kube
+from .lease_server import LeaseServer
 from .metrics import OperatorMetrics, serve_metrics
 from .reconcile import Reconciler, reconcile_and_log
 from .secret_watch import SecretWatches
 from .settings import InjectionSettings, OperatorSettings, WebhookSettings
+from .tokenauth import TokenReviewer
 
 logger = logging.getLogger("modelroute.operator")
 
@@ -59,7 +64,22 @@ async def injection_settings(kube: Kube, settings: OperatorSettings) -> Injectio
         native = version >= NATIVE_SIDECAR_MIN
         logger.info("API server %d.%d: injecting the sidecar as a %s", *version,
                     "native sidecar (initContainer, restartPolicy: Always)" if native else "regular container")
-    return settings.injection.model_copy(update={"native_sidecar": native})
+    return settings.injection.model_copy(update={"native_sidecar": native, "budget_url": settings.budget_url})
+
+
+async def follow_ca(ca_file: Path, into: dict[str, str], reconciler: Reconciler, interval: float) -> None:
+    """Keep ``into`` (the ConfigMaps' extra files) holding the lease server's CA; a new CA (a
+    renewed generated certificate) is written to every namespace's ConfigMap."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ca = await asyncio.to_thread(ca_file.read_text)
+        except OSError as e:
+            logger.error("cannot read the lease server's CA %s: %s", ca_file, e)
+            continue
+        if into.get(names.BUDGET_CA_KEY) != ca:
+            into[names.BUDGET_CA_KEY] = ca
+            reconciler.trigger_all()
 
 
 async def run(settings: OperatorSettings) -> None:
@@ -69,9 +89,22 @@ async def run(settings: OperatorSettings) -> None:
     metrics_server = None
     server: RegisteringWebhookServer | None = None
     watches: SecretWatches | None = None
-    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics, watches.follow if watches else None),
+    budget_ca: dict[str, str] = {}  # the ConfigMap's budget-ca.crt, when the lease server runs
+    reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics, watches.follow if watches else None,
+                                                         extra=lambda: budget_ca),
                             concurrency=settings.concurrency)
     watches = SecretWatches(kube, reconciler.trigger)
+    store = BudgetStore(kube, ttl=settings.budget.lease_ttl_seconds, instance=peer_identity())
+    budgets: Reconciler | None = None
+    roll_over: RollOver | None = None
+    lease_server: LeaseServer | None = None
+    if settings.budget.enabled:
+        async def reconcile_ns_budgets(namespace: str) -> None:
+            assert roll_over is not None
+            roll_over.at(namespace, await reconcile_budgets(kube, store, namespace))
+
+        budgets = Reconciler(reconcile_ns_budgets, concurrency=settings.concurrency)
+        roll_over = RollOver(budgets.trigger)
     try:
         if settings.metrics_listen is not None:
             metrics_server = await serve_metrics(metrics, *settings.metrics_listen)
@@ -84,13 +117,20 @@ async def run(settings: OperatorSettings) -> None:
             checked = checked_hosts(settings.webhook)
             certs = ensure_certs(cert_dir, webhook_hosts(settings.webhook), required=checked)
             background.append(asyncio.create_task(renew_generated_forever(cert_dir, webhook_hosts(settings.webhook))))
+            if settings.budget_listen is not None:
+                lease_server = LeaseServer(store, TokenReviewer(kube, ttl=settings.budget.token_cache_seconds),
+                                           namespaces=settings.namespaces, ttl=settings.budget.lease_ttl_seconds)
+                await lease_server.start(*settings.budget_listen, certs, settings.webhook.cert_check_seconds)
+                budget_ca[names.BUDGET_CA_KEY] = certs.ca.read_text()  # before the first reconcile
+                background.append(asyncio.create_task(follow_ca(certs.ca, budget_ca, reconciler,
+                                                                settings.webhook.cert_check_seconds)))
             owner = None
             if settings.webhook.owner_clusterrole is not None:
                 owner = await clusterrole_owner(kube, settings.webhook.owner_clusterrole)
             kopf_settings.admission.server = server = RegisteringWebhookServer(
                 kube=kube, settings=settings.webhook, certs=certs, namespaces=settings.namespaces,
                 checked_hosts=tuple(checked), owner=owner, metrics=metrics)
-        registry = build_registry(reconciler, injection)
+        registry = build_registry(reconciler, injection, budgets)
         if settings.resync_seconds > 0:
             background.append(asyncio.create_task(reconciler.resync_forever(settings.resync_seconds)))
         await kopf.operator(
@@ -109,6 +149,13 @@ async def run(settings: OperatorSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await reconciler.close()
+        if budgets is not None:
+            await budgets.close()
+        if roll_over is not None:
+            roll_over.close()
+        if lease_server is not None:
+            await lease_server.close()
+        await store.close()
         await watches.close()
         if metrics_server is not None:
             await metrics_server.cleanup()

@@ -112,10 +112,26 @@ class WebhookSettings(_Model):
         return self
 
 
+class BudgetSettings(_Model):
+    """The lease server (ModelBudgets): HTTPS with the webhook's certificate."""
+
+    # None: no lease server (sidecars then follow their budgets' failurePolicy once a lease is spent).
+    port: int | None = Field(None, ge=1, le=65535)
+    # What sidecars are told; default: https://<Service>.<ns>.svc:<port> in cluster, the webhook's host out of it.
+    url: str | None = Field(None, pattern=r"^https://\S+$")
+    lease_ttl_seconds: float = Field(30.0, ge=1, le=3600)
+    token_cache_seconds: float = Field(60.0, ge=0, le=600)
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+
 class OperatorSettings(_Model):
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     injection: InjectionSettings = InjectionSettings()
     webhook: WebhookSettings = WebhookSettings()
+    budget: BudgetSettings = BudgetSettings()
     # None: decide from the server's version at start-up.
     native_sidecars: bool | None = None
     standalone: bool = True
@@ -126,3 +142,32 @@ class OperatorSettings(_Model):
     resync_seconds: float = Field(300.0, ge=0)  # 0 disables the periodic resync
     concurrency: int = Field(8, ge=1, le=256)  # namespaces reconciled at once
     kubeconfig: str | None = None
+
+    @model_validator(mode="after")
+    def _budget_needs_the_webhook(self) -> OperatorSettings:
+        if self.budget.enabled and not self.webhook.enabled:
+            raise ValueError("--budget-port needs the webhook (--webhook-address or --webhook-service): the lease "
+                             "server uses its certificate")
+        if self.budget.enabled and self.webhook.address is not None and self.budget.port == self.webhook.address[1]:
+            raise ValueError(f"--budget-port {self.budget.port} is the webhook's port")
+        return self
+
+    @property
+    def budget_listen(self) -> tuple[str, int] | None:
+        if self.budget.port is None:
+            return None
+        host = self.webhook.address[0] if self.webhook.address is not None else self.webhook.listen[0]
+        return host, self.budget.port
+
+    @property
+    def budget_url(self) -> str | None:
+        """What the webhook tells sidecars: the lease server's URL."""
+        if self.budget.port is None:
+            return None
+        if self.budget.url:
+            return self.budget.url
+        if self.webhook.service is not None:
+            name, namespace = self.webhook.service
+            return f"https://{name}.{namespace}.svc:{self.budget.port}"
+        host = self.webhook.address[0] if self.webhook.address is not None else "127.0.0.1"
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.budget.port}"

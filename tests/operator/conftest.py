@@ -116,6 +116,7 @@ class OperatorProcess:
         self.cluster = cluster
         self.webhook_port = free_port()
         self.metrics_port = free_port()
+        self.budget_port = free_port()
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -123,7 +124,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         argv = [sys.executable, "-m", "modelroute_operator", "--verbose",
                 "--webhook-address", f"127.0.0.1:{self.webhook_port}", "--sidecar-image", IMAGE,
-                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.args]
+                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--budget-port", str(self.budget_port),
+                *self.args]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         mark = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
