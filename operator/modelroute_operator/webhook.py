@@ -295,6 +295,10 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings,
         spec.pop("initContainers", None)
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in _OUR_VOLUMES]
     spec["volumes"] = volumes + sidecar_volumes(s) + ([identity_volume(tokens)] if tokens else [])
+    if (s.budget_url or tokens) and not (spec.get("serviceAccountName") or spec.get("serviceAccount")):
+        # A projected token needs the pod's ServiceAccount named. The ServiceAccount admission
+        # plugin (before webhooks) names `default` when the pod does not; where it is off, we do.
+        spec["serviceAccountName"] = service_account(out)
 
     annotations = dict(meta.get("annotations") or {})
     if not any(k in annotations for k in ("prometheus.io/scrape", "prometheus.io/port")):

@@ -307,6 +307,19 @@ def test_no_monitoring_objects_unless_asked(helm: Helm, tmp_path: Path) -> None:
     assert "PodMonitor" in kinds_ and "ServiceMonitor" not in kinds_ and "ConfigMap" not in kinds_
 
 
+def test_the_lease_server_listens_behind_the_webhook_service(helm: Helm, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [operator] = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--budget-port=9444" in operator["args"] and "--budget-lease-ttl=30" in operator["args"]
+    assert {"name": "budget", "containerPort": 9444, "protocol": "TCP"} in operator["ports"]
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert {"name": "budget", "port": 9444, "targetPort": "budget", "protocol": "TCP"} in service["spec"]["ports"]
+    off = render(helm, tmp_path, {"budgets": {"enabled": False}})
+    [operator] = next(d for d in off if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--budget") for a in operator["args"])
+
+
 # --- values that must be refused -------------------------------------------------------------
 
 
@@ -320,7 +333,11 @@ def test_no_monitoring_objects_unless_asked(helm: Helm, tmp_path: Path) -> None:
     ({"operator": {"replicas": 2}}, "needs a shared webhook certificate"),
     ({"webhook": {"certificate": {"source": "secret"}}}, "needs webhook.certificate.secretName"),
     ({"operator": {"healthPort": 9443}}, "must differ"),
-    ({"operator": {"metricsPort": 8080}}, "operator.healthPort, operator.metricsPort and webhook.port must differ"),
+    ({"operator": {"metricsPort": 8080}},
+     "operator.healthPort, operator.metricsPort, webhook.port and budgets.port must differ"),
+    ({"budgets": {"port": 9443}}, "budgets.port must differ"),
+    ({"budgets": {"port": 443}}, "budgets.port and webhook.servicePort must differ"),
+    ({"budgets": {"ttl": 5}}, "ttl"),
     ({"sidecar": {"port": 8701}}, "sidecar.port and sidecar.metricsPort must differ"),
     ({"sidecar": {"metricsPort": 70000}}, "metricsPort"),
     ({"rbac": {"namespaces": ["kube-system"]}}, "/rbac/namespaces/0"),

@@ -59,6 +59,11 @@ def test_an_annotated_pod_is_stored_with_the_sidecar_volumes_and_env(
     assert vols["modelroute-config"]["configMap"]["optional"] is True
     assert vols["modelroute-keys"]["secret"]["secretName"] == "modelroute-keys"
     assert vols["modelroute-keys"]["secret"]["optional"] is True
+    # The lease server's URL, CA and the pod's token for it (audience modelroute), the sidecar's alone.
+    assert vols["modelroute-token"]["projected"]["sources"] == [{"serviceAccountToken": {
+        "audience": "modelroute", "expirationSeconds": 3600, "path": "token"}}]
+    assert env_of(side)["MODELROUTE_BUDGET_URL"] == f"https://127.0.0.1:{operator.budget_port}"
+    assert env_of(side)["MODELROUTE_BUDGET_CA"] == "/etc/modelroute/config/budget-ca.crt"
     [app] = stored["spec"]["containers"]
     assert env_of(app) == {
         "OPENAI_BASE_URL": "http://127.0.0.1:8700/v1", "OPENAI_API_KEY": "modelroute-placeholder",

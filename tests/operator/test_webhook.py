@@ -342,6 +342,12 @@ def test_with_a_lease_server_the_sidecar_gets_a_modelroute_token_its_url_and_ca(
     assert mutate_pod(out, s) == out
 
 
+def test_a_projected_token_names_the_service_account() -> None:
+    assert mutate_pod(pod(), BUDGET)["spec"]["serviceAccountName"] == "default"
+    assert mutate_pod(pod(serviceAccountName="web"), BUDGET)["spec"]["serviceAccountName"] == "web"
+    assert "serviceAccountName" not in mutate_pod(pod(), S)["spec"]
+
+
 def test_without_a_lease_server_no_token_is_projected() -> None:
     out = mutate_pod(pod(), S)
     assert names.TOKEN_VOLUME not in {v["name"] for v in out["spec"]["volumes"]}

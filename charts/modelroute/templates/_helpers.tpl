@@ -97,8 +97,12 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- $ports := list (int .Values.operator.healthPort) (int .Values.operator.metricsPort) -}}
 {{- if .Values.webhook.enabled -}}{{- $ports = append $ports (int .Values.webhook.port) -}}{{- end -}}
+{{- if and .Values.webhook.enabled .Values.budgets.enabled -}}{{- $ports = append $ports (int .Values.budgets.port) -}}{{- end -}}
 {{- if ne (len $ports) (len (uniq $ports)) -}}
-{{- fail "operator.healthPort, operator.metricsPort and webhook.port must differ" -}}
+{{- fail "operator.healthPort, operator.metricsPort, webhook.port and budgets.port must differ" -}}
+{{- end -}}
+{{- if and .Values.webhook.enabled .Values.budgets.enabled (eq (int .Values.budgets.port) (int .Values.webhook.servicePort)) -}}
+{{- fail "budgets.port and webhook.servicePort must differ (both are ports of the webhook's Service)" -}}
 {{- end -}}
 {{- if eq (int .Values.sidecar.port) (int .Values.sidecar.metricsPort) -}}
 {{- fail "sidecar.port and sidecar.metricsPort must differ" -}}
