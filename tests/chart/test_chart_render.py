@@ -205,8 +205,11 @@ def test_default_render(helm: Helm, tmp_path: Path) -> None:
     service = find(docs, "Service")
     assert settings.webhook.service == (service["metadata"]["name"], NS)
     assert settings.webhook.listen == ("0.0.0.0", ports["webhook"])
-    (sport,) = service["spec"]["ports"]
+    sport, bport = service["spec"]["ports"]
     assert sport["targetPort"] == "webhook" and settings.webhook.service_port == sport["port"] == 443
+    # The lease server: the same Service, its own port; the URL the sidecars get names both.
+    assert bport["targetPort"] == "budget" and settings.budget.port == bport["port"] == ports["budget"] == 9444
+    assert settings.budget_url == f"https://{service['metadata']['name']}.{NS}.svc:9444"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert str(settings.webhook.cert_dir) in mounts
     assert settings.webhook.failure_policy == "Fail"

@@ -125,7 +125,10 @@ class OperatorProcess:
         argv = [sys.executable, "-m", "modelroute_operator", "--verbose",
                 "--webhook-address", f"127.0.0.1:{self.webhook_port}", "--sidecar-image", IMAGE,
                 "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--budget-port", str(self.budget_port),
-                *self.args]
+                # One certificate across restarts, as the chart's emptyDir keeps it across container
+                # restarts: the lease server's CA in every ConfigMap stays the same (a later
+                # --webhook-cert-dir in args wins).
+                "--webhook-cert-dir", str(self.log_path.parent / f"certs-{self.webhook_port}"), *self.args]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         mark = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:

@@ -235,16 +235,6 @@ def test_sigkill_loses_nothing(cluster: Cluster, operator: OperatorProcess, name
             urllib.request.urlopen(f"{c.url}/budget/v1/leases", context=c.context, timeout=5)
     finally:
         operator.start()
-    # This operator made itself a new CA (no --webhook-cert-dir): it reaches the ConfigMap, and
-    # from there the sidecar's mounted file, as after a certificate renewal.
-    old = served.read_text()
-
-    def new_ca() -> str | None:
-        pem = ((cluster.get("configmap", "modelroute-config", namespace) or {}).get("data") or {}).get("budget-ca.crt")
-        return pem if pem and pem != old else None
-
-    served.write_text(str(wait_for(new_ca, timeout=30, interval=0.1, what="the new CA in modelroute-config")))
-    c = LeaseClient(c.url, served, c.token, c.holder)
     status, answer = c.lease("team", "1h", used={"tokens": first})
     assert status == 200
     held = ledger(cluster, namespace, "team", "1h")["holders"][c.holder]
