@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from modelroute_sidecar.budget.ledger import UNITS, Amount, Limit, WindowLedger
 from modelroute_sidecar.budget.windows import parse_rfc3339, parse_window, rfc3339
@@ -247,7 +247,8 @@ def condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] 
     return None
 
 
-def exceeded_event(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tuple[str, str, str] | None:
+def exceeded_event(old: Mapping[str, Any] | None,
+                   new: Mapping[str, Any]) -> tuple[Literal["Normal", "Warning"], str, str] | None:
     """(type, reason, message) of the Event for a change of ``Exceeded``, if it changed."""
     before, after = condition(old, EXCEEDED), condition(new, EXCEEDED)
     was = before is not None and before.get("status") == "True"
@@ -257,16 +258,3 @@ def exceeded_event(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> tup
     if was and not now:
         return "Normal", "BudgetAvailable", "every window has budget left"
     return None
-
-
-def validation(body: Mapping[str, Any], route_models: set[str]) -> tuple[bool, str, str]:
-    """Ready: (ok, reason, message). ``downgradeTo`` must be a model some ModelRoute serves."""
-    spec = body.get("spec") or {}
-    if spec.get("onExceeded") == "Downgrade":
-        target = spec.get("downgradeTo")
-        if not isinstance(target, str) or target not in route_models:
-            return False, "UnknownDowngradeTarget", \
-                f"downgradeTo {target!r} is not the model of any ModelRoute in this namespace"
-    if not limits_of(spec):
-        return False, "Invalid", "no limits"
-    return True, "Ready", "enforced by the namespace's sidecars"

@@ -1,9 +1,7 @@
-"""Reconciling a namespace's ModelBudgets: Ready (is ``downgradeTo`` a route's model?), the
-windows rolled over when their time is up (even without traffic), Exceeded, and the Events.
-
-Per namespace, like the config: a change of a ModelBudget or a ModelRoute re-reads them all.
-After each pass the namespace is triggered again at the next window end, so ``kubectl get mb``
-shows the new window at zero without anyone asking for a lease.
+"""ModelBudgets' windows rolled over when their time is up, even without traffic: after each
+pass over a namespace's budgets it is triggered again at the next window end, so ``kubectl get
+mb`` shows the new window at zero (and Exceeded cleared) without anyone asking for a lease.
+(Ready comes from the namespace's compile, reconcile.py.)
 """
 
 from __future__ import annotations
@@ -28,14 +26,12 @@ async def reconcile_budgets(kube: Kube, store: BudgetStore, namespace: str,
     budgets = await kube.list(custom_path(PLURAL, namespace))
     if not budgets:
         return None
-    routes = await kube.list(custom_path("modelroutes", namespace))
-    models = {str((r.get("spec") or {}).get("model")) for r in routes}
     now = clock()
     next_end: float | None = None
     for body in budgets:
         name = body["metadata"]["name"]
         try:
-            await store.refresh(namespace, name, bl.validation(body, models))
+            await store.refresh(namespace, name)
         except BudgetNotFound:
             continue
         for window in bl.limits_of(body.get("spec") or {}):

@@ -15,11 +15,14 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import budget_ledger as bl
 from . import names, objects
 from .kube import ApiError, Kube, core_path, custom_path
+
+if TYPE_CHECKING:
+    from modelroute_sidecar.compile import ObjectStatus
 
 logger = logging.getLogger("modelroute.operator")
 
@@ -50,9 +53,10 @@ class BudgetStore:
     def forget(self, key: Key) -> None:
         self._known.pop(key, None)
 
-    async def change(self, key: Key, fn: Change) -> Any:
-        """Apply ``fn(body, now) -> (new status, result)`` and write the status; ``result`` once
-        written. Raises :class:`BudgetNotFound`, or :class:`ApiError` when it cannot be written."""
+    async def change(self, key: Key, fn: Change, ready: ObjectStatus | None = None) -> tuple[Any, bool]:
+        """Apply ``fn(body, now) -> (new status, result)`` and write the status; (``result``, whether
+        anything was written) once written. ``ready``: the compiler's verdict, for its Event.
+        Raises :class:`BudgetNotFound`, or :class:`ApiError` when it cannot be written."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             body = self._known.get(key)
@@ -66,7 +70,7 @@ class BudgetStore:
                 status, result = fn(body, now)
                 if status == body.get("status"):
                     self._known[key] = body
-                    return result
+                    return result, False
                 update = {"apiVersion": body.get("apiVersion", names.GROUP + "/" + names.VERSION),
                           "kind": "ModelBudget", "metadata": body["metadata"], "spec": body.get("spec"),
                           "status": status}
@@ -83,8 +87,8 @@ class BudgetStore:
                     raise
                 self.writes += 1
                 self._known[key] = written
-                self._post_event(body, written)
-                return result
+                self._post_event(body, written, ready)
+                return result, True
             self._known.pop(key, None)
             raise ApiError(409, "Conflict", f"{CONFLICT_RETRIES} conflicting writes in a row", "PUT",
                            custom_path(PLURAL, *key, sub="status"))
@@ -95,33 +99,38 @@ class BudgetStore:
             status, answers = bl.apply_leases(body, holder, entries, now, self.ttl)
             return bl.derived_status(body, status, now, _rfc3339(now)), answers
 
-        result: list[dict[str, Any]] = await self.change((namespace, budget), fn)
+        result: list[dict[str, Any]] = (await self.change((namespace, budget), fn))[0]
         return result
 
-    async def refresh(self, namespace: str, name: str, ready: tuple[bool, str, str]) -> dict[str, Any]:
-        """Recompute the status (validation, windows rolled over) without a lease; the new status."""
-        def fn(body: dict[str, Any], now: float) -> tuple[dict[str, Any], dict[str, Any]]:
-            status = bl.derived_status(body, dict(body.get("status") or {}), now, _rfc3339(now), ready)
-            return status, status
+    async def refresh(self, namespace: str, name: str, ready: ObjectStatus | None = None) -> bool:
+        """Recompute the status without a lease: windows rolled over, and with ``ready`` (the
+        compiler's verdict) the Ready condition. Whether anything was written."""
+        verdict = (ready.ready, ready.reason, ready.message) if ready is not None else None
 
-        result: dict[str, Any] = await self.change((namespace, name), fn)
-        return result
+        def fn(body: dict[str, Any], now: float) -> tuple[dict[str, Any], None]:
+            return bl.derived_status(body, dict(body.get("status") or {}), now, _rfc3339(now), verdict), None
 
-    def _post_event(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        event = bl.exceeded_event(old.get("status"), new.get("status") or {})
-        if event is None:
-            return
-        task = asyncio.create_task(self._create_event(new, *event))
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
+        return (await self.change((namespace, name), fn, ready))[1]
 
-    async def _create_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def _post_event(self, old: dict[str, Any], new: dict[str, Any], ready: ObjectStatus | None) -> None:
+        events = [objects.event_for(ready, old.get("status"))] if ready is not None else []
+        if (exceeded := bl.exceeded_event(old.get("status"), new.get("status") or {})) is not None:
+            events.append(objects.EventSpec(*exceeded))
+        for event in events:
+            if event is not None:
+                task = asyncio.create_task(self._create_event(new, event))
+                self._events.add(task)
+                task.add_done_callback(self._events.discard)
+
+    async def _create_event(self, body: dict[str, Any], spec: objects.EventSpec) -> None:
         meta = body["metadata"]
-        spec = objects.EventSpec("Warning" if type_ == "Warning" else "Normal", reason, message)
+        reason = spec.reason
         try:
             await self._kube.create(core_path("events", meta["namespace"]), objects.event_body(
                 {**body, "kind": "ModelBudget"}, spec, _rfc3339(self._clock()), instance=self._instance))
         except ApiError as e:  # a courtesy: never fails the write it reports
+            if e.namespace_terminating:
+                return  # going away, and its budget with it
             logger.warning("could not post event %s on ModelBudget %s/%s: %s", reason, meta["namespace"],
                            meta["name"], e)
 

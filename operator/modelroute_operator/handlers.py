@@ -48,7 +48,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 def build_registry(reconciler: Reconciler, injection: InjectionSettings | None,
                    budgets: Reconciler | None = None) -> kopf.OperatorRegistry:
     """Handlers for a reconciler; with ``injection``, the pod webhook too; with ``budgets``, the
-    ModelBudgets' reconciler (per namespace, like the config)."""
+    ModelBudgets' roll-over (per namespace, like the config)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(id="login", registry=registry)
@@ -57,17 +57,12 @@ def build_registry(reconciler: Reconciler, injection: InjectionSettings | None,
 
     @kopf.on.event(names.GROUP, names.VERSION, "modelroutes", id="modelroute", registry=registry)
     @kopf.on.event(names.GROUP, names.VERSION, "providerkeys", id="providerkey", registry=registry)
+    @kopf.on.event(names.GROUP, names.VERSION, "modelbudgets", id="modelbudget", registry=registry)
     async def source_changed(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace and needs_reconcile(type, body):
             reconciler.trigger(namespace)
-            if budgets is not None and body.get("kind") == "ModelRoute":
-                budgets.trigger(namespace)  # a budget's downgradeTo may have come or gone
-
-    if budgets is not None:
-        @kopf.on.event(names.GROUP, names.VERSION, "modelbudgets", id="modelbudget", registry=registry)
-        async def budget_changed(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
-            if namespace and budgets is not None and needs_reconcile(type, body):
-                budgets.trigger(namespace)
+            if budgets is not None and body.get("kind") == "ModelBudget":
+                budgets.trigger(namespace)  # its windows' roll-over timers
 
     if injection is not None:
         settings = injection

@@ -50,6 +50,7 @@ TOKEN_EXPIRATION_SECONDS: Final = 3600
 BUDGET_URL_ENV: Final = "MODELROUTE_BUDGET_URL"
 BUDGET_CA_ENV: Final = "MODELROUTE_BUDGET_CA"
 BUDGET_CA_KEY: Final = "budget-ca.crt"
+POD_NAME_ENV: Final = "MODELROUTE_POD_NAME"
 
 # --- the admission webhook ------------------------------------------------------------
 WEBHOOK_CONFIGURATION: Final = "modelroute.dev"  # MutatingWebhookConfiguration name

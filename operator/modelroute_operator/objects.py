@@ -25,7 +25,7 @@ from modelroute_sidecar.resources import API_VERSION
 from . import names
 
 Body = Mapping[str, Any]
-KINDS: tuple[Kind, ...] = ("ProviderKey", "ModelRoute")
+KINDS: tuple[Kind, ...] = ("ProviderKey", "ModelRoute", "ModelBudget")
 
 
 def origin(body: Body) -> str:

@@ -26,12 +26,13 @@ from modelroute_sidecar.compile import ObjectStatus, compile_resources
 from modelroute_sidecar.config import CONFIGMAP_NAME, KEYS_SECRET_NAME, GatewayConfig
 
 from . import names, objects
+from .budget_store import BudgetNotFound, BudgetStore
 from .kube import ApiError, Kube, core_path, custom_path
 from .metrics import OperatorMetrics, ReconcileResult
 
 logger = logging.getLogger("modelroute.operator")
 
-PLURALS = {"ModelRoute": "modelroutes", "ProviderKey": "providerkeys"}
+PLURALS = {"ModelRoute": "modelroutes", "ProviderKey": "providerkeys", "ModelBudget": "modelbudgets"}
 STATUS_WRITES_IN_FLIGHT = 8  # per namespace
 
 
@@ -102,18 +103,22 @@ class ConfigWriteError(Exception):
 
 async def reconcile_namespace(
     kube: Kube, namespace: str, *, base: GatewayConfig | None = None, instance: str | None = None,
-    extra: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None, budgets: BudgetStore | None = None,
 ) -> Report:
-    """``extra``: more files of the ConfigMap (the lease server's CA)."""
+    """``extra``: more files of the ConfigMap (the lease server's CA). ``budgets``: where
+    ModelBudgets' status goes (with their ledger; without it, their status is not written)."""
     report = Report(namespace)
-    routes, keys = await asyncio.gather(
-        kube.list(custom_path("modelroutes", namespace)), kube.list(custom_path("providerkeys", namespace))
+    routes, keys, budget_bodies = await asyncio.gather(
+        kube.list(custom_path("modelroutes", namespace)), kube.list(custom_path("providerkeys", namespace)),
+        kube.list(custom_path("modelbudgets", namespace)),
     )
     for body in routes:
         body.setdefault("kind", "ModelRoute")
     for body in keys:
         body.setdefault("kind", "ProviderKey")
-    sources = keys + routes
+    for body in budget_bodies:
+        body.setdefault("kind", "ModelBudget")
+    sources = keys + routes + budget_bodies
     report.routes, report.provider_keys = len(routes), len(keys)
 
     if not sources:
@@ -172,7 +177,14 @@ async def reconcile_namespace(
     async def write_status(body: dict[str, Any], status: ObjectStatus) -> None:
         async with writes:
             try:
+                if body["kind"] == "ModelBudget":
+                    # One writer of a budget's status: the store, which also holds its ledger.
+                    if budgets is not None:
+                        report.status_writes += await budgets.refresh(namespace, body["metadata"]["name"], status)
+                    return
                 report.status_writes += await _write_status(kube, body, status, now, instance or socket.gethostname())
+            except BudgetNotFound:
+                pass  # deleted meanwhile, and its deletion triggers another pass
             except ApiError as e:
                 if e.status != 404:  # 404: deleted meanwhile, and its deletion triggers another pass
                     report.failures.append(f"{body['kind']}/{body['metadata'].get('name')}: {e}")
@@ -207,12 +219,14 @@ FollowFn = Callable[[str, frozenset[str]], None]
 
 async def reconcile_and_log(kube: Kube, namespace: str, metrics: OperatorMetrics | None = None,
                             follow: FollowFn | None = None,
-                            extra: Callable[[], Mapping[str, str]] | None = None) -> Report:
+                            extra: Callable[[], Mapping[str, str]] | None = None,
+                            budgets: BudgetStore | None = None) -> Report:
     """Reconcile, count and log; ``follow(namespace, secret names)`` is told which Secrets to
     watch for rotation afterwards (none where they cannot be read)."""
     start = time.perf_counter()
     try:
-        report = await reconcile_namespace(kube, namespace, extra=extra() if extra is not None else None)
+        report = await reconcile_namespace(kube, namespace, extra=extra() if extra is not None else None,
+                                           budgets=budgets)
     except Exception as e:
         if metrics is not None:
             metrics.reconciled(namespace, "error", time.perf_counter() - start)

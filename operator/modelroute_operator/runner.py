@@ -90,21 +90,18 @@ async def run(settings: OperatorSettings) -> None:
     server: RegisteringWebhookServer | None = None
     watches: SecretWatches | None = None
     budget_ca: dict[str, str] = {}  # the ConfigMap's budget-ca.crt, when the lease server runs
+    store = BudgetStore(kube, ttl=settings.budget.lease_ttl_seconds, instance=peer_identity())
     reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics, watches.follow if watches else None,
-                                                         extra=lambda: budget_ca),
+                                                         extra=lambda: budget_ca, budgets=store),
                             concurrency=settings.concurrency)
     watches = SecretWatches(kube, reconciler.trigger)
-    store = BudgetStore(kube, ttl=settings.budget.lease_ttl_seconds, instance=peer_identity())
-    budgets: Reconciler | None = None
-    roll_over: RollOver | None = None
     lease_server: LeaseServer | None = None
-    if settings.budget.enabled:
-        async def reconcile_ns_budgets(namespace: str) -> None:
-            assert roll_over is not None
-            roll_over.at(namespace, await reconcile_budgets(kube, store, namespace))
 
-        budgets = Reconciler(reconcile_ns_budgets, concurrency=settings.concurrency)
-        roll_over = RollOver(budgets.trigger)
+    async def reconcile_ns_budgets(namespace: str) -> None:
+        roll_over.at(namespace, await reconcile_budgets(kube, store, namespace))
+
+    budgets = Reconciler(reconcile_ns_budgets, concurrency=settings.concurrency)
+    roll_over = RollOver(budgets.trigger)
     try:
         if settings.metrics_listen is not None:
             metrics_server = await serve_metrics(metrics, *settings.metrics_listen)
@@ -149,10 +146,8 @@ async def run(settings: OperatorSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await reconciler.close()
-        if budgets is not None:
-            await budgets.close()
-        if roll_over is not None:
-            roll_over.close()
+        await budgets.close()
+        roll_over.close()
         if lease_server is not None:
             await lease_server.close()
         await store.close()

@@ -137,8 +137,12 @@ def sidecar_env(pod: Mapping[str, Any], s: InjectionSettings | None = None) -> l
         {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
     ]
     if s is not None and s.budget_url:
+        # The pod's name makes the sidecar's holder name (<namespace>/<pod>/<nonce>), which the
+        # lease server checks against the pod its token is bound to.
         env += [{"name": names.BUDGET_URL_ENV, "value": s.budget_url},
-                {"name": names.BUDGET_CA_ENV, "value": f"{s.config_dir}/{CONFIG_SUBDIR}/{names.BUDGET_CA_KEY}"}]
+                {"name": names.BUDGET_CA_ENV, "value": f"{s.config_dir}/{CONFIG_SUBDIR}/{names.BUDGET_CA_KEY}"},
+                {"name": names.POD_NAME_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1",
+                                                                        "fieldPath": "metadata.name"}}}]
     return env
 
 
@@ -295,9 +299,10 @@ def mutate_pod(pod: Mapping[str, Any], settings: InjectionSettings,
         spec.pop("initContainers", None)
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in _OUR_VOLUMES]
     spec["volumes"] = volumes + sidecar_volumes(s) + ([identity_volume(tokens)] if tokens else [])
-    if (s.budget_url or tokens) and not (spec.get("serviceAccountName") or spec.get("serviceAccount")):
+    if not (spec.get("serviceAccountName") or spec.get("serviceAccount")):
         # A projected token needs the pod's ServiceAccount named. The ServiceAccount admission
-        # plugin (before webhooks) names `default` when the pod does not; where it is off, we do.
+        # plugin (before webhooks) names `default` when the pod does not; where it is off, we do,
+        # whatever is projected (so that injecting again, with other tokens, gives the same pod).
         spec["serviceAccountName"] = service_account(out)
 
     annotations = dict(meta.get("annotations") or {})

@@ -76,12 +76,6 @@ def test_unknown_window_and_bad_entries() -> None:
             bl.parse_entry(raw)
 
 
-def test_ready_needs_a_downgrade_target_that_is_a_route() -> None:
-    assert bl.validation(body(onExceeded="Downgrade", downgradeTo="cheap"), {"cheap"})[0]
-    ok, reason, message = bl.validation(body(onExceeded="Downgrade", downgradeTo="cheap"), {"chat"})
-    assert not ok and reason == "UnknownDowngradeTarget" and "'cheap'" in message
-
-
 def test_events_on_a_change_of_exceeded_only() -> None:
     on = {"conditions": [{"type": "Exceeded", "status": "True", "message": "window 1h: $1.00/$1.00"}]}
     off = {"conditions": [{"type": "Exceeded", "status": "False"}]}

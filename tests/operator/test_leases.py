@@ -249,7 +249,7 @@ def test_kubectl_get_mb_shows_spent_of_limit(cluster: Cluster, operator: Operato
                    budget("down", {"window": "1h", "usd": 1.0}, onExceeded="Downgrade", downgradeTo="nope")],
                   namespace)
     cluster.wait_ready("modelbudget", "team", namespace)
-    cluster.wait_ready("modelbudget", "down", namespace, status="False", reason="UnknownDowngradeTarget")
+    cluster.wait_ready("modelbudget", "down", namespace, status="False", reason="DowngradeTargetNotFound")
     c = client(cluster, operator, namespace, served)
     assert c.lease("team", "1h", used={"usd": 0.41}, want={"usd": 0.01})[0] == 200
 

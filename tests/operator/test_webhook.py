@@ -334,6 +334,8 @@ def test_with_a_lease_server_the_sidecar_gets_a_modelroute_token_its_url_and_ca(
     assert env["MODELROUTE_BUDGET_URL"] == "https://modelroute-operator.modelroute-system.svc:9444"
     # A file of the modelroute-config ConfigMap, which the sidecar already mounts.
     assert env["MODELROUTE_BUDGET_CA"] == "/etc/modelroute/config/budget-ca.crt"
+    pod_name = next(e for e in side["env"] if e["name"] == "MODELROUTE_POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
     # The app containers get neither the token nor the lease server.
     for c in out["spec"]["containers"]:
         if c["name"] != names.SIDECAR_CONTAINER:
@@ -345,7 +347,7 @@ def test_with_a_lease_server_the_sidecar_gets_a_modelroute_token_its_url_and_ca(
 def test_a_projected_token_names_the_service_account() -> None:
     assert mutate_pod(pod(), BUDGET)["spec"]["serviceAccountName"] == "default"
     assert mutate_pod(pod(serviceAccountName="web"), BUDGET)["spec"]["serviceAccountName"] == "web"
-    assert "serviceAccountName" not in mutate_pod(pod(), S)["spec"]
+    assert mutate_pod(pod(), S)["spec"]["serviceAccountName"] == "default"
 
 
 def test_without_a_lease_server_no_token_is_projected() -> None:
