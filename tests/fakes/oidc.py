@@ -1,7 +1,7 @@
 """Projected ServiceAccount tokens and their verification, for the cloud token fakes.
 
 A cloud's token endpoint trusts a cluster by its OIDC issuer: it fetches the issuer's JWKS
-and checks each presented token's RS256 signature, ``iss``, ``aud``, ``exp`` and ``nbf``,
+and checks each presented token's signature, ``iss``, ``aud``, ``exp`` and ``nbf``,
 and the ``sub`` its trust policy names. :class:`Verifier` does exactly that with a JWKS
 given to it (the real API server's ``/openid/v1/jwks`` in cluster tests).
 :class:`TestIssuer` plays the API server for tests without a cluster: it mints tokens
@@ -31,11 +31,12 @@ class TokenRejected(Exception):
 
 
 class Verifier:
-    """Checks tokens of one issuer against its JWKS (RS256 only, as Kubernetes signs)."""
+    """Checks tokens of one issuer against its JWKS."""
 
     def __init__(self, issuer: str, jwks: Mapping[str, Any]) -> None:
         self.issuer = issuer
-        self.keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(dict(jwks)).keys}
+        self.jwks = dict(jwks)
+        self.keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(self.jwks).keys}
         self.verified = 0  # tokens accepted, for tests
         self.rejected: list[str] = []  # reasons, for tests
 
@@ -45,11 +46,13 @@ class Verifier:
         except jwt.InvalidTokenError as e:
             raise self._reject("malformed", str(e)) from None
         key = self.keys.get(header.get("kid", ""))
-        if key is None or header.get("alg") != "RS256":
+        # The key's own algorithm only (RS256 from most issuers, ES256 from an EC-keyed API server):
+        # a token may not choose another, nor "none".
+        if key is None or header.get("alg") != key.algorithm_name:
             raise self._reject("signature", "unknown signing key or algorithm")
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=["RS256"], audience=audience, issuer=self.issuer,
+                token, key.key, algorithms=[key.algorithm_name], audience=audience, issuer=self.issuer,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]}, leeway=0)
         except jwt.ExpiredSignatureError:
             raise self._reject("expired", "the token has expired") from None
