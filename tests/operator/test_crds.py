@@ -33,6 +33,8 @@ def with_spec(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 PK = provider_key("acct", "acct-key")
+REGION_RULE = "region is required for provider bedrock, and only for it"
+PROJECT_RULE = "project is required for provider vertex, and only for it"
 MR = model_route("chat", "chat-default", "acct")
 
 # (id, document, words the server says)
@@ -49,6 +51,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
      "headers must not carry credentials"),
     ("mock-settings-elsewhere", with_spec(PK, mock={"failureRate": 0.5}), "spec.mock is only for provider mock"),
     ("responsesAPI-enum", with_spec(PK, responsesAPI="sometimes"), 'Unsupported value: "sometimes"'),
+    ("bedrock-needs-region", with_spec(PK, provider="bedrock"), REGION_RULE),
+    ("region-elsewhere", with_spec(PK, region="us-east-1"), REGION_RULE),
+    ("region-pattern", with_spec(PK, provider="bedrock", region="us-east-1.evil.com"),
+     "spec.region in body should match"),
+    ("vertex-needs-project", with_spec(PK, provider="vertex"), PROJECT_RULE),
+    ("location-elsewhere", with_spec(PK, location="us-east5"), "location is only for provider vertex"),
+    ("project-pattern", with_spec(PK, provider="vertex", project="p/../x"), "spec.project in body should match"),
     ("mock-failure-rate", with_spec(PK, provider="mock", mock={"failureRate": 2}), "less than or equal to 1"),
     ("model-required", with_spec(MR, model=...), "spec.model: Required value"),
     ("model-empty", with_spec(MR, model=""), "spec.model: Invalid value"),
@@ -96,7 +105,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 
 # Rules the CRD states with x-kubernetes-validations, and resources.py in the same words.
 SAME_WORDS = {"baseURL-scheme", "credential-header", "mock-settings-elsewhere", "mock-failure-rate",
-              "weighted-needs-weight", "backoff-order", "first-byte-after-total", "header-name"}
+              "weighted-needs-weight", "backoff-order", "first-byte-after-total", "header-name",
+              "bedrock-needs-region", "region-elsewhere", "vertex-needs-project", "location-elsewhere"}
 
 
 @pytest.mark.parametrize(("case", "doc", "words"), INVALID, ids=[c[0] for c in INVALID])
@@ -125,8 +135,13 @@ def test_invalid_objects_are_refused_with_clear_messages(cluster: Cluster, names
               timeouts={"firstByteSeconds": 30, "totalSeconds": 30}),
     with_spec(MR, allowedServiceAccounts=["web", "batch-job.v2", "Caller_1", "x" * 253]),
     with_spec(PK, allowedServiceAccounts=[]),
+    with_spec(PK, provider="bedrock", region="us-gov-west-1"),
+    with_spec(PK, provider="vertex", project="my-project-123", location="global"),
+    with_spec(MR, backends=[{"providerKey": "a", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0"},
+                            {"providerKey": "b", "model": "claude-sonnet-4-5@20250929"}]),
 ], ids=["near-credential-names", "mock-settings", "header-value-edges", "model-with-slash-and-colon", "base-only",
-        "first-byte-only", "equal-bounds", "allowed-service-accounts", "allowed-nobody-listed"])
+        "first-byte-only", "equal-bounds", "allowed-service-accounts", "allowed-nobody-listed", "bedrock",
+        "vertex", "cloud-model-ids"])
 def test_edge_cases_of_the_cross_field_rules_are_accepted_by_both(cluster: Cluster, namespace: str,
                                                                   doc: dict[str, Any]) -> None:
     cluster.apply(doc, namespace)

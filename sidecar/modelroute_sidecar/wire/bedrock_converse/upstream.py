@@ -372,7 +372,7 @@ _EXCEPTIONS: dict[str, tuple[ErrorType, bool]] = {
 def _type_for_status(status: int) -> ErrorType:
     return ("authentication_error" if status == 401 else "permission_error" if status == 403
             else "not_found_error" if status == 404 else "rate_limit_error" if status == 429
-            else "timeout_error" if status in (408, 504) else "api_error" if status >= 500
+            else "timeout_error" if status in (408, 504) else "api_error" if status >= 500 or status == 424
             else "invalid_request_error")
 
 
@@ -381,7 +381,7 @@ def exception_info(name: str, message: str, status: int = 200) -> UpstreamErrorI
     name = name.split(":", 1)[0]  # x-amzn-ErrorType may append ":<namespace URL>"
     name = name[:1].upper() + name[1:]  # streams name them in lowerCamelCase (throttlingException)
     etype, retryable = _EXCEPTIONS.get(name, (_type_for_status(status), False))
-    retryable = retryable or status in (408, 429) or status >= 500
+    retryable = retryable or status in (408, 424, 429) or status >= 500  # 424: ModelErrorException
     return UpstreamErrorInfo(message or name or f"HTTP {status}", etype, retryable)
 
 
