@@ -63,3 +63,26 @@ def test_projections_are_one_per_audience_and_none_for_the_metadata_server() -> 
     assert env["AWS_WEB_IDENTITY_TOKEN_FILE"].endswith("/aws-sts")
     assert env["AZURE_FEDERATED_TOKEN_FILE"].endswith("/azure")
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://169.254.170.23/v1/credentials"
+
+
+def test_cloud_libraries_load_only_for_the_cloud_that_needs_them() -> None:
+    """A config with an Entra key and a key from a Secret loads neither botocore nor google-auth."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, sys
+from modelroute_sidecar.compile import compile_resources
+from modelroute_sidecar.router import Runtime, State
+from modelroute_sidecar.metrics import Metrics
+docs = [{"apiVersion": "modelroute.dev/v1alpha1", "kind": "ProviderKey", "metadata": {"name": n}, "spec": s}
+        for n, s in [("az", {"provider": "azure-openai", "baseURL": "https://r.openai.azure.com",
+                             "workloadIdentity": {"azure": {"tenantId": "t", "clientId": "c"}}}),
+                     ("oa", {"provider": "openai", "secretRef": {"name": "k"}})]]
+docs.append({"kind": "Secret", "metadata": {"name": "k"}, "stringData": {"apiKey": "sk-real-looking-0123456789"}})
+r = compile_resources(docs)
+Runtime(r.config, r.keys, State(), Metrics())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("botocore", "boto3", "google")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
