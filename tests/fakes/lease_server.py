@@ -60,6 +60,11 @@ class FakeLeaseServer:
                     total.add(led.spent())
         return total
 
+    def spent_in(self, budget: str, window: str, start: float) -> Amount:
+        with self.lock:
+            led = self.ledgers.get((budget, window, start))
+            return led.spent() if led is not None else Amount()
+
     def granted(self, budget: str, window: str) -> float:
         with self.lock:
             return sum(h.granted.requests for (b, w, _), led in self.ledgers.items() if (b, w) == (budget, window)
@@ -86,9 +91,16 @@ class FakeLeaseServer:
                     continue
                 w = parse_window(e["window"])
                 start = parse_rfc3339(e["windowStart"])
-                if start != w.start(now):
-                    out.append({**answer, "error": "not the current window", "currentWindowStart": rfc3339(
-                        w.start(now))})
+                current = w.start(now)
+                if start == w.start(current - 1):  # the previous window: late settles count there
+                    led = self.ledgers.setdefault((e["budget"], e["window"], start), WindowLedger(start))
+                    entry = led.report(holder, Amount.from_json(e.get("used")), now)
+                    out.append({**answer, "granted": entry.granted.to_json(limit.units), "exhausted": True,
+                                "resetAt": rfc3339(w.end(start))})
+                    continue
+                if start != current:
+                    out.append({**answer, "error": "not the current or the previous window",
+                                "currentWindowStart": rfc3339(current)})
                     continue
                 led = self.ledgers.setdefault((e["budget"], e["window"], start), WindowLedger(start))
                 g = led.grant(holder, Amount.from_json(e.get("used")), Amount.from_json(e.get("want")), limit, now,

@@ -120,3 +120,47 @@ def test_an_unreachable_operator_meets_the_failure_policy(tmp_path: Path, server
         wait_for(lambda: server.spent("open", "1h").requests == 7, timeout=15, what="the spend reported")
         # now the ledger says the budget is over: refused like any exhausted budget
         wait_for(lambda: chat(gp, "open") == 429, timeout=15, what="a refusal once the operator is back")
+
+
+def test_spend_settled_just_before_a_window_ends_is_reported_into_that_window(tmp_path: Path,
+                                                                              server: FakeLeaseServer) -> None:
+    """The lease client in-process, its clock moved across a minute boundary: what was settled and
+    not yet reported when the window rolled over still reaches that window's ledger."""
+    import asyncio
+    import time
+
+    from modelroute_sidecar.budget.client import RemoteGranter
+    from modelroute_sidecar.budget.holder import Budgets
+    from modelroute_sidecar.budget.ledger import Amount
+    from modelroute_sidecar.config import GatewayConfig
+
+    limits = {"per-minute": {"1m": Limit(requests=100)}}
+    server.budgets.update(limits)
+    (tmp_path / "token").write_text(TOKEN)
+    config = GatewayConfig.model_validate({"budgets": {"per-minute": {
+        "name": "per-minute", "limits": [{"window": "1m", "requests": 100}]}}})
+    # the server tells windows by its own clock: stay clear of a minute's end
+    wait_for(lambda: time.time() % 60 < 45, timeout=20, what="not the last seconds of a minute")
+    now = time.time()
+    clock = [now - 60]  # the minute before this one
+
+    async def run() -> None:
+        granter = RemoteGranter(server.url, "team-a/web-0/abc", tmp_path / "token", server.ca_file)
+        budgets = Budgets(granter, clock=lambda: clock[0])
+        budgets.apply(config)
+        sel = budgets.select("m", None, None)
+        lease = sel[0].leases[0]
+        previous_start = lease.start
+        # the server must see this lease's window as its previous one: grant it by hand
+        lease.granted.requests = 10
+        for _ in range(3):
+            (await budgets.reserve(sel, Amount(requests=1))).settle(granter, Amount(requests=1))
+        clock[0] = now  # the next minute: a request rolls the lease over, unreported spend and all
+        assert budgets.try_reserve(sel, Amount(requests=1)) is None  # rolled over: nothing granted here yet
+        assert lease.previous is not None and lease.used.requests == 0
+        await granter._call(granter.leases, short=[])
+        assert lease.previous is None
+        assert server.spent_in("per-minute", "1m", previous_start).requests == 3
+        await granter.close()
+
+    asyncio.run(run())

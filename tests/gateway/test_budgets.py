@@ -53,7 +53,7 @@ def docs(up: dict[str, Any]) -> list[dict[str, Any]]:
         model_route("streamed", ("oa", "gpt-4o-mini")),
         model_route("streamed-claude", ("an", "claude-haiku-4-5")),
         model_route("usd", ("oa", "gpt-4o")),
-        budget("zero", ["blocked-*"], [{"window": "1h", "requests": 0}]),
+        budget("zero", ["blocked-*"], [{"window": "1h", "requests": 1}]),  # spent by the fixture
         budget("alice-daily", ["gpt-4o-mini"], [{"window": "1d", "requests": 3}],
                selector={"serviceAccounts": ["alice"]}),
         budget("premium", ["premium"], [{"window": "1h", "requests": 2}], onExceeded="Downgrade",
@@ -107,7 +107,9 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         gp = stack.enter_context(modelroute(
             tmp, "serve", "-f", str(tmp / "routes.yaml"), "--caller-keys", str(tmp / "callers.yaml"),
             "--state-dir", str(tmp / "state"), env={"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}))
-        yield World(gp, up)
+        world = World(gp, up)
+        chat(world.oai(), "blocked-openai")  # the one request budget "zero" allows
+        yield world
 
 
 def metric(gp: GatewayProcess, name: str, **labels: str) -> float | None:
@@ -140,8 +142,10 @@ def test_reject_openai_chat(w: World) -> None:
     assert err.body is not None and err.body["type"] == "rate_limit_error"  # type: ignore[index]
     assert "Budget 'zero'" in err.message and "window 1h" in err.message
     retry_after_ok(err.response.headers.get("retry-after"), 3600)
-    assert w.up["openai"].requests == [] or all(
-        r.body.get("model") != "blocked-openai" for r in w.up["openai"].requests)
+    before = len(w.up["openai"].requests)
+    with pytest.raises(openai.RateLimitError):
+        chat(w.oai(), "blocked-openai")
+    assert len(w.up["openai"].requests) == before  # refused before any upstream call
 
 
 def test_reject_openai_responses(w: World) -> None:
@@ -181,7 +185,17 @@ def test_rejections_are_counted(w: World) -> None:
         chat(w.oai(), "blocked-openai")
     wait_for(lambda: (metric(w.gp, "modelroute_budget_rejections_total", budget="zero") or 0) >= 1,
              timeout=10, what="the rejection counter")
-    assert metric(w.gp, "modelroute_budget_limit", budget="zero", window="1h", unit="requests") == 0
+    assert metric(w.gp, "modelroute_budget_limit", budget="zero", window="1h", unit="requests") == 1
+    assert metric(w.gp, "modelroute_budget_spent", budget="zero", window="1h", unit="requests") == 1
+
+
+def test_a_request_bigger_than_the_limit_is_told_so(w: World) -> None:
+    with pytest.raises(openai.RateLimitError) as e:  # $0.001 a day; 100,000 output tokens of gpt-4o cost $1
+        w.oai(BOB).chat.completions.create(model="usd", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=100_000)
+    assert e.value.code == "budget_exceeded"
+    assert "this request alone may spend more than the limit" in e.value.message and "lower max_tokens" in \
+        e.value.message
 
 
 # --- caller selection -------------------------------------------------------------------------

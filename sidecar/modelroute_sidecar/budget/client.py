@@ -49,6 +49,7 @@ class RemoteGranter:
         self.token_file = Path(token_file)
         self.ca_file = Path(ca_file) if ca_file else None
         self.reachable = True
+        self.checked = 0.0
         self.ttl = DEFAULT_TTL
         self.leases: list[WindowLease] = []
         self.session: aiohttp.ClientSession | None = None
@@ -114,7 +115,8 @@ class RemoteGranter:
                     await self.kick.wait()
             self.kick.clear()
             now = time.time()
-            due = [lease for lease in self.leases if _unreported(lease) or not lease.slice_given or (
+            due = [lease for lease in self.leases if _unreported(lease) or not lease.slice_given
+                   or lease.previous is not None or (
                 lease.low() and not (lease.exhausted and now - lease.answered < EXHAUSTED_RECHECK))]
             if due or not self.reachable:
                 try:
@@ -137,18 +139,22 @@ class RemoteGranter:
                     # and the next reservation(s)
                     ask = lease.want.get(u) if id(lease) in now_short else lease.last.get(u) * RENEW_FACTOR
                     setattr(want, u, lease.reserved.get(u) + ask)
-            entries.append({"budget": lease.budget, "window": lease.window.name, "windowStart": rfc3339(lease.start),
+            entries.append({"budget": lease.budget, "window": lease.window.name, "windowStart": lease.start_text,
                             "used": lease.used.to_json(lease.units), "want": want.to_json(lease.units)})
+            if lease.previous is not None:
+                entries.append({"budget": lease.budget, "window": lease.window.name,
+                                "windowStart": lease.previous[0], "used": lease.previous[1].to_json(lease.units)})
         return entries
 
     async def _call(self, leases: list[WindowLease], short: list[WindowLease], final: bool = False) -> None:
-        for i in range(0, len(leases), MAX_ENTRIES):  # the server takes at most MAX_ENTRIES a call
-            await self._call_batch(leases[i:i + MAX_ENTRIES], short, final)
+        per_call = MAX_ENTRIES // 2  # a lease may add an entry for its previous window
+        for i in range(0, len(leases), per_call):  # the server takes at most MAX_ENTRIES a call
+            await self._call_batch(leases[i:i + per_call], short, final)
 
     async def _call_batch(self, leases: list[WindowLease], short: list[WindowLease], final: bool) -> None:
         if not leases:
             return
-        sent = [(lease, lease.start, lease.used.copy()) for lease in leases]
+        sent = [(lease, lease.start, lease.used.copy(), lease.previous) for lease in leases]
         body = orjson.dumps({"holder": self.holder, "leases": self._entries(leases, short, final)})
         try:
             answer = await self._post(body)
@@ -156,14 +162,19 @@ class RemoteGranter:
             if self.reachable:
                 log.warning(f"budget operator unreachable ({type(e).__name__}: {e}); spending the leases held")
             self.reachable = False
+            self.checked = time.time()
             return
         self.reachable = True
+        self.checked = time.time()
         ttl = answer.get("ttlSeconds")
         if isinstance(ttl, int | float) and 1 <= ttl <= 3600:
             self.ttl = float(ttl)
         by_key = {(e.get("budget"), e.get("window"), e.get("windowStart")): e
                   for e in answer.get("leases") or () if isinstance(e, dict)}
-        for lease, start, used in sent:
+        for lease, start, used, previous in sent:
+            if previous is not None and lease.previous is previous and (
+                    lease.budget, lease.window.name, previous[0]) in by_key:
+                lease.previous = None  # counted (or refused as too old: nothing more to do)
             entry = by_key.get((lease.budget, lease.window.name, rfc3339(start)))
             if entry is None or lease.start != start:
                 continue  # the window rolled meanwhile: its next call asks afresh

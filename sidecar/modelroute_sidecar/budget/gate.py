@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..canonical import Usage
-from ..errors import GatewayError, access_denied
+from ..errors import GatewayError
 from ..router import Route, Runtime
 from .holder import DEFAULT_OUTPUT_RESERVATION, BudgetExceeded, Budgets, Ticket
 from .ledger import Amount
@@ -79,6 +79,13 @@ def exceeded_error(e: BudgetExceeded, now: float) -> GatewayError:
     what = " + ".join(([f"${limits.usd:g}"] if limits.usd is not None else [])
                       + ([f"{limits.tokens:g} tokens"] if limits.tokens is not None else [])
                       + ([f"{limits.requests:g} requests"] if limits.requests is not None else []))
+    too_big = [f"{e.amount.get(u):g} {u}" for u in limits.units if e.amount.get(u) > limits.get(u)]
+    if too_big:
+        # No wait helps: this request alone may spend more than the window allows.
+        return GatewayError(429, f"Budget '{e.budget.name}' (window {lease.window.name}, limit {what}): this "
+                            f"request alone may spend more than the limit (it reserves {', '.join(too_big)}: its "
+                            "input estimate plus max_tokens); lower max_tokens", type="rate_limit_error",
+                            code="budget_exceeded", headers={"retry-after": str(retry)})
     if e.unreachable:
         message = (f"Budget '{e.budget.name}' (window {lease.window.name}): this gateway's lease is spent and the "
                    "budget operator cannot be reached (failurePolicy Closed); retry later")
@@ -112,7 +119,7 @@ async def admit(budgets: Budgets, rt: Runtime, route: Route, caller: str | None,
     if down is None or not down.backends:
         raise _reject(budgets, first) from None
     if not down.permits(caller):
-        raise access_denied(target, down.who_decides(), caller)
+        raise _reject(budgets, first) from None  # over budget, and the way down is not this caller's
     selected = budgets.select(target, _route_name(down), caller, frozenset({first.budget.name}))
     if not selected:
         return down, None

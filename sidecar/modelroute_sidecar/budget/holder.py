@@ -38,8 +38,8 @@ EXHAUSTED_RECHECK = 1.0
 class WindowLease:
     """One budget window as this process sees it."""
 
-    __slots__ = ("answered", "budget", "end", "exhausted", "granted", "last", "limit", "reported", "reserved", "slice",
-                 "slice_given", "start", "start_text", "units", "used", "want", "window")
+    __slots__ = ("answered", "budget", "end", "exhausted", "granted", "last", "limit", "previous", "reported",
+                 "reserved", "slice", "slice_given", "start", "start_text", "units", "used", "want", "window")
 
     def __init__(self, budget: str, window: Window, limit: Limit, now: float) -> None:
         self.budget = budget
@@ -59,10 +59,15 @@ class WindowLease:
         self.exhausted = False
         self.slice_given = False  # whether a granter answered for this window yet
         self.answered = 0.0  # when a granter last answered (clock time)
+        # The last window's (start, spend) while part of it is unreported (settles just before the
+        # boundary): the lease client reports it, the operator counts it in that window.
+        self.previous: tuple[str, Amount] | None = None
 
     def roll(self, now: float) -> None:
         """Start the next window when ``now`` has passed this one's end."""
         if now >= self.end:
+            if self.used != self.reported:
+                self.previous = (self.start_text, self.used)
             self.start = self.window.start(now)
             self.end = self.window.end(now)
             self.start_text = rfc3339(self.start)
@@ -98,6 +103,7 @@ class Granter(Protocol):
     """Where leases come from. ``top_up`` returns whether it could ask (False: unreachable)."""
 
     reachable: bool
+    checked: float  # when it last tried to reach its source (clock time)
 
     def load(self, leases: Iterable[WindowLease], now: float) -> None: ...
 
@@ -115,11 +121,12 @@ class Granter(Protocol):
 
 
 class BudgetExceeded(Exception):
-    def __init__(self, budget: BudgetState, lease: WindowLease, unreachable: bool) -> None:
+    def __init__(self, budget: BudgetState, lease: WindowLease, unreachable: bool, amount: Amount) -> None:
         super().__init__(budget.name)
         self.budget = budget
         self.lease = lease
         self.unreachable = unreachable
+        self.amount = amount  # what the refused request would have reserved
 
 
 class BudgetState:
@@ -237,7 +244,10 @@ class Budgets:
         now = self.clock()
         # A budget the granter just called exhausted is refused without asking again: a burst of
         # refused requests must not become a burst of lease calls (its leases come back with time).
-        if not all(lease.exhausted and now - lease.answered < EXHAUSTED_RECHECK for lease in short):
+        # Nor is an unreachable operator asked again on the request path for a second (the
+        # background task keeps trying): requests do not each wait out a connection attempt.
+        quiet = not self.granter.reachable and now - self.granter.checked < EXHAUSTED_RECHECK
+        if not quiet and not all(lease.exhausted and now - lease.answered < EXHAUSTED_RECHECK for lease in short):
             try:
                 async with asyncio.timeout(TOP_UP_DEADLINE):
                     await self.granter.top_up(short)
@@ -249,7 +259,7 @@ class Budgets:
                 if not lease.fits(amount):
                     unreachable = not self.granter.reachable
                     if not (unreachable and b.config.failure_policy == "Open"):
-                        raise BudgetExceeded(b, lease, unreachable)
+                        raise BudgetExceeded(b, lease, unreachable, amount)
                 leases.append(lease)
         return self._hold(tuple(leases), amount)
 

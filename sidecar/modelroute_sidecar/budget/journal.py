@@ -73,6 +73,7 @@ class LocalGranter:
     """Grants each window its whole limit (one holder: this process); spend persisted."""
 
     reachable = True
+    checked = 0.0
 
     def __init__(self, state_dir: str | Path | None) -> None:
         self.path = Path(state_dir) / JOURNAL if state_dir is not None else None
