@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,7 @@ class App:
         return result
 
     def _refused(self, message: str) -> str:
-        assert "Budget 'team'" in message and "window 1h" in message, message
+        assert "Budget 'team'" in message and "window 1h" in message, message  # the only Reject budget
         self.refusals.append(message)
         return "unreachable" if "cannot be reached" in message else "exceeded"
 
@@ -115,27 +117,39 @@ def served(*fakes: FakeOpenAI | FakeAnthropic) -> int:
     return sum(len([r for r in f.requests if r.path.endswith(("/chat/completions", "/messages"))]) for f in fakes)
 
 
-def ledger_requests(cluster: Cluster, namespace: str) -> int:
-    body = cluster.get("modelbudget", "team", namespace) or {}
+def ledger_requests(cluster: Cluster, namespace: str, name: str) -> int:
+    body = cluster.get("modelbudget", name, namespace) or {}
     holders = (((body.get("status") or {}).get("ledger") or {}).get("1h") or {}).get("current", {}).get("holders", {})
     return sum(int(h["used"]["requests"]) for h in holders.values())
 
 
-async def test_sidecars_share_one_budget_through_an_operator_sigkill(
-        cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+@dataclass
+class World:
+    oa: FakeOpenAI
+    an: FakeAnthropic
+    apps: list[App]
+    stack: ExitStack  # the sidecars: closing it stops them (SIGTERM), and they report their spend
+
+
+@asynccontextmanager
+async def world(cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path,
+                docs: list[dict[str, Any]], sidecars: int = SIDECARS) -> AsyncIterator[World]:
+    """The fakes, the namespace's objects (+ ``docs``), one ServiceAccount, token file and
+    `modelroute sidecar` process per pod, and an app for each."""
     k_oa, k_an = new_key("oa-"), new_key("an-")
     async with FakeOpenAI(keys=[k_oa]) as oa, FakeAnthropic(keys=[k_an]) as an:
-        accounts = [f"web-{i}" for i in range(SIDECARS)]
+        accounts = [f"web-{i}" for i in range(sidecars)]
         await asyncio.to_thread(cluster.apply, [
             secret("oa", k_oa), secret("an", k_an),
             provider_key("openai", "oa", baseURL=oa.base_url),
             provider_key("anthropic", "an", provider="anthropic", baseURL=an.base_url),
             model_route("chat", "chat", ("openai", "gpt-4o-mini")),
             model_route("claude", "claude", ("anthropic", "claude-haiku-4-5")),
-            budget("team", ["chat", "claude"], [{"window": "1h", "requests": LIMIT}]),
+            *docs,
             *({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": a}} for a in accounts),
         ], namespace)
-        await asyncio.to_thread(cluster.wait_ready, "modelbudget", "team", namespace)
+        for doc in docs:
+            await asyncio.to_thread(cluster.wait_ready, "modelbudget", doc["metadata"]["name"], namespace)
 
         def mint(account: str) -> str:  # TokenRequest, as kubelet asks for the projected token
             return cluster.kubectl("create", "token", account, "-n", namespace, "--audience", "modelroute",
@@ -149,61 +163,89 @@ async def test_sidecars_share_one_budget_through_an_operator_sigkill(
         kubelet = Kubelet(cluster, namespace, tmp_path / "etc-modelroute")
         syncing = asyncio.create_task(kubelet.run())
         try:
-            await wait_until(lambda: '"team"' in kubelet.config()
+            await wait_until(lambda: all(f'"{d["metadata"]["name"]}"' in kubelet.config() for d in docs)
                              and (kubelet.root / "config" / "budget-ca.crt").exists(), within=30)
-            for i in range(SIDECARS):
+            for i in range(sidecars):
                 (tmp_path / f"pod-{i}").mkdir()
             with ExitStack() as stack:
                 gps = [stack.enter_context(modelroute(
                     tmp_path / f"pod-{i}", "sidecar", "--config-dir", str(kubelet.root),
                     env=sidecar_env(kubelet, operator, namespace, f"web-{i}-pod", tokens[i], accounts[i])))
-                       for i in range(SIDECARS)]
+                       for i in range(sidecars)]
                 apps = [App(gp) for gp in gps]
-                down = asyncio.Event()
-                done = asyncio.Event()
-                while_down: Counter[str] = Counter()
-
-                async def worker(app: App) -> None:
-                    streak = 0
-                    while not done.is_set():
-                        result = await app.call()
-                        if down.is_set():
-                            while_down[result] += 1
-                        # exhausted for good: the sidecar refuses without asking again
-                        streak = streak + 1 if result == "exceeded" and not down.is_set() else 0
-                        if streak >= 6:
-                            return
-
-                workers = [asyncio.create_task(worker(app)) for app in apps for _ in range(PER_SIDECAR)]
-                # A third of the budget spent, the operator SIGKILLed: sidecars go on within their leases.
-                await wait_until(lambda: served(oa, an) >= LIMIT // 3, within=60)
-                await asyncio.to_thread(operator.kill)
-                down.set()
-                await wait_until(lambda: sum(while_down.values()) >= 3 * SIDECARS, within=60)
-                down.clear()
-                await asyncio.to_thread(operator.start)
                 try:
-                    await asyncio.wait_for(asyncio.gather(*workers), timeout=180)
+                    yield World(oa, an, apps, stack)
                 finally:
-                    done.set()
                     for app in apps:
                         await app.close()
-                assert while_down["ok"] > 0, while_down  # leases kept serving with the operator gone
-                refusals = [m for app in apps for m in app.refusals]
-            # Every sidecar stopped (SIGTERM): each reported what it spent.
-            total = served(oa, an)
-            assert total <= LIMIT  # a request reserves exactly what it uses: no overshoot at all
-            assert total >= LIMIT - SIDECARS * PER_SIDECAR, total  # little stranded in leases
-            assert sum(app.results["ok"] for app in apps) == total  # every request the fakes served, the app got
-            await wait_until(lambda: ledger_requests(cluster, namespace) == total, within=30)
-            assert any("cannot be reached" not in m for m in refusals)
-            body = await asyncio.to_thread(cluster.get, "modelbudget", "team", namespace)
-            assert body is not None
-            [window] = body["status"]["windows"]
-            assert window["spent"]["requests"] == total and window["limit"] == {"requests": LIMIT}
-            row = (await asyncio.to_thread(cluster.kubectl, "get", "mb", "team", "-n", namespace)).stdout
-            assert f"{total}/{LIMIT} requests" in row
         finally:
             syncing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncing
+
+
+async def test_sidecars_share_one_budget_through_an_operator_sigkill(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    async with world(cluster, operator, namespace, tmp_path,
+                     [budget("team", ["chat", "claude"], [{"window": "1h", "requests": LIMIT}])]) as w:
+        oa, an, apps = w.oa, w.an, w.apps
+        down = asyncio.Event()
+        done = asyncio.Event()
+        while_down: Counter[str] = Counter()
+
+        async def worker(app: App) -> None:
+            streak = 0
+            while not done.is_set():
+                result = await app.call()
+                if down.is_set():
+                    while_down[result] += 1
+                # exhausted for good: the sidecar refuses without asking again
+                streak = streak + 1 if result == "exceeded" and not down.is_set() else 0
+                if streak >= 6:
+                    return
+
+        workers = [asyncio.create_task(worker(app)) for app in apps for _ in range(PER_SIDECAR)]
+        # A third of the budget spent, the operator SIGKILLed: sidecars go on within their leases.
+        await wait_until(lambda: served(oa, an) >= LIMIT // 3, within=60)
+        await asyncio.to_thread(operator.kill)
+        down.set()
+        await wait_until(lambda: sum(while_down.values()) >= 3 * SIDECARS, within=60)
+        down.clear()
+        await asyncio.to_thread(operator.start)
+        try:
+            await asyncio.wait_for(asyncio.gather(*workers), timeout=180)
+        finally:
+            done.set()
+        assert while_down["ok"] > 0, while_down  # leases kept serving with the operator gone
+        refusals = [m for app in apps for m in app.refusals]
+        w.stack.close()  # SIGTERM: each sidecar reports what it spent
+        total = served(oa, an)
+        assert total <= LIMIT  # a request reserves exactly what it uses: no overshoot at all
+        assert total >= LIMIT - SIDECARS * PER_SIDECAR, total  # little stranded in leases
+        assert sum(app.results["ok"] for app in apps) == total  # every request the fakes served, the app got
+        await wait_until(lambda: ledger_requests(cluster, namespace, "team") == total, within=30)
+        assert any("cannot be reached" not in m for m in refusals)
+        body = await asyncio.to_thread(cluster.get, "modelbudget", "team", namespace)
+        assert body is not None
+        [window] = body["status"]["windows"]
+        assert window["spent"]["requests"] == total and window["limit"] == {"requests": LIMIT}
+        row = (await asyncio.to_thread(cluster.kubectl, "get", "mb", "team", "-n", namespace)).stdout
+        assert f"{total}/{LIMIT} requests" in row
+
+
+async def test_a_downgrade_budget_switches_routes_without_failed_requests(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    premium = 8
+    docs = [model_route("premium", "premium", ("openai", "gpt-4o")),
+            budget("premium", ["premium"], [{"window": "1h", "requests": premium}], onExceeded="Downgrade",
+                   downgradeTo="chat")]
+    async with world(cluster, operator, namespace, tmp_path, docs, sidecars=2) as w:
+        # Both SDKs, streamed and not, through both sidecars: every call answered.
+        for _ in range(3):
+            results = await asyncio.gather(*(app.call(model="premium", claude_model="premium")
+                                             for app in w.apps for _ in range(8)))
+            assert results == ["ok"] * len(results)
+        models = Counter(r.body.get("model") for r in w.oa.requests if r.path.endswith("/chat/completions"))
+        assert models["gpt-4o"] == premium and models["gpt-4o-mini"] == 48 - premium, models
+        w.stack.close()
+        await wait_until(lambda: ledger_requests(cluster, namespace, "premium") == premium, within=30)
