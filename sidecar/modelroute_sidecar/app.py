@@ -25,6 +25,7 @@ from .errors import GatewayError, access_denied, bad_request, model_not_found
 from .identity import Callers
 from .logs import access_log, redact_with
 from .metrics import Metrics
+from .redact import Redactor
 from .request_body import read_body
 from .router import Clock, KeyEntry, Route, Runtime, State
 from .syntax import MODEL_NAME_RULE, valid_header_value, valid_model_name
@@ -92,6 +93,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.state = State(clock=clock)  # breakers and key cooldowns tell time by this clock
         self.runtime: Runtime | None = None
+        self._log_keys = Redactor(())
         self.session: aiohttp.ClientSession | None = None
         self.engine: Engine | None = None
         self.models_body = b'{"object":"list","data":[]}'
@@ -120,11 +122,18 @@ class Gateway:
             old.retire()
             new.continue_rotation(old)
         # Requests on the old config may still log its keys' echoes: redact both sets.
-        redact_with(new.redactor | old.redactor if old is not None else new.redactor)
+        self._log_keys = new.key_redactor | old.key_redactor if old is not None else new.key_redactor
         if self.budgets is not None:
             self.budgets.apply(new.config)
         self.runtime = new
+        self._credentials_renewed()
+        self.state.credentials.listener = self._credentials_renewed
         self.state.credentials.activate()
+
+    def _credentials_renewed(self) -> None:
+        """Logs redact the keys and the workload identity credentials held now."""
+        creds = self.state.credentials.redactor
+        redact_with(self._log_keys | creds if creds else self._log_keys)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)

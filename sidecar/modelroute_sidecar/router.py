@@ -304,7 +304,11 @@ class Runtime:
                 entries.append(KeyEntry({}, f"{name}#none", KeyState()))
             self.keyrings[name] = KeyRing(name, entries, config.key_cooldowns, state.rotation.get(name, 0),
                                           state.clock)
-        self.redactor = Redactor(self.secrets)  # built here, once: upstream error text passes through it
+        # Built here, once: upstream error text passes through it (with the workload identity
+        # credentials of the moment: see the redactor property).
+        self.key_redactor = Redactor(self.secrets)
+        self._redactor = self.key_redactor
+        self._redactor_version = -1
         # Forget health of keys that are gone, so the state cannot grow without bound.
         live = {_key_id(n, k) for n, ks in keys.items() for k in ks} | {f"{n}|identity" for n in sources}
         for kid in [k for k in state.keys if k not in live]:
@@ -320,6 +324,15 @@ class Runtime:
         self._names_by_caller: dict[str | None, list[str]] = {}
         self._unready = [(name, [re.compile(fnmatch.translate(p)) for p in u.models], u.message)
                          for name, u in sorted(config.unready_provider_keys.items()) if u.models]
+
+    @property
+    def redactor(self) -> Redactor:
+        """The keys' redactor, with the workload identity credentials held now (error paths only)."""
+        creds = self.state.credentials
+        if self._redactor_version != creds.version:
+            self._redactor = self.key_redactor | creds.redactor if creds.redactor else self.key_redactor
+            self._redactor_version = creds.version
+        return self._redactor
 
     def why_unrouted(self, model: str) -> str | None:
         """For a 404: the not-ready ProviderKeys whose globs match ``model``, and why (rare path)."""

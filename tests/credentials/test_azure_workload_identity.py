@@ -21,6 +21,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.fakes.azure import FakeAzureOpenAI
 from tests.fakes.base import wait_until_sync
@@ -43,13 +44,22 @@ def azure_key(entra: FakeEntra, az: FakeAzureOpenAI, **azure: Any) -> dict[str, 
                                                     "authorityHost": entra.authority, **azure}}}}
 
 
+class QuotingAzure(FakeAzureOpenAI):
+    """An upstream that quotes the credential it was sent in its error (some proxies do)."""
+
+    async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        self.authenticate(request)
+        return self.gateway_error(400, f"Request rejected for credential {request.headers['Authorization']}")
+
+
 @contextmanager
-def gateway(tmp_path: Path, issuer: TestIssuer, *, assertion_lifetime: float = 3600,
-            subject: str = "chatbot") -> Iterator[tuple[GatewayProcess, FakeEntra, FakeAzureOpenAI, Path]]:
+def gateway(tmp_path: Path, issuer: TestIssuer, *, assertion_lifetime: float = 3600, subject: str = "chatbot",
+            azure: type[FakeAzureOpenAI] = FakeAzureOpenAI,
+            ) -> Iterator[tuple[GatewayProcess, FakeEntra, FakeAzureOpenAI, Path]]:
     token_file = tmp_path / "identity" / "azure"
     issuer.write(token_file, AUDIENCE, namespace="apps", service_account=subject, lifetime=assertion_lifetime)
     with FakeEntra(TENANT, issuer.verifier(), {CLIENT: [SUBJECT]}, lifetime=LIFETIME) as entra, \
-            FakeAzureOpenAI(keys=()) as az:
+            azure(keys=()) as az:
         az.entra = entra
         cfg = tmp_path / "routes.yaml"
         write_yaml(cfg, [azure_key(entra, az), model_route("chat", ("azure", "gpt-4o"), **FAST)])
@@ -140,3 +150,20 @@ def test_a_token_of_another_service_account_is_refused(tmp_path: Path) -> None:
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         assert e.value.status_code == 503
         assert "subject" in entra.verifier.rejected and entra.issued == 0 and az.requests == []
+
+
+def test_a_token_the_upstream_quotes_back_is_redacted_for_the_caller_and_the_log(tmp_path: Path) -> None:
+    issuer = TestIssuer()
+    with gateway(tmp_path, issuer, azure=QuotingAzure) as (gp, entra, az, _):
+        client = openai.OpenAI(base_url=gp.url, api_key="unused", max_retries=0)
+        for _ in range(2):  # across a renewal: the new token and the one before it
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+            assert "Request rejected for credential Bearer [redacted]" in str(e.value.body), e.value.body
+            issued = entra.issued
+            wait_until_sync(lambda: entra.issued > issued, within=20)  # noqa: B023
+        tokens = {r.headers["authorization"].removeprefix("Bearer ") for r in az.requests}
+        assert len(tokens) == 2
+        logs = gp.logs()
+        for t in tokens:
+            assert t not in logs and t[-24:] not in logs

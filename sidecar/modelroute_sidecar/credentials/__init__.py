@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..config import ProviderKeyConfig, WorkloadIdentity
+from ..redact import Redactor
 from .base import (
     AwsCredentials,
     BearerToken,
@@ -82,6 +83,11 @@ class CredentialSources:
         self._sources: dict[str, CredentialSource[Any]] = {}
         self._stale: list[CredentialSource[Any]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        # The credentials held now, for redacting upstream text and logs (an upstream may
+        # quote the token it was sent); rebuilt at each renewal, not per request.
+        self.redactor = Redactor(())
+        self.version = 0
+        self.listener: Callable[[], None] | None = None  # told after each renewal
 
     def sources(self, provider_keys: Iterable[ProviderKeyConfig]) -> dict[str, CredentialSource[Any]]:
         """ProviderKey name -> source, for those with workload identity. Safe in any thread
@@ -93,7 +99,11 @@ class CredentialSources:
             if pk.workload_identity is None:
                 continue
             key = _identity_key(pk.name, pk.workload_identity)
-            src = self._sources.get(key) or source_for(pk, self._env)
+            src = self._sources.get(key)
+            if src is None:
+                src = source_for(pk, self._env)
+                if isinstance(src, RefreshingSource):
+                    src.on_renew = self._renewed
             live[key] = out[pk.name] = src
         self._stale += [s for k, s in self._sources.items() if k not in live]
         self._sources = live
@@ -117,6 +127,12 @@ class CredentialSources:
 
     def secrets(self) -> list[str]:
         return [x for s in self._sources.values() for x in s.secrets()]
+
+    def _renewed(self) -> None:
+        self.redactor = Redactor(self.secrets())
+        self.version += 1
+        if self.listener is not None:
+            self.listener()
 
     async def close(self) -> None:
         for s in self._sources.values():

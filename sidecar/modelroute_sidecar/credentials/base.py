@@ -152,6 +152,8 @@ class RefreshingSource(ABC, Generic[C]):
         self._label = label
         self._clock = clock
         self._current: C | None = None
+        self._previous: C | None = None  # may still be on requests in flight
+        self.on_renew: Callable[[], None] | None = None  # told of each new credential (redaction)
         self._usable_until = 0.0
         self._refresh_at = 0.0
         self._retry_at = 0.0  # after a failure, not before this (the backoff), unless nothing is usable
@@ -171,7 +173,7 @@ class RefreshingSource(ABC, Generic[C]):
         """A new credential from the issuer. Raise :class:`CredentialError` with a safe message."""
 
     def secrets(self) -> list[str]:
-        return _secrets_of(self._current)
+        return _secrets_of(self._current) + _secrets_of(self._previous)
 
     async def get(self) -> C:
         current = self._current
@@ -222,7 +224,9 @@ class RefreshingSource(ABC, Generic[C]):
             self._inflight = None
 
     def _accept(self, credential: C, fetched_at: float) -> None:
-        self._current = credential
+        self._previous, self._current = self._current, credential
+        if self.on_renew is not None:
+            self.on_renew()
         self._failures = 0
         self._last_error = None
         expires = credential.expires_at
