@@ -14,7 +14,8 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from . import budget_ledger as bl
 from .budget_store import BudgetNotFound, BudgetStore
 from .certs import CertFiles
 from .kube import ApiError
+from .metrics import OperatorMetrics
 from .tokenauth import Identity, TokenReviewer, TokenReviewUnavailable
 
 logger = logging.getLogger("modelroute.operator")
@@ -31,6 +33,7 @@ PATH = "/budget/v1/leases"
 MAX_BODY = 64 * 1024
 MAX_ENTRIES = 64
 MAX_HOLDER = 512
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -55,15 +58,32 @@ def holder_allowed(holder: str, who: Identity) -> bool:
 
 class LeaseServer:
     def __init__(self, store: BudgetStore, reviewer: TokenReviewer, *, namespaces: tuple[str, ...] = (),
-                 ttl: float = 30.0) -> None:
+                 ttl: float = 30.0, metrics: OperatorMetrics | None = None) -> None:
         self.store = store
         self.reviewer = reviewer
         self.namespaces = frozenset(namespaces)
         self.ttl = ttl
-        self.app = web.Application(client_max_size=MAX_BODY)
+        self.metrics = metrics
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._observe])
         self.app.router.add_post(PATH, self.leases)
         self._runner: web.AppRunner | None = None
         self._watch: asyncio.Task[None] | None = None
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as e:  # 404, 405 from the router
+            code = e.status
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.leases.labels(str(code)).inc()
+                self.metrics.lease_duration.labels(str(code)).observe(time.perf_counter() - start)
 
     async def leases(self, request: web.Request) -> web.Response:
         token = bearer_token(request)

@@ -10,6 +10,9 @@
   ``modelroute_operator_admission_duration_seconds{result}``, a histogram of the same.
 * ``modelroute_operator_webhook_certificate_expiry_timestamp_seconds``: the served certificate's
   notAfter.
+* ``modelroute_operator_lease_requests_total{code}``: the lease server's answers by HTTP status;
+  ``modelroute_operator_lease_duration_seconds{code}``, a histogram of the same (a grant's
+  time includes its ledger write).
 
 plus the process's own (``process_*``, ``python_*``). A registry of its own: nothing else in
 the process adds to it.
@@ -72,6 +75,15 @@ class OperatorMetrics:
         self.certificate_expiry = Gauge(
             "modelroute_operator_webhook_certificate_expiry_timestamp_seconds",
             "When the certificate the webhook serves expires, in Unix time.", registry=r)
+        self.leases = Counter(
+            "modelroute_operator_lease_requests", "Lease requests (POST /budget/v1/leases) by HTTP status: 200, "
+            "400 (malformed), 401 (no or a bad token), 403 (another namespace's or pod's holder), 503 (the API "
+            "server could not review the token or store the ledger).", ["code"], registry=r)
+        self.lease_duration = Histogram(
+            "modelroute_operator_lease_duration_seconds", "Time to answer one lease request (with its ledger "
+            "write), by HTTP status.", ["code"], buckets=_ADMISSION_BUCKETS, registry=r)
+        for code in ("200", "400", "401", "403", "503"):
+            self.leases.labels(code)
         for result in ("changed", "unchanged", "error", "terminating"):
             self.reconciles.labels(result)
         for result in ("injected", "unchanged", "refused", "error"):

@@ -116,7 +116,8 @@ async def run(settings: OperatorSettings) -> None:
             background.append(asyncio.create_task(renew_generated_forever(cert_dir, webhook_hosts(settings.webhook))))
             if settings.budget_listen is not None:
                 lease_server = LeaseServer(store, TokenReviewer(kube, ttl=settings.budget.token_cache_seconds),
-                                           namespaces=settings.namespaces, ttl=settings.budget.lease_ttl_seconds)
+                                           namespaces=settings.namespaces, ttl=settings.budget.lease_ttl_seconds,
+                                           metrics=metrics)
                 await lease_server.start(*settings.budget_listen, certs, settings.webhook.cert_check_seconds)
                 budget_ca[names.BUDGET_CA_KEY] = certs.ca.read_text()  # before the first reconcile
                 background.append(asyncio.create_task(follow_ca(certs.ca, budget_ca, reconciler,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -220,6 +221,9 @@ def test_refusals(cluster: Cluster, operator: OperatorProcess, namespace: str, s
     gone = c.lease("team", "1h", start="2020-01-01T00:00:00Z")[1]["leases"][0]
     assert "not the current or the previous window" in gone["error"]
     assert "not-a-token" not in operator.logs() and intruder.token not in operator.logs()
+    answers = {dict(labels)["code"]: v for (name, labels), v in operator.scrape().items()
+               if name == "modelroute_operator_lease_requests_total"}
+    assert answers["401"] >= 3 and answers["403"] >= 2 and answers["400"] >= 4 and answers["200"] >= 3, answers
 
 
 def test_sigkill_loses_nothing(cluster: Cluster, operator: OperatorProcess, namespace: str, served: Path) -> None:
@@ -263,3 +267,37 @@ def test_kubectl_get_mb_shows_spent_of_limit(cluster: Cluster, operator: Operato
     cluster.apply(budget("down", {"window": "1h", "usd": 1.0}, onExceeded="Downgrade", downgradeTo="chat-cheap"),
                   namespace)
     cluster.wait_ready("modelbudget", "down", namespace)
+
+
+def test_a_window_rolls_over_without_traffic(cluster: Cluster, operator: OperatorProcess, namespace: str,
+                                            served: Path) -> None:
+    """A 1m window spent: Exceeded, with a Warning Event; at the next minute the operator shows a new
+    window at zero and Exceeded False by itself (nobody asks for a lease), with a Normal Event."""
+    cluster.apply(budget("minute", {"window": "1m", "requests": 2}), namespace)
+    c = client(cluster, operator, namespace, served)
+    # Not in a minute's last seconds, so the lease and the first read fall in the same window.
+    wait_for(lambda: time.time() % 60 < 45, timeout=20, interval=0.2, what="a minute's first 45 seconds")
+    status, answer = c.lease("minute", "1m", used={"requests": 2}, want={"requests": 1})
+    assert status == 200 and answer["leases"][0]["exhausted"] is True, answer
+    first = (cluster.get("modelbudget", "minute", namespace) or {})["status"]
+    assert first["windows"][0]["spent"]["requests"] == 2
+    assert [cd["status"] for cd in first["conditions"] if cd["type"] == "Exceeded"] == ["True"]
+
+    def rolled() -> dict[str, Any] | None:
+        st = (cluster.get("modelbudget", "minute", namespace) or {}).get("status") or {}
+        windows = st.get("windows") or [{}]
+        return st if windows[0].get("start", first["windows"][0]["start"]) != first["windows"][0]["start"] else None
+
+    now = (cluster.get("modelbudget", "minute", namespace) or {})["status"]
+    after = wait_for(rolled, timeout=75, interval=0.5, what="the next 1m window in status",
+                     on_timeout=lambda: f"\n{now}")
+    assert after is not None
+    assert after["windows"][0]["spent"] == {"usd": 0, "tokens": 0, "requests": 0}
+    assert after["spent"] == "0/2 requests"
+    assert [cd["status"] for cd in after["conditions"] if cd["type"] == "Exceeded"] == ["False"]
+    # The spent window stays as `previous` for late settles; a new one has no holders.
+    assert after["ledger"]["1m"]["previous"]["holders"][c.holder]["used"]["requests"] == 2
+    reasons = wait_for(lambda: {e["reason"] for e in cluster.events(namespace)
+                                if e["involvedObject"]["name"] == "minute"} >= {"BudgetExceeded", "BudgetAvailable"},
+                       timeout=30, interval=0.2, what="the Events of the window")
+    assert reasons
