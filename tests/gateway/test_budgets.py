@@ -32,6 +32,7 @@ from tests.gateway.procs import GatewayProcess, modelroute, scrape
 
 ALICE, BOB = "mrk-alice-budget-51d2e8", "mrk-bob-budget-93a7c4"
 USD_LIMIT = 0.001
+TOKEN_LIMIT = 100
 
 
 def budget(name: str, routes: list[str], limits: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def docs(up: dict[str, Any]) -> list[dict[str, Any]]:
         model_route("streamed", ("oa", "gpt-4o-mini")),
         model_route("streamed-claude", ("an", "claude-haiku-4-5")),
         model_route("usd", ("oa", "gpt-4o")),
+        model_route("tokens", ("an", "claude-haiku-4-5")),
         budget("zero", ["blocked-*"], [{"window": "1h", "requests": 1}]),  # spent by the fixture
         budget("alice-daily", ["gpt-4o-mini"], [{"window": "1d", "requests": 3}],
                selector={"serviceAccounts": ["alice"]}),
@@ -60,6 +62,7 @@ def docs(up: dict[str, Any]) -> list[dict[str, Any]]:
                downgradeTo="economy"),
         budget("streams", ["streamed*"], [{"window": "month", "tokens": 1_000_000}]),
         budget("dollars", ["usd"], [{"window": "1d", "usd": USD_LIMIT}]),
+        budget("tokens", ["tokens"], [{"window": "1h", "tokens": TOKEN_LIMIT}]),
     ]
 
 
@@ -290,6 +293,21 @@ def test_usd_limit_holds(w: World) -> None:
     # and what was spent is what gpt-4o's price makes of the upstream's usage
     price = BUILTIN_PRICES["gpt-4o"]
     assert spent >= served * (price.input + price.output) / 1_000_000  # at least a token each way per call
+
+
+def test_token_limit_holds(w: World) -> None:
+    used = refused = 0
+    for _ in range(60):
+        try:
+            m = w.claude(BOB).messages.create(model="tokens", max_tokens=20,
+                                              messages=[{"role": "user", "content": "hello"}])
+            used += m.usage.input_tokens + m.usage.output_tokens
+        except anthropic.RateLimitError as e:
+            assert isinstance(e.body, dict) and "Budget 'tokens'" in e.body["error"]["message"]
+            refused += 1
+    assert used > 0 and refused > 0
+    spent = metric(w.gp, "modelroute_budget_spent", budget="tokens", window="1h", unit="tokens")
+    assert spent == used <= TOKEN_LIMIT  # the spend is the upstream's usage, and it stayed within
 
 
 # --- restarts keep the spend -------------------------------------------------------------------------
