@@ -47,6 +47,6 @@ def test_a_budget_is_listed_with_its_columns(control_plane: ControlPlane, ns: st
     control_plane.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(good))
     header = control_plane.kubectl("get", "mb", "-n", ns).stdout.splitlines()[0].split()
     assert header[:4] == ["NAME", "WINDOW", "SPENT", "EXCEEDED"] and header[-1] == "AGE"
-    assert "modelbudget.modelroute.dev/b" in control_plane.kubectl("get", "llm", "-n", ns).stdout  # its category
+    assert "modelbudget.modelroute.dev/b" in control_plane.kubectl("get", "llm", "-n", ns, "-o", "name").stdout
     got = yaml.safe_load(control_plane.kubectl("get", "mb", "b", "-n", ns, "-o", "yaml").stdout)
     assert got["spec"]["limits"] == [{"window": "month", "usd": 25.5}]
