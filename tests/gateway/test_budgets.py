@@ -368,3 +368,23 @@ def test_a_broken_budget_is_refused_at_start(tmp_path: Path) -> None:
         assert gp.proc.wait(20) == 2
         assert re.search(r"ModelBudget bad\): spec\.limits\[0\]\.window: .*window '1w': windows are Nm, Nh or Nd",
                          gp.logs())
+
+
+def test_a_reload_keeps_the_spend_and_takes_the_new_limit(tmp_path: Path) -> None:
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all(MOCK_DOCS))
+    with modelroute(tmp_path, "serve", "-f", str(tmp_path / "routes.yaml"), "--reload-interval", "0.2") as gp:
+        client = openai.OpenAI(base_url=gp.url, api_key="x", max_retries=0)
+        for _ in range(5):
+            chat(client, "kept")
+        with pytest.raises(openai.RateLimitError):
+            chat(client, "kept")
+        raised = [*MOCK_DOCS[:2], budget("kept", ["kept"], [{"window": "month", "requests": 7},
+                                                            {"window": "1h", "tokens": 100_000}])]
+        (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all(raised))
+        wait_for(lambda: metric(gp, "modelroute_budget_limit", budget="kept", window="month", unit="requests") == 7,
+                 timeout=15, what="the raised limit loaded")
+        assert metric(gp, "modelroute_budget_spent", budget="kept", window="month", unit="requests") == 5
+        for _ in range(2):
+            chat(client, "kept")
+        with pytest.raises(openai.RateLimitError):
+            chat(client, "kept")
