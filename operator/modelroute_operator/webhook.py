@@ -22,9 +22,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jsonpatch
-from pydantic import ValidationError
 
-from modelroute_sidecar.config import CONFIG_SUBDIR, CONFIGMAP_NAME, KEYS_SECRET_NAME, KEYS_SUBDIR, WorkloadIdentity
+from modelroute_sidecar.config import (
+    CONFIG_SUBDIR,
+    CONFIGMAP_NAME,
+    KEYS_SECRET_NAME,
+    KEYS_SUBDIR,
+    ConfigInvalid,
+    WorkloadIdentity,
+    from_data,
+)
 from modelroute_sidecar.credentials.projection import TOKEN_DIR as IDENTITY_DIR
 from modelroute_sidecar.credentials.projection import TOKEN_EXPIRATION_SECONDS as IDENTITY_TOKEN_SECONDS
 from modelroute_sidecar.credentials.projection import TokenProjection, projections
@@ -212,8 +219,8 @@ def identity_tokens(identities: Iterable[Mapping[str, Any]]) -> list[TokenProjec
     compile refuses anyway, need none)."""
     found: list[WorkloadIdentity] = []
     for wi in identities:
-        with contextlib.suppress(ValidationError):
-            found.append(WorkloadIdentity.model_validate(wi))
+        with contextlib.suppress(ConfigInvalid):
+            found.append(from_data(wi, WorkloadIdentity))
     return projections(found)
 
 

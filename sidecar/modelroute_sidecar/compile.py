@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 from pydantic import ValidationError
 
 from .config import (
@@ -29,7 +30,6 @@ from .config import (
     ProviderKeyConfig,
     RouteConfig,
     UnreadyKey,
-    format_validation_error,
     split_keys,
 )
 from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelBudget, ModelRoute, ProviderKey, Secret
@@ -160,10 +160,11 @@ def compile_resources(
             api_version=pk.spec.api_version
             or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
             headers=pk.spec.headers,
-            mock=(pk.spec.mock or MockSettings()) if pk.spec.provider == "mock" else None,
+            mock=(pk.spec.mock.to_struct() if pk.spec.mock else MockSettings()) if pk.spec.provider == "mock"
+            else None,
             responses_api=pk.spec.responses_api,
             allowed_service_accounts=tuple(sorted(set(pk.spec.allowed_service_accounts))),
-            workload_identity=pk.spec.workload_identity,
+            workload_identity=pk.spec.workload_identity.to_struct() if pk.spec.workload_identity else None,
             region=pk.spec.region,
             project=pk.spec.project,
             location=pk.spec.location,
@@ -195,7 +196,8 @@ def compile_resources(
                 why.append(f"ProviderKey {b.provider_key}: " + (state.message if state else "not found"))
         routes[spec.model] = RouteConfig(
             model=spec.model, strategy=spec.strategy, backends=tuple(backends),
-            retries=spec.retries, timeouts=spec.timeouts, source=f"ModelRoute/{name}", unavailable=tuple(why),
+            retries=spec.retries.to_struct(), timeouts=spec.timeouts.to_struct(), source=f"ModelRoute/{name}",
+            unavailable=tuple(why),
             allowed_service_accounts=tuple(sorted(set(spec.allowed_service_accounts))),
         )
         total = len(spec.backends)
@@ -210,10 +212,9 @@ def compile_resources(
         statuses[("ModelRoute", name)] = status
 
     budgets = _compile_budgets(budget_docs, routes, provider_keys, statuses)
-    settings = (base or GatewayConfig()).model_dump(
-        by_alias=True, exclude={"routes", "provider_keys", "unready_provider_keys", "budgets"})
-    config = GatewayConfig.model_validate({**settings, "routes": routes, "providerKeys": provider_keys,
-                                           "unreadyProviderKeys": unready, "budgets": budgets})
+    # Every part was validated on its way in (the resources by pydantic, ``base`` as a config).
+    config = msgspec.structs.replace(base or GatewayConfig(), routes=routes, provider_keys=provider_keys,
+                                     unready_provider_keys=unready, budgets=budgets)
     return CompileResult(config, keys, statuses, errors, referenced)
 
 
@@ -256,6 +257,15 @@ def _limit_text(lim: Any) -> str:
 
 def _routed(model: str, routes: Mapping[str, RouteConfig], provider_keys: Mapping[str, ProviderKeyConfig]) -> bool:
     return model in routes or any(fnmatch.fnmatchcase(model, p) for pk in provider_keys.values() for p in pk.models)
+
+
+def format_validation_error(origin: str, err: ValidationError) -> str:
+    """``origin: spec.backends[0].providerKey: Field required; ...``: each error at its place."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+        parts.append(f"{loc or '(document)'}: {e['msg']}")
+    return f"{origin}: " + "; ".join(parts)
 
 
 def _origin(body: Mapping[str, Any]) -> str:
@@ -310,7 +320,7 @@ def _resolve_keys(
     if pk.spec.provider == "mock":
         return [], "NoKeyRequired", "provider mock answers in-process: no key, no network"
     if pk.spec.workload_identity is not None:
-        return [], "WorkloadIdentity", f"credentials from {pk.spec.workload_identity.describe()}, no Secret"
+        return [], "WorkloadIdentity", f"credentials from {pk.spec.workload_identity.to_struct().describe()}, no Secret"
     ref = pk.spec.secret_ref
     variables = key_sources(pk.metadata.name, pk.spec.provider) if env is not None else []
     env_hint = f", or set {' or '.join(variables)}" if variables else ""

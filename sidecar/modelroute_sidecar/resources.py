@@ -8,25 +8,36 @@ words.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .config import (
-    WINDOW_PATTERN,
-    CallerName,
-    CircuitBreaker,
-    FailurePolicy,
-    MockSettings,
-    OnExceeded,
-    ProviderKind,
-    ResponsesAPI,
-    RetryPolicy,
-    Strategy,
-    Timeouts,
-    WorkloadIdentity,
+from . import config
+from .config import WINDOW_PATTERN, FailurePolicy, OnExceeded, ProviderKind, ResponsesAPI, Strategy
+from .pydantic_schema import StructModel, model_of
+from .syntax import (
+    CALLER_NAME_MAX,
+    CALLER_NAME_PATTERN,
+    MODEL_NAME_MAX,
+    MODEL_NAME_RULE,
+    valid_header_name,
+    valid_header_value,
+    valid_model_name,
 )
-from .syntax import MODEL_NAME_MAX, MODEL_NAME_RULE, valid_header_name, valid_header_value, valid_model_name
+
+# The parts of the compiled config a resource spells out, as pydantic models of its structs
+# (one schema; ``.to_struct()`` gives the config's value).
+if TYPE_CHECKING:
+    RetryPolicy: TypeAlias = StructModel
+    Timeouts: TypeAlias = StructModel
+    MockSettings: TypeAlias = StructModel
+    WorkloadIdentity: TypeAlias = StructModel
+else:
+    RetryPolicy = model_of(config.RetryPolicy)
+    Timeouts = model_of(config.Timeouts)
+    MockSettings = model_of(config.MockSettings)
+    WorkloadIdentity = model_of(config.WorkloadIdentity)
+CallerName = Annotated[str, StringConstraints(min_length=1, max_length=CALLER_NAME_MAX, pattern=CALLER_NAME_PATTERN)]
 
 GROUP = "modelroute.dev"
 _WINDOW = re.compile(WINDOW_PATTERN)
@@ -137,7 +148,7 @@ class ProviderKeySpec(_Spec):
         if self.workload_identity is not None:
             if self.secret_ref is not None:
                 raise ValueError("secretRef and workloadIdentity are exclusive: the credential comes from one of them")
-            cloud = self.workload_identity.cloud
+            cloud = self.workload_identity.to_struct().cloud
             if cloud not in WORKLOAD_IDENTITY_CLOUDS.get(self.provider, frozenset()):
                 kinds = sorted(k for k, clouds in WORKLOAD_IDENTITY_CLOUDS.items() if cloud in clouds)
                 raise ValueError(f"workloadIdentity.{cloud} is for provider {' or '.join(kinds)}, "
@@ -304,7 +315,6 @@ __all__ = [
     "DEFAULT_MODELS",
     "WORKLOAD_IDENTITY_CLOUDS",
     "BackendSpec",
-    "CircuitBreaker",
     "ModelBudget",
     "ModelBudgetSpec",
     "ModelRoute",

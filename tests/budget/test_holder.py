@@ -11,7 +11,7 @@ import pytest
 from modelroute_sidecar.budget.holder import BudgetExceeded, Budgets
 from modelroute_sidecar.budget.journal import JOURNAL, LocalGranter, replay
 from modelroute_sidecar.budget.ledger import Amount
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 
 
 class Clock:
@@ -23,8 +23,7 @@ class Clock:
 
 
 def config(**limit: float) -> GatewayConfig:
-    return GatewayConfig.model_validate({"budgets": {"b": {
-        "name": "b", "limits": [{"window": "month", **limit}]}}})
+    return from_data({"budgets": {"b": {"name": "b", "limits": [{"window": "month", **limit}]}}}, GatewayConfig)
 
 
 def test_reserve_settle_and_refuse(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from modelroute_sidecar.compile import compile_resources
-from modelroute_sidecar.config import WINDOW_PATTERN
+from modelroute_sidecar.config import WINDOW_PATTERN, GatewayConfig, from_json
 from modelroute_sidecar.syntax import CALLER_NAME_MAX, CALLER_NAME_PATTERN, MODEL_NAME_MAX
 
 API = "modelroute.dev/v1alpha1"
@@ -37,7 +37,7 @@ def test_a_budget_compiles_into_the_config() -> None:
     status = result.statuses[("ModelBudget", "b")]
     assert status.ready and status.generation == 3 and "$25.50 per month" in status.message
     # the config the operator writes round-trips through the sidecar's model
-    assert type(result.config).model_validate_json(result.config.dump_json()) == result.config
+    assert from_json(result.config.dump_json(), GatewayConfig) == result.config
 
 
 def test_defaults() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelroute_sidecar.config import AwsIdentity
+from modelroute_sidecar.config import AwsIdentity, from_data
 from modelroute_sidecar.credentials import AwsCredentials, CredentialError, UnavailableSource, source_for
 from modelroute_sidecar.credentials.aws import PodIdentity, WebIdentity, aws_source
 from tests.fakes.aws_sts import POD_IDENTITY_AUDIENCE, STS_AUDIENCE, FakeAwsSts
@@ -22,7 +22,7 @@ SUBJECT = "system:serviceaccount:apps:chatbot"
 
 def irsa(tmp_path: Path, sts: FakeAwsSts, monkeypatch: pytest.MonkeyPatch, **cfg: str) -> WebIdentity:
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)  # botocore's own override, as for a VPC endpoint
-    src = aws_source("bedrock", AwsIdentity.model_validate({"roleArn": ROLE, **cfg}),
+    src = aws_source("bedrock", from_data({"roleArn": ROLE, **cfg}, AwsIdentity),
                      {"AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "aws-sts"), "MODELROUTE_NAMESPACE": "apps"})
     assert isinstance(src, WebIdentity)
     return src
@@ -117,8 +117,8 @@ async def test_eks_pod_identity_uses_the_agent_with_the_token_as_authorization(t
 async def test_missing_settings_make_an_unavailable_source_not_a_failed_load() -> None:
     from modelroute_sidecar.config import ProviderKeyConfig
 
-    pk = ProviderKeyConfig.model_validate({"name": "bedrock", "provider": "openai-compatible", "baseURL": "http://x",
-                                           "workloadIdentity": {"aws": {"roleArn": ROLE}}})
+    pk = from_data({"name": "bedrock", "provider": "openai-compatible", "baseURL": "http://x",
+                    "workloadIdentity": {"aws": {"roleArn": ROLE}}}, ProviderKeyConfig)
     src = source_for(pk, env={})
     assert isinstance(src, UnavailableSource)
     with pytest.raises(CredentialError, match="AWS_WEB_IDENTITY_TOKEN_FILE not set"):

@@ -47,13 +47,13 @@ def test_bad_workload_identity_is_refused_naming_the_field(doc: dict[str, Any], 
 
 
 def test_projections_are_one_per_audience_and_none_for_the_metadata_server() -> None:
-    from modelroute_sidecar.config import WorkloadIdentity
+    from modelroute_sidecar.config import WorkloadIdentity, from_data
 
     raw: list[dict[str, Any]] = [
         AZURE, {"azure": {"clientId": "other"}}, {"aws": {"roleArn": "arn:aws:iam::111122223333:role/x"}},
         {"aws": {}}, {"gcp": {}}, {"gcp": {"audience": "//iam.googleapis.com/projects/1/locations/global/"
                                                        "workloadIdentityPools/p/providers/k"}}]
-    wis = [WorkloadIdentity.model_validate(w) for w in raw]
+    wis = [from_data(w, WorkloadIdentity) for w in raw]
     found = projections(wis)
     assert {p.audience for p in found} == {
         "sts.amazonaws.com", "api://AzureADTokenExchange", "pods.eks.amazonaws.com",

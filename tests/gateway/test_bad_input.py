@@ -20,7 +20,7 @@ import aiohttp
 import openai
 import pytest
 
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, RunningGateway, model_route, provider_key, running_gateway
 
@@ -317,7 +317,7 @@ async def test_bad_streaming_request_gets_json_not_an_event_stream() -> None:
 
 # ---- body size -------------------------------------------------------------------------
 
-SMALL = GatewayConfig.model_validate({"maxBodyBytes": LIMIT})
+SMALL = from_data({"maxBodyBytes": LIMIT}, GatewayConfig)
 
 
 def padded(path: str, size: int) -> bytes:

@@ -132,13 +132,13 @@ def test_spend_settled_just_before_a_window_ends_is_reported_into_that_window(tm
     from modelroute_sidecar.budget.client import RemoteGranter
     from modelroute_sidecar.budget.holder import Budgets
     from modelroute_sidecar.budget.ledger import Amount
-    from modelroute_sidecar.config import GatewayConfig
+    from modelroute_sidecar.config import GatewayConfig, from_data
 
     limits = {"per-minute": {"1m": Limit(requests=100)}}
     server.budgets.update(limits)
     (tmp_path / "token").write_text(TOKEN)
-    config = GatewayConfig.model_validate({"budgets": {"per-minute": {
-        "name": "per-minute", "limits": [{"window": "1m", "requests": 100}]}}})
+    config = from_data({"budgets": {"per-minute": {
+        "name": "per-minute", "limits": [{"window": "1m", "requests": 100}]}}}, GatewayConfig)
     # the server tells windows by its own clock: stay clear of a minute's end
     wait_for(lambda: time.time() % 60 < 45, timeout=20, what="not the last seconds of a minute")
     now = time.time()

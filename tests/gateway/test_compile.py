@@ -17,7 +17,7 @@ import pytest
 
 from modelroute_sidecar.app import Gateway
 from modelroute_sidecar.compile import CompileResult, SourceDoc, compile_resources, env_var_for
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data, from_json
 from modelroute_sidecar.metrics import Metrics
 from modelroute_sidecar.router import Runtime, State
 
@@ -320,11 +320,11 @@ def test_documents_not_ours_are_ignored() -> None:
 
 
 def test_compiled_config_round_trips_and_keeps_base_settings() -> None:
-    base = GatewayConfig.model_validate({"maxBodyBytes": 4096, "circuitBreaker": {"failureThreshold": 2}})
+    base = from_data({"maxBodyBytes": 4096, "circuitBreaker": {"failureThreshold": 2}}, GatewayConfig)
     result = compile_resources([pk("p", secret="s"), secret("s", {"apiKey": KEY}), route("chat", "chat", "p")],
                                base=base)
     assert result.config.max_body_bytes == 4096 and result.config.circuit_breaker.failure_threshold == 2
-    assert GatewayConfig.model_validate_json(result.config.dump_json()) == result.config
+    assert from_json(result.config.dump_json(), GatewayConfig) == result.config
     assert result.referenced_secrets == {"s"}
     no_key_text(result)
 
@@ -423,7 +423,7 @@ def test_allowed_service_accounts_compile_into_the_config_sorted_and_once() -> N
     assert cfg.provider_keys["a"].allowed_service_accounts == ("batch", "web")
     assert cfg.provider_keys["b"].allowed_service_accounts == ()
     assert '"allowedServiceAccounts"' in cfg.dump_json()
-    assert GatewayConfig.model_validate_json(cfg.dump_json()) == cfg  # the ConfigMap round-trips
+    assert from_json(cfg.dump_json(), GatewayConfig) == cfg  # the ConfigMap round-trips
     rt = Runtime(cfg, result.keys, State(), Metrics())
     assert rt.resolve("open").allowed is None  # type: ignore[union-attr]
     assert rt.resolve("closed").allowed == frozenset({"api", "web"})  # type: ignore[union-attr]

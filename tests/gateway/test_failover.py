@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 from tests.fakes.base import closed_port, wait_until
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway.harness import FAST, ManualClock, RunningGateway, model_route, provider_key, running_gateway, user
@@ -208,7 +208,7 @@ async def test_client_disconnect_cancels_the_upstream_request() -> None:
         await wait_until(lambda: a.streams_completed == 0 and a.cancelled == 1, within=5)
 
 
-BREAKER = GatewayConfig.model_validate({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 30}})
+BREAKER = from_data({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 30}}, GatewayConfig)
 
 
 async def open_circuit_of_a(gw: RunningGateway, a: FakeOpenAI) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from pydantic import ValidationError
+from msgspec import ValidationError
 
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 from modelroute_sidecar.syntax import HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
@@ -142,10 +142,10 @@ def test_a_provider_key_header_with_a_line_break_is_refused_at_compile(tmp_path:
 def test_a_compiled_config_with_such_a_header_does_not_load() -> None:
     """The sidecar's own config (config.json, from the operator or written by hand) is checked too."""
     pk = {"name": "openai", "provider": "openai", "baseURL": "http://127.0.0.1:9/v1"}
-    GatewayConfig.model_validate({"providerKeys": {"openai": {**pk, "headers": {"X-Team": "a b\tc"}}}})
+    from_data({"providerKeys": {"openai": {**pk, "headers": {"X-Team": "a b\tc"}}}}, GatewayConfig)
     for headers in ({"X-Team": "a\r\nX-Injected: 1"}, {"X-Team": "caf\u00e9"}, {"X Team": "a"}):
         with pytest.raises(ValidationError, match="cannot be sent"):
-            GatewayConfig.model_validate({"providerKeys": {"openai": {**pk, "headers": headers}}})
+            from_data({"providerKeys": {"openai": {**pk, "headers": headers}}}, GatewayConfig)
 
 
 def test_the_crd_states_the_same_header_rules() -> None:

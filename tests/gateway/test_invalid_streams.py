@@ -18,7 +18,7 @@ import anthropic
 import orjson
 import pytest
 
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 from modelroute_sidecar.sse import SSEParser
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import FakeUpstream
@@ -34,7 +34,7 @@ GARBAGE = {
     "JSON but no object": b"data: [1, 2]\n\n",
     "not SSE": b"<html><body>502 Bad Gateway</body></html>\n\n",
 }
-BREAKER = GatewayConfig.model_validate({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 600}})
+BREAKER = from_data({"circuitBreaker": {"failureThreshold": 2, "openSeconds": 600}}, GatewayConfig)
 
 
 @dataclass

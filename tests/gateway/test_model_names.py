@@ -24,7 +24,7 @@ import orjson
 import pytest
 import yaml
 
-from modelroute_sidecar.config import GatewayConfig
+from modelroute_sidecar.config import GatewayConfig, from_data
 from modelroute_sidecar.resources import ModelRoute
 from modelroute_sidecar.syntax import MODEL_NAME_PATTERN, valid_model_name
 from tests.fakes.anthropic import FakeAnthropic
@@ -248,7 +248,7 @@ def test_the_rule_is_stated_once_and_the_crd_carries_it() -> None:
             ModelRoute.model_validate(model_route("chat", ("pk", "gpt-" + tail), name="chat"))
         # The sidecar's own config (config.json) holds to the rule too.
         with pytest.raises(ValueError):
-            GatewayConfig.model_validate({"routes": {"chat": {"model": "chat", "backends": [
-                {"providerKey": "pk", "model": "gpt-" + tail}]}}})
+            from_data({"routes": {"chat": {"model": "chat", "backends": [
+                {"providerKey": "pk", "model": "gpt-" + tail}]}}}, GatewayConfig)
         with pytest.raises(ValueError):
-            GatewayConfig.model_validate({"routes": {"x": {"model": "gpt-" + tail}}})
+            from_data({"routes": {"x": {"model": "gpt-" + tail}}}, GatewayConfig)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from modelroute_sidecar.canonical import Usage, usage_from_openai
-from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.providers.anthropic import AnthropicAdapter
 from modelroute_sidecar.sse import SSEEvent, frame
 from modelroute_sidecar.wire.anthropic.upstream import (
@@ -247,8 +247,8 @@ def test_error_info(status: int, body: bytes, etype: str, retryable: bool) -> No
 
 
 def _pk(**kw: Any) -> ProviderKeyConfig:
-    return ProviderKeyConfig.model_validate({"name": "a", "provider": "anthropic",
-                                             "baseURL": kw.pop("base", "https://api.anthropic.com"), **kw})
+    return from_data({"name": "a", "provider": "anthropic",
+                      "baseURL": kw.pop("base", "https://api.anthropic.com"), **kw}, ProviderKeyConfig)
 
 
 def test_adapter_request() -> None:

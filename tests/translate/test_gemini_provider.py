@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from modelroute_sidecar.canonical import Usage, usage_from_openai
-from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.gemini import GeminiAdapter
 from modelroute_sidecar.sse import frame
@@ -299,8 +299,8 @@ def test_error_info(status: int, body: Any, etype: str, retryable: bool) -> None
 
 
 def test_adapter_urls_and_headers() -> None:
-    pk = ProviderKeyConfig.model_validate({"name": "g", "provider": "gemini",
-                                           "baseURL": "https://generativelanguage.googleapis.com"})
+    pk = from_data({"name": "g", "provider": "gemini",
+                    "baseURL": "https://generativelanguage.googleapis.com"}, ProviderKeyConfig)
     ad = GeminiAdapter(pk)
     assert ad.chat({"messages": [U]}, "gemini-2.5-pro", False).url == (
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:generateContent")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelroute_sidecar.config import ProviderKeyConfig, ProviderKind
+from modelroute_sidecar.config import ProviderKeyConfig, ProviderKind, from_data
 from modelroute_sidecar.providers import adapter_class
 from modelroute_sidecar.wire import pairs
 from modelroute_sidecar.wire.base import Dialect
@@ -74,8 +74,8 @@ def test_a_dialect_lives_in_the_package_the_table_names(dialect: str, package: s
 
 @pytest.mark.parametrize(("dialect", "kind"), list(pairs.PATHS))
 def test_a_pass_through_cell_is_one_the_adapter_can_send(dialect: str, kind: str) -> None:
-    pk = ProviderKeyConfig.model_validate({"name": "k", "provider": kind, "baseURL": "http://upstream.test/v1",
-                                           "project": "my-project"})
+    pk = from_data({"name": "k", "provider": kind, "baseURL": "http://upstream.test/v1", "project": "my-project"},
+                   ProviderKeyConfig)
     adapter = adapter_class(kind)(pk)
     if pairs.path(dialect, kind) is pairs.TRANSLATE:
         assert not pairs.passes(dialect, adapter)

@@ -11,7 +11,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from modelroute_sidecar.canonical import Usage
-from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
 from modelroute_sidecar.sse import SSEParser
@@ -271,7 +271,7 @@ def test_native_tap() -> None:
 
 
 def test_openai_backends_pass_responses_through() -> None:
-    pk = ProviderKeyConfig.model_validate({"name": "o", "provider": "openai", "baseURL": "https://api.openai.com/v1"})
+    pk = from_data({"name": "o", "provider": "openai", "baseURL": "https://api.openai.com/v1"}, ProviderKeyConfig)
     prep = OpenAIAdapter(pk).native("openai-responses", {"model": "alias", "input": "x", "store": False},
                                     "gpt-5", True)
     assert prep.url == "https://api.openai.com/v1/responses"
@@ -352,8 +352,8 @@ def test_additional_tools_namespaces_and_freeform_tools_translate_both_ways() ->
 
 @pytest.mark.parametrize(("setting", "passes_through"), [("native", True), ("auto", True), ("bridge", False)])
 def test_responses_api_setting(setting: str, passes_through: bool) -> None:
-    pk = ProviderKeyConfig.model_validate({"name": "c", "provider": "openai-compatible",
-                                           "baseURL": "http://vllm.test/v1", "responsesAPI": setting})
+    pk = from_data({"name": "c", "provider": "openai-compatible",
+                    "baseURL": "http://vllm.test/v1", "responsesAPI": setting}, ProviderKeyConfig)
     adapter = OpenAICompatibleAdapter(pk)
     assert passes("openai-responses", adapter) is passes_through
     assert passes("openai-chat", adapter)

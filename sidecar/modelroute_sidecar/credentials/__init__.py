@@ -72,7 +72,7 @@ def _build(name: str, wi: WorkloadIdentity, env: Mapping[str, str]) -> Credentia
 
 
 def _identity_key(name: str, wi: WorkloadIdentity) -> str:
-    return f"{name}|{wi.model_dump_json()}"
+    return f"{name}|{wi.dump_json()}"
 
 
 class CredentialSources:
