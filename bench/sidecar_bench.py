@@ -5,15 +5,18 @@ measured round-robin in small batches so machine noise falls on all of them alik
 
 - ``direct``: the client straight to the upstream;
 - ``bare``: ``bench.bare_proxy``, a dozen-line aiohttp pass-through: the floor;
-- ``gateway``: ``python -m modelroute_sidecar serve -f <yaml>`` at its default log level,
-  and ``gateway-warn`` with ``--log-level warning``;
+- ``gateway``: ``python -m modelroute_sidecar sidecar --config-dir <dir>`` as a pod runs it
+  (the ConfigMap's ``config.json`` and the Secret's key files, compiled from the same
+  resources the operator would read), at its default log level, and ``gateway-warn`` with
+  ``--log-level warning``;
 - ``litellm``: ``litellm --config <yaml>``, when installed (``pip install 'modelroute[bench]'``,
   or any environment, with ``--litellm-bin``); otherwise its row says "not installed".
 
 Measured: added latency (p50/p99 of path minus direct, sequential non-streaming requests on
 keep-alive connections, aiohttp client); added time to first token on streams; throughput
 with the proxy confined to one core and 32 requests in flight; resident memory idle and with
-1,000 open streams; time from process start to ``/readyz``. Results print as a table and go
+1,000 open streams; time from process start to ``/readyz``. The footprint section prints
+each target's ratio and PASS/FAIL. Results print as a table and go
 to ``bench/results/`` as JSON. Timings are reported against the targets, never asserted.
 
 Run: ``python -m bench.sidecar_bench`` (a few minutes), ``--quick`` (under a minute).
@@ -70,6 +73,7 @@ TARGETS = {
     "open_streams_rss_mib": 100.0,  # ... and at most this with 1,000 open streams
     "start_vs_bare": 1.2,  # start to ready at most this times the bare proxy's start to open port
 }
+IDLE_SETTLE = 2.5  # seconds after ready before idle RSS is read: past the sidecar's first config poll (1 s)
 SATURATED = 0.85  # share of its core a proxy must use for its req/s to count as its one-core throughput
 
 
@@ -285,6 +289,25 @@ spec:
   model: bench-slow
   backends: [{{providerKey: slow, model: bench}}]
 """
+
+
+def sidecar_config_dir(root: Path, resources_yaml: str) -> Path:
+    """What a pod mounts: the operator's compile of ``resources_yaml`` as ``config/config.json``
+    and the keys as ``keys/<ProviderKey>`` (kubelet's plain layout, without the ..data links)."""
+    from modelroute_sidecar.compile import compile_resources  # the bench's process, not the sidecar's
+    from modelroute_sidecar.loader import read_documents
+
+    src = root / "resources.yaml"
+    src.write_text(resources_yaml)
+    result = compile_resources(read_documents([src]))
+    if result.errors:
+        raise RuntimeError("; ".join(result.errors))
+    (root / "config").mkdir(parents=True)
+    (root / "keys").mkdir()
+    (root / "config" / "config.json").write_text(result.config.dump_json())
+    for name, keys in result.keys.items():
+        (root / "keys" / name).write_text("\n".join(keys))
+    return root
 
 
 def litellm_yaml(upstream_port: int) -> str:
@@ -724,7 +747,7 @@ class Bench:
         elif profile == "pyinstrument":
             argv += ["-m", "pyinstrument", "-i", "0.0002", "-r", "pyisession",
                      "-o", str(self.tmp / "gateway.pyisession")]
-        argv += ["-m", "modelroute_sidecar", "serve", "-f", str(cfg), "--port", str(port),
+        argv += ["-m", "modelroute_sidecar", "sidecar", "--config-dir", str(cfg), "--port", str(port),
                  "--metrics-port", str(metrics_port)]
         if level:
             argv += ["--log-level", level]
@@ -747,8 +770,7 @@ class Bench:
         upstream = self.spawn("upstream", [sys.executable, "-m", "bench.fast_upstream", "--port", str(up_port),
                                            "--chunks", str(s.chunks), "--slow-interval", "1.0",
                                            "--slow-seconds", str(args.slow_seconds)], self.load_cores)
-        gw_cfg = self.tmp / "gateway.yaml"
-        gw_cfg.write_text(gateway_yaml(up_port))
+        gw_cfg = sidecar_config_dir(self.tmp / "sidecar", gateway_yaml(up_port))
 
         paths: list[Path_] = [Path_("direct", "direct (no proxy)", up_port, None)]
         bare_port = free_port()
@@ -788,7 +810,7 @@ class Bench:
                 self.say(f"LiteLLM did not start; its row is left out: {e}")
                 p.proc.stop()
         paths = [p for p in paths if p.proc is None or p.proc.alive()]
-        await asyncio.sleep(1.0)  # idle: let start-up work settle
+        await asyncio.sleep(IDLE_SETTLE)  # idle: let start-up work (and the first config poll) settle
         idle_rss = {p.name: p.proc.rss() / MIB for p in paths if p.proc}
         self.say("started: " + ", ".join(f"{k} {v:.2f}s" for k, v in ready.items()))
 
@@ -821,20 +843,21 @@ class Bench:
                 p.proc.stop()
         self.say(f"start to ready: {s.starts} gateway starts")
         starts, start_cpu, start_rss = self.measure_starts(gw_cfg, s.starts)
-        bare_starts, bare_cpu = self.measure_bare_starts(up_port, max(1, min(3, s.starts // 2)))
+        bare_starts, bare_cpu, bare_rss = self.measure_bare_starts(up_port, s.starts)
 
         profile = None
         if args.profile:
             profile = await self.profile_gateway(gw_cfg, args.profile)
         self.results = self.assemble(paths, lat, streams, tp, idle_rss, idle_after_load, mem, ready, starts,
-                                     start_cpu, start_rss, bare_starts, bare_cpu, litellm_row, profile)
+                                     start_cpu, start_rss, bare_starts, bare_cpu, bare_rss, litellm_row, profile)
         self.results["environment"].update({"machine_cpu_busy": busy, "load_before": load_before,
                                             "load_after": os.getloadavg(),
                                             "open_files_limit": nofile[0], "wall_seconds": time.time() - started})
         return self.results
 
     def measure_starts(self, cfg: Path, n: int) -> tuple[list[float], list[float], list[float]]:
-        """Wall seconds from exec to ready, CPU seconds spent by then, and idle RSS, per start."""
+        """Wall seconds from exec to ready, CPU seconds spent by then, and idle RSS (once the
+        first config poll has run), per start."""
         times, cpu, rss = [], [], []
         for i in range(n):
             port, mport = free_port(), free_port()
@@ -842,14 +865,15 @@ class Bench:
             try:
                 times.append(wait_http(proc, mport, "/readyz", 30))
                 cpu.append(proc.cpu())
-                time.sleep(0.5)
+                time.sleep(IDLE_SETTLE)
                 rss.append(proc.rss() / MIB)
             finally:
                 proc.stop()
         return times, cpu, rss
 
-    def measure_bare_starts(self, up_port: int, n: int) -> tuple[list[float], list[float]]:
-        times, cpu = [], []
+    def measure_bare_starts(self, up_port: int, n: int) -> tuple[list[float], list[float], list[float]]:
+        """The same for the bare proxy, measured the same way (start to open port)."""
+        times, cpu, rss = [], [], []
         for i in range(n):
             port = free_port()
             proc = self.spawn(f"bare-start{i}", [sys.executable, "-m", "bench.bare_proxy", "--port", str(port),
@@ -857,9 +881,11 @@ class Bench:
             try:
                 times.append(wait_http(proc, port, None, 30))
                 cpu.append(proc.cpu())
+                time.sleep(IDLE_SETTLE)
+                rss.append(proc.rss() / MIB)
             finally:
                 proc.stop()
-        return times, cpu
+        return times, cpu, rss
 
     async def profile_gateway(self, cfg: Path, kind: str) -> dict[str, Any]:
         """A separate gateway under a profiler, driven by sequential and concurrent load."""
@@ -877,8 +903,8 @@ class Bench:
     def assemble(self, paths: list[Path_], lat: dict[str, dict[str, Samples]], streams: dict[str, dict[str, Samples]],
                  tp: dict[str, dict[str, Any]], idle_rss: dict[str, float], idle_after: dict[str, float],
                  mem: dict[str, Any], ready: dict[str, float], starts: list[float], start_cpu: list[float],
-                 start_rss: list[float],
-                 bare_starts: list[float], bare_cpu: list[float], litellm_row: dict[str, Any],
+                 start_rss: list[float], bare_starts: list[float], bare_cpu: list[float], bare_rss: list[float],
+                 litellm_row: dict[str, Any],
                  profile: dict[str, Any] | None) -> dict[str, Any]:
         d_lat = lat["direct"]["total"].values
         d_ttft = streams["direct"]["first"].values
@@ -915,6 +941,9 @@ class Bench:
                    "gateway_cpu_s_runs": start_cpu,
                    "gateway_cpu_median_s": statistics.median(start_cpu) if start_cpu else None,
                    "gateway_idle_rss_mib_runs": start_rss,
+                   "gateway_idle_rss_median_mib": statistics.median(start_rss) if start_rss else None,
+                   "bare_proxy_idle_rss_mib_runs": bare_rss,
+                   "bare_proxy_idle_rss_median_mib": statistics.median(bare_rss) if bare_rss else None,
                    "bare_proxy_runs_s": bare_starts,
                    "bare_proxy_median_s": statistics.median(bare_starts) if bare_starts else None,
                    "bare_proxy_cpu_median_s": statistics.median(bare_cpu) if bare_cpu else None}
@@ -986,6 +1015,12 @@ def evaluate(rows: dict[str, Any], startup: dict[str, Any]) -> list[dict[str, An
         ratio = g["idle_rss_mib"] / b_idle
         add(f"idle RSS <= {limit:g}x bare proxy", "gateway", ratio, limit, ratio <= limit,
             f"gateway {g['idle_rss_mib']:.1f} MiB, bare {b_idle:.1f} MiB")
+    gm, bm_ = startup.get("gateway_idle_rss_median_mib"), startup.get("bare_proxy_idle_rss_median_mib")
+    if gm is not None and bm_:
+        limit = TARGETS["idle_rss_vs_bare"]
+        add(f"idle RSS <= {limit:g}x bare proxy (fresh starts)", "gateway", gm / bm_, limit, gm / bm_ <= limit,
+            f"median of {len(startup['gateway_idle_rss_mib_runs'])} starts each: gateway {gm:.1f} MiB, bare "
+            f"{bm_:.1f} MiB, {IDLE_SETTLE:g} s after ready")
     opened = g.get("open_streams") or {}
     if opened.get("rss_open_mib") is not None:
         limit = TARGETS["open_streams_rss_mib"]
@@ -1116,6 +1151,14 @@ def _f(v: float | None, fmt: str = "{:.3f}") -> str:
 
 
 ORDER = ("direct", "bare", "gateway", "gateway-warn", "litellm")
+FOOTPRINT = ("idle RSS", "open streams", "start to ready")  # the targets the footprint section repeats
+
+
+def _verdict(t: dict[str, Any]) -> str:
+    verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+    ratio = "-" if t["measured"] is None else (f"{t['measured']:.1f}" if "MiB" in t["target"]
+                                                else f"{t['measured']:.2f}x")
+    return f"{verdict}  {t['target']:<46} [{t['gateway_row']:<12}] {ratio:>7}  {t['detail']}"
 
 
 def _table(out: Callable[[str], None], title: str, cols: list[tuple[str, int]], lines: list[list[str]]) -> None:
@@ -1219,14 +1262,21 @@ def report(res: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"  gateway start to ready (exec to GET /readyz 200), {len(st['gateway_runs_s'])} starts: median "
         f"{_f(st['gateway_median_s'], '{:.3f}')} s [{', '.join(f'{x:.3f}' for x in st['gateway_runs_s'])}]; "
         f"CPU spent by then, median {_f(st['gateway_cpu_median_s'], '{:.2f}')} s")
-    out(f"  bare proxy start to port open, median {_f(st['bare_proxy_median_s'], '{:.3f}')} s "
-        f"(CPU {_f(st.get('bare_proxy_cpu_median_s'), '{:.2f}')} s)")
+    out(f"  bare proxy start to port open, {len(st['bare_proxy_runs_s'])} starts: median "
+        f"{_f(st['bare_proxy_median_s'], '{:.3f}')} s [{', '.join(f'{x:.3f}' for x in st['bare_proxy_runs_s'])}]; "
+        f"CPU {_f(st.get('bare_proxy_cpu_median_s'), '{:.2f}')} s")
+    if st.get("gateway_idle_rss_median_mib") is not None:
+        out(f"  idle RSS {IDLE_SETTLE:g} s after ready, per start: gateway "
+            f"[{', '.join(f'{x:.1f}' for x in st['gateway_idle_rss_mib_runs'])}], bare proxy "
+            f"[{', '.join(f'{x:.1f}' for x in st.get('bare_proxy_idle_rss_mib_runs') or [])}] MiB")
+    out("Footprint targets (issue 13):")
+    for t in res["targets"]:
+        if any(k in t["target"] for k in FOOTPRINT):
+            out("  " + _verdict(t))
     out("")
     out("Targets (the gateway at its default log level; --log-level warning alongside):")
     for t in res["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
-        m = "-" if t["measured"] is None else f"{t['measured']:.2f}"
-        out(f"  {verdict}  {t['target']:<44} [{t['gateway_row']:<12}] {m:>6}  {t['detail']}")
+        out("  " + _verdict(t))
     prof = res.get("profile")
     if prof:
         out("")
