@@ -297,12 +297,13 @@ def sidecar_config_dir(root: Path, resources_yaml: str) -> Path:
     from modelroute_sidecar.compile import compile_resources  # the bench's process, not the sidecar's
     from modelroute_sidecar.loader import read_documents
 
+    root.mkdir(parents=True)
     src = root / "resources.yaml"
     src.write_text(resources_yaml)
     result = compile_resources(read_documents([src]))
     if result.errors:
         raise RuntimeError("; ".join(result.errors))
-    (root / "config").mkdir(parents=True)
+    (root / "config").mkdir()
     (root / "keys").mkdir()
     (root / "config" / "config.json").write_text(result.config.dump_json())
     for name, keys in result.keys.items():
@@ -717,6 +718,17 @@ def plan_cores() -> tuple[set[int] | None, set[int] | None, str]:
                        f"each proxy/gateway (one at a time under load) on cpu {avail[-1]}")
 
 
+def compile_bytecode() -> None:
+    """Byte-compile the gateway's and the floor's code, as the image does (``compileall`` after
+    ``pip install``): with PYTHONDONTWRITEBYTECODE set (as on this project's machine) every
+    start would otherwise compile the gateway's modules from source, which the installed
+    gateway never does, while its dependencies load their installed bytecode."""
+    import compileall
+
+    for d in (REPO / "sidecar" / "modelroute_sidecar", REPO / "bench"):
+        compileall.compile_dir(d, quiet=1, workers=1)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, s: Settings) -> None:
         self.args = args
@@ -765,6 +777,7 @@ class Bench:
         started = time.time()
         load_before = os.getloadavg()
         self.say(f"pinning: {self.pinning}; open files limit {nofile[0]}")
+        compile_bytecode()
 
         up_port = free_port()
         upstream = self.spawn("upstream", [sys.executable, "-m", "bench.fast_upstream", "--port", str(up_port),
