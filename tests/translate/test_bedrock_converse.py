@@ -232,3 +232,19 @@ def test_bad_key_lines_are_refused_without_quoting_them(line: str) -> None:
 def test_cloud_model_ids_price_as_the_model_inside(model: str, name: str) -> None:
     assert list_name(model) == name
     assert find_price(model) == find_price(name) is not None
+
+
+@pytest.mark.parametrize("model, top_p", [("us.anthropic.claude-haiku-4-5-20251001-v1:0", False),
+                                          ("amazon.nova-pro-v1:0", True)])
+def test_claude_gets_temperature_or_top_p_not_both(model: str, top_p: bool) -> None:
+    from modelroute_sidecar.config import ProviderKeyConfig
+    from modelroute_sidecar.providers.bedrock import BedrockAdapter
+
+    adapter = BedrockAdapter(ProviderKeyConfig.model_validate(
+        {"name": "b", "provider": "bedrock", "baseURL": "https://bedrock-runtime.us-east-1.amazonaws.com",
+         "region": "us-east-1"}))
+    prepared = adapter.chat({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.3, "top_p": 0.8},
+                            model, False)
+    inference = orjson.loads(prepared.body)["inferenceConfig"]
+    assert inference["temperature"] == 0.3 and ("topP" in inference) == top_p
+    assert prepared.url.endswith(f"/model/{model}/converse")

@@ -117,6 +117,9 @@ class BedrockAdapter(ProviderAdapter):
 
     def chat(self, req: ChatRequest, model: str, stream: bool) -> PreparedRequest:
         body = build_request(req, thinking=_thinking(req, model))
+        inference = body.get("inferenceConfig")
+        if inference and "temperature" in inference and "topP" in inference and claude_name(model):
+            del inference["topP"]  # Claude 4.5 and later refuse both at once; temperature says more
         if stream:
             return PreparedRequest(self._url(model, "converse-stream"), orjson.dumps(body), self.stream_headers)
         return PreparedRequest(self._url(model, "converse"), orjson.dumps(body), self.headers)
