@@ -23,13 +23,22 @@ import yaml
 
 from tests.clis.agents import CLIS, Run, claude_env, codex_env, gemini_env, install, run
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.aws_wire import AwsCredential
 from tests.fakes.base import FakeUpstream
+from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.vertex import FakeVertex
 from tests.gateway.harness import provider_key
 from tests.gateway.procs import modelroute
 
-KINDS = ("openai", "anthropic", "gemini", "openai-compatible")
+KINDS = ("openai", "anthropic", "gemini", "openai-compatible", "bedrock", "vertex")
+AKID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+# What each kind's ProviderKey needs beyond the fake's URL: its key lines and settings.
+SETTINGS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "bedrock": ([f"{AKID}:{SECRET}"], {"region": "us-east-1"}),
+    "vertex": (["ya29.sk-up"], {"project": "my-project", "location": "us-east5"}),
+}
 CASES = ("plain", "stream", "tool")
 PARALLEL = 4
 
@@ -39,6 +48,10 @@ def _fake(kind: str) -> FakeUpstream:
         return FakeAnthropic(keys=["sk-up"])
     if kind == "gemini":
         return FakeGemini(keys=["sk-up"])
+    if kind == "bedrock":  # every request's SigV4 signature verified; Claude Code's models via Converse
+        return FakeBedrock({AKID: AwsCredential(SECRET)}, region="us-east-1")
+    if kind == "vertex":  # claude-* to Anthropic's publisher (Claude Code passes through), the rest to Google's
+        return FakeVertex(["ya29.sk-up"], project="my-project", location="us-east5")
     # openai-compatible: a Chat Completions server without the Responses API (DeepSeek,
     # vLLM, ...): Codex reaches it through the gateway's bridge.
     return FakeOpenAI(keys=["sk-up"], responses_api=kind == "openai")
@@ -75,7 +88,8 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Up
             fake = stack.enter_context(_fake(kind))
             fake.agent = True
             base = fake.base_url  # type: ignore[attr-defined]
-            docs = provider_key("upstream", kind, base, ["sk-up"], models=["claude-*", "gpt-*", "gemini-*"])
+            keys, settings = SETTINGS.get(kind, (["sk-up"], {}))
+            docs = provider_key("upstream", kind, base, keys, models=["claude-*", "gpt-*", "gemini-*"], **settings)
             path = tmp_path_factory.mktemp(f"gw-{kind}") / "routes.yaml"
             path.write_text(yaml.safe_dump_all(docs))
             gp = stack.enter_context(modelroute(path.parent, "serve", "-f", str(path)))

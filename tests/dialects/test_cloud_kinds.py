@@ -50,6 +50,7 @@ BEDROCK_API_KEY = "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"
 VERTEX_TOKEN = "ya29.a0AfB_vertex-test-token"
 NOVA = "amazon.nova-pro-v1:0"
 CLAUDE_PROFILE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+PROFILE_ARN = f"arn:aws:bedrock:us-west-2:111122223333:inference-profile/{CLAUDE_PROFILE}"
 VERTEX_CLAUDE = "claude-sonnet-4-5@20250929"
 KINDS = ["bedrock", "bedrock-claude", "vertex", "vertex-claude"]
 BACKEND = {"bedrock": f"bedrock/{NOVA}", "bedrock-claude": f"bedrock/{CLAUDE_PROFILE}",
@@ -144,6 +145,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             *provider_key("openai", "openai", oa.base_url, ["sk-o"]),
             *[model_route(f"via-{k}", tuple(BACKEND[k].split("/")), **FAST) for k in KINDS],  # type: ignore[arg-type]
             model_route("via-sts", ("bedrock-sts", NOVA), **FAST),
+            model_route("via-arn", ("bedrock", PROFILE_ARN), **FAST),
             model_route("via-apikey", ("bedrock-apikey", CLAUDE_PROFILE), **FAST),
             model_route("bad-signature", ("bedrock-wrong", NOVA), **FAST),
             model_route("bad-region", ("bedrock-region", NOVA), **FAST),
@@ -420,6 +422,19 @@ def test_every_bedrock_request_was_signed_and_verified(w: World) -> None:
     assert w.bedrock.last_request.path == f"/model/{NOVA}/converse"
 
 
+def test_an_inference_profile_arn_is_one_signed_path_segment(w: World) -> None:
+    """An ARN holds '/' and ':': the '/' goes as %2F (one segment), and the signature covers
+    the path exactly as sent, which the fake recomputes from the raw request line."""
+    refused = len(w.bedrock.refused)
+    resp = w.openai().chat.completions.create(model="via-arn", messages=[{"role": "user", "content": "hi"}])
+    assert resp.choices[0].message.content == "echo: hi"
+    msg = w.anthropic().messages.create(model="via-arn", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "echo: hi"  # type: ignore[union-attr]
+    assert w.bedrock.last_request.path == f"/model/{PROFILE_ARN}/invoke"  # a Claude profile: InvokeModel
+    assert len(w.bedrock.refused) == refused
+    assert "%2F" in w.bedrock.last_request_raw_path
+
+
 def test_temporary_credentials_send_their_session_token(w: World) -> None:
     resp = w.openai().chat.completions.create(model="via-sts", messages=[{"role": "user", "content": "hi"}])
     assert resp.choices[0].message.content == "echo: hi"
@@ -458,17 +473,23 @@ def test_an_expired_vertex_token_is_an_auth_failure(w: World) -> None:
 
 @pytest.mark.parametrize("kind", ["bedrock", "bedrock-claude"])
 def test_a_bedrock_stream_exception_ends_the_callers_stream_with_an_error(w: World, kind: str) -> None:
+    w.bedrock.faults.slow_stream(0.02)  # events in separate reads: the first ones reach the caller
     w.bedrock.faults.error_mid_stream(after_chunks=3, message="model stream broke")
-    with w.anthropic().messages.stream(model=f"via-{kind}", max_tokens=50, messages=[
-            {"role": "user", "content": "one two three four"}]) as s, \
-            pytest.raises(anthropic.APIStatusError, match="model stream broke"):
-        s.get_final_message()
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as e, w.anthropic().messages.stream(
+            model=f"via-{kind}", max_tokens=50, messages=[{"role": "user", "content": "one two three four"}]) as s:
+        for t in s.text_stream:
+            text += t
+    # Mid-stream (after output reached the caller): the upstream's message, in an error event.
+    assert "model stream broke" in str(e.value) and "All backends" not in str(e.value)
+    assert w.metric("modelroute_requests_total", route=f"via-{kind}", status="stream_error") >= 1
 
 
 def test_a_corrupted_event_stream_frame_is_never_passed_on(w: World) -> None:
     bad = bytearray(encode_message({":event-type": "contentBlockDelta", ":message-type": "event"},
                                    b'{"contentBlockIndex":0,"delta":{"text":"INJECTED"}}'))
     bad[-1] ^= 0xFF  # the message CRC no longer matches
+    w.bedrock.faults.slow_stream(0.02)
     w.bedrock.faults.garbage_mid_stream(after_chunks=2, raw=bytes(bad))
     chunks = []
     with pytest.raises(openai.APIError):

@@ -334,6 +334,12 @@ class FakeBedrock(FakeUpstream):
         self.cache_write_tokens = 0
         self.verified = 0  # requests whose SigV4 signature checked out
         self.refused: list[str] = []  # exception names of refused signatures
+        self.last_request_raw_path = ""  # as on the request line, percent-encoding and all
+
+    @property
+    def base_url(self) -> str:
+        """What a ProviderKey's baseURL takes."""
+        return self.url
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(r"/model/{model:[^/]+}/{operation}", self.model_operation)
@@ -380,6 +386,7 @@ class FakeBedrock(FakeUpstream):
 
     # ---- routes -------------------------------------------------------------------
     async def model_operation(self, request: web.Request) -> web.StreamResponse:
+        self.last_request_raw_path = request.raw_path
         self.authenticate(request, self.requests[-1].raw)
         model = request.match_info["model"]
         operation = request.match_info["operation"]

@@ -38,6 +38,11 @@ class FakeVertex(FakeUpstream):
         self.project = project
         self.location = location
 
+    @property
+    def base_url(self) -> str:
+        """What a ProviderKey's baseURL takes."""
+        return self.url
+
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{target}",
                             self.model_method)

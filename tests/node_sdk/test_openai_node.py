@@ -26,16 +26,22 @@ import yaml
 
 from tests.clis.agents import install
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.aws_wire import AwsCredential
 from tests.fakes.azure import FakeAzureOpenAI
+from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.vertex import FakeVertex
 from tests.gateway.harness import FAST, model_route, provider_key
 from tests.gateway.procs import GatewayProcess, modelroute
 
 CLIENT = Path(__file__).with_name("client.mjs")
 BACKEND = {"openai": ("openai", "gpt-4o"), "azure": ("azure", "prod-4o"),
            "anthropic": ("anthropic", "claude-sonnet-4-6"), "gemini": ("gemini", "gemini-2.5-flash"),
-           "openai-compatible": ("compatible", "deepseek-chat"), "mock": ("mock", "mock-1")}
+           "openai-compatible": ("compatible", "deepseek-chat"), "mock": ("mock", "mock-1"),
+           "bedrock": ("bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+           "vertex": ("vertex", "gemini-2.5-flash")}
+AKID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KINDS = tuple(BACKEND)
 SCENARIOS = tuple(f"{api}{tool}{stream}" for api in ("chat", "responses") for tool in ("", "-tool")
                   for stream in ("", "-stream"))
@@ -53,6 +59,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         azure: Any = stack.enter_context(FakeAzureOpenAI(keys=["az-1"], deployments={"prod-4o": "gpt-4o"}))
         claude: Any = stack.enter_context(FakeAnthropic(keys=["sk-ant"]))
         gemini: Any = stack.enter_context(FakeGemini(keys=["g-key"]))
+        bedrock = stack.enter_context(FakeBedrock({AKID: AwsCredential(SECRET)}, region="us-east-1"))
+        vertex = stack.enter_context(FakeVertex(["ya29.v"], project="my-project", location="us-east5"))
         docs = [
             *provider_key("openai", "openai", oai.base_url, ["sk-o"]),
             *provider_key("compatible", "openai-compatible", compatible.base_url, ["sk-c"]),
@@ -60,6 +68,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             *provider_key("anthropic", "anthropic", claude.base_url, ["sk-ant"]),
             *provider_key("gemini", "gemini", gemini.base_url, ["g-key"]),
             *provider_key("mock", "mock", None, None),
+            *provider_key("bedrock", "bedrock", bedrock.base_url, [f"{AKID}:{SECRET}"], region="us-east-1"),
+            *provider_key("vertex", "vertex", vertex.base_url, ["ya29.v"], project="my-project", location="us-east5"),
             *[model_route(f"via-{kind}", backend, **FAST) for kind, backend in BACKEND.items()],
         ]
         path = tmp_path_factory.mktemp("gw-node") / "routes.yaml"
