@@ -218,7 +218,9 @@ class Engine:
         if failed.reason == BRIDGE_REASON:
             return True  # not the backend's fault: again, bridged
         if failed.reason == "auth":
-            backend.keyring.cool_down(key, rt.config.key_cooldowns.auth_seconds)  # the key, not the backend
+            # A refused workload identity credential is renewed early; a refused key rests.
+            if key.source is None or not key.source.renew():
+                backend.keyring.cool_down(key, rt.config.key_cooldowns.auth_seconds)  # the key, not the backend
         else:
             backend.failed()
             if failed.reason != "rate_limit":

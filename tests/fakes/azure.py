@@ -56,6 +56,7 @@ class FakeAzureOpenAI(FakeOpenAI):
         self.entra: Any = None
         self.bearer_accepted = 0
         self.bearer_refused = 0
+        self.revoked: set[str] = set()  # bearer tokens refused although valid (a revoked grant)
 
     @property
     def base_url(self) -> str:
@@ -118,9 +119,11 @@ class FakeAzureOpenAI(FakeOpenAI):
     def authenticate(self, request: web.Request) -> None:
         key = request.headers.get("api-key")
         if key is None and self.entra is not None and request.headers.get("Authorization", "").startswith("Bearer "):
+            token = request.headers["Authorization"].removeprefix("Bearer ").strip()
             try:
-                self.entra.check_access_token(request.headers["Authorization"].removeprefix("Bearer ").strip(),
-                                              "https://cognitiveservices.azure.com")
+                if token in self.revoked:
+                    raise PermissionError("revoked")
+                self.entra.check_access_token(token, "https://cognitiveservices.azure.com")
             except Exception:
                 self.bearer_refused += 1
                 raise Rejected(self.gateway_error(

@@ -135,7 +135,7 @@ async def test_real_projected_tokens_through_an_injected_sidecar(cluster: Cluste
                 await app.stop()
                 assert app.failed == [], app.failed[:3]
                 assert set(app.ok) == {"azure/gpt-4o"}
-                assert entra.max_inflight == 1 and az.bearer_refused == 0
+                assert entra.max_inflight == 1  # (a token expiring in flight is renewed and retried)
                 assert verifier.verified == entra.issued  # each exchange verified the API server's token
                 logs = sidecar.logs() + scrape(sidecar)
                 assert token not in logs and token.split(".")[2][:32] not in logs

@@ -67,6 +67,11 @@ class CredentialSource(Protocol[C_co]):
         """The current credential; raises :class:`CredentialError` when there is none."""
         ...
 
+    def renew(self) -> bool:
+        """The upstream refused the current credential: get a new one early, in the background.
+        False when there is nothing to renew (a static key), or a renewal just happened."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -86,6 +91,9 @@ class StaticSource(Generic[C]):
 
     async def get(self) -> C:
         return self._credential
+
+    def renew(self) -> bool:
+        return False
 
     async def close(self) -> None:
         return None
@@ -108,6 +116,9 @@ class UnavailableSource:
     async def get(self) -> Credential:
         raise CredentialError(self._message)
 
+    def renew(self) -> bool:
+        return False
+
     async def close(self) -> None:
         return None
 
@@ -127,6 +138,9 @@ REFRESH_AHEAD_MAX = 300.0
 USE_MARGIN_MAX = 10.0
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+# A refused credential is renewed early at most this often: a refusal that a new credential
+# does not cure (a missing role assignment) must not become a stream of token requests.
+FORCED_RENEWAL_INTERVAL = 30.0
 
 
 def refresh_at(fetched_at: float, expires_at: float) -> float:
@@ -157,6 +171,7 @@ class RefreshingSource(ABC, Generic[C]):
         self._usable_until = 0.0
         self._refresh_at = 0.0
         self._retry_at = 0.0  # after a failure, not before this (the backoff), unless nothing is usable
+        self._forced_at = -FORCED_RENEWAL_INTERVAL
         self._inflight: asyncio.Task[C] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
@@ -194,6 +209,16 @@ class RefreshingSource(ABC, Generic[C]):
             task = self._start()
         # Nothing usable: wait for the one fetch in flight.
         return await asyncio.shield(task)
+
+    def renew(self) -> bool:
+        now = self._clock()
+        if self._closed or now < self._forced_at + FORCED_RENEWAL_INTERVAL:
+            return False
+        self._forced_at = now
+        self._usable_until = min(self._usable_until, now)  # refused: no further request gets it
+        if self._inflight is None:
+            self._start()
+        return True
 
     def start(self) -> None:
         """Fetch the first credential now, in the background (call with a running loop)."""
