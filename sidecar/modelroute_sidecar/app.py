@@ -437,15 +437,15 @@ async def count_gemini_tokens(request: web.Request, dialect: Dialect, model_name
 
 async def _gemini_upstream_count(gw: Gateway, backend: Any, req: dict[str, Any]) -> tuple[int, str] | None:
     """(tokens, backend) as a Gemini first backend counts them, or None."""
-    if backend is None or backend.adapter.kind != "gemini" or gw.session is None:
+    if backend is None or backend.adapter.kind not in ("gemini", "vertex") or gw.session is None:
         return None
     adapter = backend.adapter
     try:
-        prepared = adapter.count_native(req, backend.model)
+        prepared = adapter.count_native(req, backend.model)  # None: a Vertex model that is not Google's
     except orjson.JSONEncodeError as e:
         raise GatewayError(400, f"The request holds a value that cannot be forwarded: {e}.") from None
     key = backend.keyring.pick()
-    if key is None:
+    if key is None or prepared is None:
         return None
     return await _ask_count(gw, backend, prepared, {**prepared.headers, **key.headers}, key)
 

@@ -407,6 +407,33 @@ def test_gemini_stream_and_tools(w: World, kind: str) -> None:
     assert second.text == "tool said: a router"
 
 
+# ---------------------------------------------------------------------------- token counts
+
+
+@pytest.mark.parametrize("kind, counted", [("bedrock-claude", True), ("vertex-claude", True), ("vertex", True),
+                                           ("bedrock", False)])
+def test_count_tokens_asks_the_cloud_where_it_counts(w: World, kind: str, counted: bool) -> None:
+    up = w.upstream(kind)
+    n = len(up.requests)
+    raw = w.anthropic().messages.with_raw_response.count_tokens(
+        model=f"via-{kind}", system="be brief", messages=[{"role": "user", "content": "one two three"}])
+    assert ("x-modelroute-estimate" in raw.headers) != counted
+    if counted:
+        assert raw.parse().input_tokens == 5 and raw.headers["x-modelroute-backend"] == BACKEND[kind]
+    if counted:
+        [asked] = up.requests[n:]
+        assert asked.path.endswith(("/count-tokens", "count-tokens:rawPredict", ":countTokens"))
+        if kind == "bedrock-claude":  # the foundation model: CountTokens takes no inference profile
+            assert asked.path == "/model/anthropic.claude-sonnet-4-5-20250929-v1:0/count-tokens"
+
+
+def test_gemini_count_tokens_asks_vertex(w: World) -> None:
+    n = len(w.vertex.requests)
+    assert w.genai().models.count_tokens(model="via-vertex", contents="one two three four").total_tokens == 4
+    [asked] = w.vertex.requests[n:]
+    assert asked.path.endswith("/publishers/google/models/gemini-2.5-flash:countTokens")
+
+
 # ------------------------------------------------------------------ signatures and tokens
 
 

@@ -390,17 +390,40 @@ class FakeBedrock(FakeUpstream):
         self.authenticate(request, self.requests[-1].raw)
         model = request.match_info["model"]
         operation = request.match_info["operation"]
-        if operation not in ("converse", "converse-stream", "invoke", "invoke-with-response-stream"):
+        if operation not in ("converse", "converse-stream", "invoke", "invoke-with-response-stream", "count-tokens"):
             return self.not_found_response(request)
         if self.models is not None and model not in self.models:
             return self.error(400, "ValidationException", "The provided model identifier is invalid.")
         body = self.body_of(request)
         try:
+            if operation == "count-tokens":
+                return self.count_tokens(model, body)
             if operation.startswith("converse"):
                 return await self.converse(request, body, stream=operation == "converse-stream")
             return await self.invoke(request, model, body, stream=operation == "invoke-with-response-stream")
         except BedrockError as e:
             return self.error(e.status, "ValidationException", str(e))
+
+    def count_tokens(self, model: str, body: Any) -> web.Response:
+        """CountTokens: ``{"input": {"invokeModel": {"body": "<JSON>"}}}`` or ``{"input": {"converse":
+        {...}}}``, for foundation models (not inference profiles)."""
+        if not model.startswith("anthropic."):
+            raise BedrockError("The provided model doesn't support counting tokens.")
+        given = (body or {}).get("input") if isinstance(body, dict) else None
+        if not isinstance(given, dict) or len(given) != 1:
+            raise BedrockError("input: exactly one of invokeModel, converse")
+        if "converse" in given:
+            prompt, _ = parse_converse(given["converse"])
+        else:
+            invoke = orjson.loads((given.get("invokeModel") or {})["body"])
+            if invoke.get("anthropic_version") != ANTHROPIC_VERSION:
+                raise BedrockError("Malformed input request: #: required key [anthropic_version] not found")
+            messages = {k: v for k, v in invoke.items() if k not in ("anthropic_version", "anthropic_beta")}
+            try:
+                prompt = parse_messages({**messages, "model": model}).prompt
+            except AnthropicError as e:
+                raise BedrockError(str(e)) from None
+        return web.Response(body=dumps({"inputTokens": prompt.input_tokens}), content_type="application/json")
 
     async def converse(self, request: web.Request, body: Any, *, stream: bool) -> web.StreamResponse:
         prompt, thinking = parse_converse(body)

@@ -87,6 +87,8 @@ class FakeVertex(FakeUpstream):
                 return await self.gemini(request, model, method)
             except GeminiError as e:
                 return self.error(e.status, str(e))
+        if info["publisher"] == "anthropic" and model == "count-tokens" and method == "rawPredict":
+            return self.claude_count(request)
         if info["publisher"] == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self.claude(request, model, stream=method == "streamRawPredict")
         return self.error(404, f"Method not found: {request.path}")
@@ -100,6 +102,10 @@ class FakeVertex(FakeUpstream):
                 # Vertex, unlike the Gemini API, insists on a role for every content.
                 raise GeminiError("Please use a valid role: user, model.")
         if method == "countTokens":
+            for name in body:
+                if name not in ("contents", "systemInstruction", "system_instruction", "tools", "generationConfig",
+                                "generation_config", "model", "instances"):
+                    raise GeminiError(f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.')
             req = parse_generate({k: v for k, v in body.items() if k != "model"})
             return json_response({"totalTokens": req.prompt.input_tokens, "totalBillableCharacters": 0})
         req = parse_generate(body)
@@ -115,6 +121,17 @@ class FakeVertex(FakeUpstream):
                 yield b"data: " + dumps(chunk) + b"\r\n\r\n"
 
         return await self.stream(request, frames())
+
+    def claude_count(self, request: web.Request) -> web.Response:
+        """Anthropic's count_tokens on Vertex: the model is named in the body."""
+        body: Any = self.body_of(request)
+        try:
+            if not isinstance(body, dict) or body.get("anthropic_version") != ANTHROPIC_VERSION:
+                raise AnthropicError(f"anthropic_version: Input should be '{ANTHROPIC_VERSION}'")
+            req = parse_messages({k: v for k, v in body.items() if k != "anthropic_version"}, count_only=True)
+        except AnthropicError as e:
+            return json_response({"type": "error", "error": {"type": e.type, "message": str(e)}}, status=e.status)
+        return json_response({"input_tokens": req.prompt.input_tokens})
 
     async def claude(self, request: web.Request, model: str, *, stream: bool) -> web.StreamResponse:
         body: Any = self.body_of(request)

@@ -9,9 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
+from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.pricing import find_price, list_name
 from modelroute_sidecar.providers.aws_sigv4 import parse_key_line
+from modelroute_sidecar.providers.bedrock import BedrockAdapter
 from modelroute_sidecar.sse import SSEEvent
 from modelroute_sidecar.wire.aws_eventstream import EventStreamError, EventStreamParser
 from modelroute_sidecar.wire.base import StreamError
@@ -237,12 +239,9 @@ def test_cloud_model_ids_price_as_the_model_inside(model: str, name: str) -> Non
 @pytest.mark.parametrize("model, top_p", [("us.anthropic.claude-haiku-4-5-20251001-v1:0", False),
                                           ("amazon.nova-pro-v1:0", True)])
 def test_claude_gets_temperature_or_top_p_not_both(model: str, top_p: bool) -> None:
-    from modelroute_sidecar.config import ProviderKeyConfig
-    from modelroute_sidecar.providers.bedrock import BedrockAdapter
-
-    adapter = BedrockAdapter(ProviderKeyConfig.model_validate(
+    adapter = BedrockAdapter(from_data(
         {"name": "b", "provider": "bedrock", "baseURL": "https://bedrock-runtime.us-east-1.amazonaws.com",
-         "region": "us-east-1"}))
+         "region": "us-east-1"}, ProviderKeyConfig))
     prepared = adapter.chat({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.3, "top_p": 0.8},
                             model, False)
     inference = orjson.loads(prepared.body)["inferenceConfig"]

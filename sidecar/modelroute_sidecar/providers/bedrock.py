@@ -20,7 +20,7 @@ key, sent as ``Authorization: Bearer``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -43,6 +43,7 @@ SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
 # Characters of a model id kept as they are in the path: HTTP clients send them unencoded
 # whatever they are given, and the signature must cover the path as sent (see syntax.py).
 _PATH_SAFE = ":@+~"
+_GEO_PREFIX = re.compile(r"^(?:us|eu|apac|jp|au|ca|us-gov|global)\.(?=anthropic\.)")
 _CLAUDE = re.compile(r"(?:^|[./])anthropic\.(claude-[^/]*)$")
 
 
@@ -158,6 +159,22 @@ class BedrockAdapter(ProviderAdapter):
         body = orjson.loads(prepared.body)
         body.setdefault("anthropic_beta", betas)
         return prepared._replace(body=orjson.dumps(body))
+
+    def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
+                     model: str) -> PreparedRequest | None:
+        """Bedrock's CountTokens (Claude models), with the InvokeModel body the request would be;
+        it takes the foundation model, so a geographic profile's prefix is dropped."""
+        if claude_name(model) is None:
+            return None
+        body = {k: v for k, v in messages.items() if k not in ("model", "stream")}
+        body["anthropic_version"] = ANTHROPIC_VERSION
+        body.setdefault("max_tokens", 1)  # required in an InvokeModel body; counts nothing
+        request = {"input": {"invokeModel": {"body": orjson.dumps(body).decode()}}}
+        return PreparedRequest(self._url(_GEO_PREFIX.sub("", model), "count-tokens"), orjson.dumps(request),
+                               self.headers)
+
+    def token_count(self, body: bytes) -> int:
+        return int(orjson.loads(body)["inputTokens"])
 
     def error_info(self, status: int, body: bytes) -> UpstreamErrorInfo:
         return error_info(status, body)

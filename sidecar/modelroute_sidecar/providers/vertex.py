@@ -16,6 +16,7 @@ identity instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -33,6 +34,16 @@ ANTHROPIC_VERSION = "vertex-2023-10-16"
 
 def is_anthropic(model: str) -> bool:
     return model.startswith("claude-")
+
+
+# Vertex's CountTokensRequest takes these of a GenerateContentRequest (not safetySettings,
+# toolConfig, cachedContent: a 400 there).
+_COUNT_FIELDS = frozenset({"contents", "systemInstruction", "system_instruction", "tools", "generationConfig",
+                           "generation_config"})
+
+
+def _count_request(req: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in req.items() if k in _COUNT_FIELDS}
 
 
 def error_info(status: int, body: bytes) -> UpstreamErrorInfo:
@@ -100,6 +111,26 @@ class VertexAdapter(ProviderAdapter):
         if dialect == "gemini":
             return PreparedRequest(self._url(model, self._gemini_method(stream)), orjson.dumps(req), self.headers)
         raise NotImplementedError(dialect)
+
+    def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
+                     model: str) -> PreparedRequest | None:
+        if is_anthropic(model):
+            # Anthropic's count on Vertex: one endpoint for every Claude model, named in the body.
+            body = {**messages, "model": model, "anthropic_version": ANTHROPIC_VERSION}
+            return PreparedRequest(f"{self.publishers_url}anthropic/models/count-tokens:rawPredict",
+                                   orjson.dumps(body), self.headers)
+        inner = gemini.build_request(canonical(), model, False)
+        return PreparedRequest(self._url(model, "countTokens"), orjson.dumps(_count_request(inner)), self.headers)
+
+    def count_native(self, req: dict[str, Any], model: str) -> PreparedRequest | None:
+        """``countTokens`` for a Gemini caller's GenerateContentRequest (Google's models only)."""
+        if is_anthropic(model):
+            return None
+        return PreparedRequest(self._url(model, "countTokens"), orjson.dumps(_count_request(req)), self.headers)
+
+    def token_count(self, body: bytes) -> int:
+        data = orjson.loads(body)
+        return int(data["input_tokens"] if "input_tokens" in data else data["totalTokens"])
 
     def parse_chat(self, body: bytes, model: str) -> ChatResponse:
         if is_anthropic(model):
