@@ -37,9 +37,11 @@ DOCS = [
     model_route("shared", ("mock", "m-1")),
     model_route("closed", ("mock", "m-2")),
     model_route("open", ("mock", "m-3")),
+    model_route("unknown", ("mock", "m-4")),
     budget("shared", ["shared"], [{"window": "1h", "requests": 60}]),
     budget("closed", ["closed"], [{"window": "1h", "requests": 4}]),
     budget("open", ["open"], [{"window": "1h", "requests": 4}], failurePolicy="Open"),
+    budget("unknown", ["unknown"], [{"window": "1h", "requests": 4}]),  # not (yet) known to the server
 ]
 LIMITS = {"shared": {"1h": Limit(requests=60)}, "closed": {"1h": Limit(requests=4)},
           "open": {"1h": Limit(requests=4)}}
@@ -89,6 +91,15 @@ def test_three_sidecars_share_one_budget(tmp_path: Path, server: FakeLeaseServer
     # each sidecar reported its spend on SIGTERM: the ledger has every served request
     assert server.spent("shared", "1h").requests == served
     assert len(server.holders_seen) == 3 and all(h.startswith("team-a/web-") for h in server.holders_seen)
+
+
+def test_a_budget_the_operator_does_not_know_is_refused_saying_so(tmp_path: Path, server: FakeLeaseServer) -> None:
+    with sidecar(tmp_path, server, "web-0") as gp:
+        client = openai.OpenAI(base_url=gp.url, api_key="placeholder", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="unknown", messages=[{"role": "user", "content": "hi"}])
+        assert "Budget 'unknown'" in e.value.message and "grants none (not found" in e.value.message
+        assert chat(gp, "shared") == 200  # the other budgets are leased as ever
 
 
 def test_the_token_file_is_read_on_every_call(tmp_path: Path, server: FakeLeaseServer) -> None:

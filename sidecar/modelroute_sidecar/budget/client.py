@@ -179,8 +179,12 @@ class RemoteGranter:
             if entry is None or lease.start != start:
                 continue  # the window rolled meanwhile: its next call asks afresh
             if entry.get("error"):
-                log.warning(f"budget {lease.budget}: the operator says {str(entry['error'])[:200]}")
+                refusal = str(entry["error"])[:200]
+                if refusal != lease.refusal:
+                    log.warning(f"budget {lease.budget} window {lease.window.name}: the operator says {refusal}")
+                lease.refusal = refusal
                 continue
+            lease.refusal = None
             try:
                 granted = Amount.from_json(entry.get("granted"))
             except ValueError:

@@ -86,7 +86,11 @@ def exceeded_error(e: BudgetExceeded, now: float) -> GatewayError:
                             f"request alone may spend more than the limit (it reserves {', '.join(too_big)}: its "
                             "input estimate plus max_tokens); lower max_tokens", type="rate_limit_error",
                             code="budget_exceeded", headers={"retry-after": str(retry)})
-    if e.unreachable:
+    if e.unreachable and lease.refusal is not None:
+        message = (f"Budget '{e.budget.name}' (window {lease.window.name}): this gateway's lease is spent and the "
+                   f"budget operator grants none ({lease.refusal}; failurePolicy Closed); retry later")
+        retry = min(retry, 30)
+    elif e.unreachable:
         message = (f"Budget '{e.budget.name}' (window {lease.window.name}): this gateway's lease is spent and the "
                    "budget operator cannot be reached (failurePolicy Closed); retry later")
         retry = min(retry, 30)

@@ -38,8 +38,9 @@ EXHAUSTED_RECHECK = 1.0
 class WindowLease:
     """One budget window as this process sees it."""
 
-    __slots__ = ("answered", "budget", "end", "exhausted", "granted", "last", "limit", "previous", "reported",
-                 "reserved", "slice", "slice_given", "start", "start_text", "units", "used", "want", "window")
+    __slots__ = ("answered", "budget", "end", "exhausted", "granted", "last", "limit", "previous", "refusal",
+                 "reported", "reserved", "slice", "slice_given", "start", "start_text", "units", "used", "want",
+                 "window")
 
     def __init__(self, budget: str, window: Window, limit: Limit, now: float) -> None:
         self.budget = budget
@@ -62,6 +63,7 @@ class WindowLease:
         # The last window's (start, spend) while part of it is unreported (settles just before the
         # boundary): the lease client reports it, the operator counts it in that window.
         self.previous: tuple[str, Amount] | None = None
+        self.refusal: str | None = None  # why the granter would not lease this window ("not found"...)
 
     def roll(self, now: float) -> None:
         """Start the next window when ``now`` has passed this one's end."""
@@ -257,7 +259,9 @@ class Budgets:
         for b in budgets:
             for lease in b.leases:
                 if not lease.fits(amount):
-                    unreachable = not self.granter.reachable
+                    # a lease the operator cannot give (it does not know the budget yet) is as good
+                    # as an unreachable operator: failurePolicy decides
+                    unreachable = not self.granter.reachable or lease.refusal is not None
                     if not (unreachable and b.config.failure_policy == "Open"):
                         raise BudgetExceeded(b, lease, unreachable, amount)
                 leases.append(lease)
