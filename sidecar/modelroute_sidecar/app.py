@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -251,7 +251,11 @@ def _check_model_name(model: str) -> None:
 
 
 async def serve_dialect(request: web.Request, dialect: Dialect, operation: str = "chat",
-                        parse: Callable[[bytes], Ingress] | None = None) -> web.StreamResponse:
+                        parse: Callable[[bytes], Ingress] | None = None,
+                        read: Callable[[web.Request, int, float], Awaitable[Ingress]] | None = None,
+                        engine: Engine | None = None) -> web.StreamResponse:
+    """One model call: identify the caller, read and check the body (``read``, else
+    ``parse`` of the raw body), route, check access, and hand over to ``engine``."""
     gw = request.app[GATEWAY]
     rt = gw.runtime  # this request's config, whatever reloads happen meanwhile
     rid: str | None = None
@@ -261,21 +265,28 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
         caller = rt.callers.identify(request)  # before the body: a stranger costs no read
-        body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
-        ingress = (parse or dialect.parse)(body)
+        if read is not None:
+            ingress = await read(request, rt.max_body_bytes, gw.body_timeout)
+            # An upload's bytes are no measure of its tokens (audio is about 10 tokens a second).
+            size = 0 if request.content_type.startswith("multipart/") else request.content_length or 0
+        else:
+            body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
+            ingress = (parse or dialect.parse)(body)
+            size = len(body)
         model = ingress.model
         _check_model_name(model)
         route = rt.resolve(ingress.model)
         if route is None:
             raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
         _check_access(gw, route, caller, model)
+        engine = engine or gw.engine
         if gw.budgets is None or not gw.budgets.states:
-            return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller)
+            return await engine.handle(request, rt, route, dialect, ingress, operation, caller)
         from .budget.gate import admit
 
-        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, len(body), operation)
+        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, size, operation)
         try:
-            return await gw.engine.handle(request, rt, route, dialect, ingress, operation, caller, spend)
+            return await engine.handle(request, rt, route, dialect, ingress, operation, caller, spend)
         finally:
             if spend is not None:
                 spend.release()  # a no-op once the engine settled it
@@ -311,6 +322,24 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await serve_dialect(request, OPENAI_CHAT, "embeddings", parse_embeddings)
+
+
+# The rest of the OpenAI surface (surface/): per-model operations, and the account-wide
+# files and batches. Loaded on the first such request.
+SURFACE_OPERATIONS = ("/v1/images/generations", "/v1/audio/speech", "/v1/audio/transcriptions",
+                      "/v1/audio/translations", "/v1/moderations", "/v1/completions", "/v1/rerank")
+
+
+async def surface_operation(request: web.Request) -> web.StreamResponse:
+    from .surface.handlers import serve
+
+    return await serve(request)
+
+
+async def surface_account(request: web.Request) -> web.StreamResponse:
+    from .surface.files import serve
+
+    return await serve(request)
 
 
 def _gemini_caller(request: web.Request) -> bool:
@@ -585,6 +614,12 @@ def api_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/responses", responses)
+    for path in SURFACE_OPERATIONS:
+        app.router.add_post(path, surface_operation)
+    for method, path in (("POST", "/v1/files"), ("GET", "/v1/files"), ("GET", "/v1/files/{id}"),
+                         ("DELETE", "/v1/files/{id}"), ("GET", "/v1/files/{id}/content"), ("POST", "/v1/batches"),
+                         ("GET", "/v1/batches"), ("GET", "/v1/batches/{id}"), ("POST", "/v1/batches/{id}/cancel")):
+        app.router.add_route(method, path, surface_account)
     # Gemini callers; the model name, which may hold '/', ends at the last ':'. Patterns
     # match the decoded path: [\s\S], not '.', so that an encoded newline still routes here.
     app.router.add_post(r"/v1beta/models/{target:[\s\S]+}", gemini_model_method)

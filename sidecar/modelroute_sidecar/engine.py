@@ -281,17 +281,9 @@ class Engine:
         try:
             try:
                 async with asyncio.timeout_at(first_byte_at):
-                    adapter = backend.adapter
                     if key.source is not None:
                         headers.update(await credential_headers(backend, key, prepared))
-                    if adapter.in_process:
-                        resp = await adapter.respond(prepared)
-                    elif self.lean is not None and adapter.proxy is None:
-                        resp = await self.lean.post(prepared.url, prepared.body, headers, timeouts.connect_seconds)
-                    else:
-                        resp = await self.session.post(prepared.url, data=prepared.body, headers=headers,
-                                                       timeout=call.route.client_timeout, proxy=adapter.proxy,
-                                                       proxy_auth=adapter.proxy_auth)
+                    resp = await self._send(call, backend, prepared, headers)
                     if resp.status >= 400:
                         body = await resp.read()
                         if native and resp.status in (404, 405) and backend.adapter.probes_responses \
@@ -311,12 +303,24 @@ class Engine:
             backend.first_byte(loop.time() - started)
             if call.ingress.stream:
                 return await self._stream(request, rt, call, backend, resp, first, reader)
-            response = await self._complete(rt, call, backend, resp, native)
+            response = await self._complete(request, rt, call, backend, resp, native)
             backend.succeeded()
             return response
         finally:
             if resp is not None:
                 resp.close()  # a finished body was already released; an unfinished one must not be reused
+
+    async def _send(self, call: Call, backend: Backend, prepared: PreparedRequest,
+                    headers: dict[str, str]) -> UpstreamResponse:
+        """POST one attempt's request: in-process, through the lean client, or aiohttp's."""
+        adapter = backend.adapter
+        if adapter.in_process:
+            return await adapter.respond(prepared)
+        if self.lean is not None and adapter.proxy is None:
+            return await self.lean.post(prepared.url, prepared.body, headers, call.route.timeouts.connect_seconds)
+        return await self.session.post(prepared.url, data=prepared.body, headers=headers,
+                                       timeout=call.route.client_timeout, proxy=adapter.proxy,
+                                       proxy_auth=adapter.proxy_auth)
 
     def _no_responses_api(self, rt: Runtime, backend: Backend, status: int) -> AttemptFailed:
         """An upstream without ``/v1/responses`` (many OpenAI-compatible servers): bridge it to
@@ -343,8 +347,8 @@ class Engine:
                                  http_status=503 if status in (503, 529) else 502)
         return CallerError(status, body, info, native)
 
-    async def _complete(self, rt: Runtime, call: Call, backend: Backend, resp: UpstreamResponse,
-                        native: bool) -> web.Response:
+    async def _complete(self, request: web.Request, rt: Runtime, call: Call, backend: Backend,
+                        resp: UpstreamResponse, native: bool) -> web.StreamResponse:
         try:
             async with asyncio.timeout_at(call.deadline):
                 body = await resp.read()

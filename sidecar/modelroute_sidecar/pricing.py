@@ -33,6 +33,14 @@ BUILTIN_PRICES: dict[str, Price] = {
     "o3": _p(2.0, 8.0, 0.50),
     "o3-mini": _p(1.10, 4.40, 0.55),
     "o4-mini": _p(1.10, 4.40, 0.275),
+    "gpt-3.5-turbo-instruct": _p(1.50, 2.0),  # legacy /v1/completions
+    "davinci-002": _p(2.0, 2.0),
+    "babbage-002": _p(0.40, 0.40),
+    "gpt-image-1": _p(5.0, 40.0),  # text input, image output tokens (image input tokens cost $10/M)
+    "gpt-image-1-mini": _p(2.0, 8.0),
+    "gpt-4o-transcribe": _p(6.0, 10.0),  # audio input, text output tokens
+    "gpt-4o-mini-transcribe": _p(3.0, 5.0),
+    "omni-moderation": _p(0.0, 0.0),  # free
     "text-embedding-3-small": _p(0.02, 0.0),
     "text-embedding-3-large": _p(0.13, 0.0),
     # Anthropic (cache write priced at the 5-minute TTL rate)

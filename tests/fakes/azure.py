@@ -72,6 +72,20 @@ class FakeAzureOpenAI(FakeOpenAI):
         app.router.add_post("/openai/v1/embeddings", self._guard(self.embeddings))
         app.router.add_post("/openai/v1/responses", self._guard(self.responses))
         app.router.add_get("/openai/v1/models", self._guard(self.list_models))
+        self.add_model_routes(app, dep)
+        self.add_model_routes(app, "/openai/v1")
+        self.add_account_routes(app, "/openai")
+        self.add_account_routes(app, "/openai/v1")
+
+    def surface_check(self, request: web.Request) -> None:
+        if not request.path.startswith("/openai/v1/"):
+            self.check_version(request)
+
+    def model_for(self, request: web.Request, body_model: str | None) -> str:
+        """A deployment route serves its deployment's model, whatever the body says."""
+        if "deployment" in request.match_info:
+            return self.deployment_model(request.match_info["deployment"])
+        return super().model_for(request, body_model)
 
     def response_headers(self) -> dict[str, str]:
         return {"apim-request-id": secrets.token_hex(16), "x-ms-region": "East US"}

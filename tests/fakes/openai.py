@@ -16,10 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .base import FakeUpstream, Rejected, dumps, json_response, rand_id
+from .base import Rejected, dumps, json_response, rand_id
 from .behaviour import MAX_EMBEDDING_DIMENSIONS, embed, respond
 from .openai_chat import ChatRender, completion_chunks, completion_object, parse_chat, usage_block
 from .openai_responses import new_render, parse_responses
+from .openai_surface import SurfaceRoutes
 from .openai_wire import (
     OpenAIError,
     above_maximum,
@@ -44,7 +45,7 @@ def sse_event(obj: dict[str, Any]) -> bytes:
     return b"event: " + str(obj["type"]).encode() + b"\ndata: " + dumps(obj) + b"\n\n"
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(SurfaceRoutes):
     """OpenAI upstream.
 
     `served_models` maps a requested model to the name echoed back (the real API
@@ -65,8 +66,11 @@ class FakeOpenAI(FakeUpstream):
         embedding_dimensions: int = 8,
         strict_params: bool = True,
         responses_api: bool = True,
+        rerank_api: bool = False,
     ) -> None:
         super().__init__(keys, models=models)
+        self.rerank_api = rerank_api  # POST /rerank in the Jina/Cohere shape (vLLM, Jina)
+        self.surface_init()
         # False: an OpenAI-compatible server without the Responses API (DeepSeek, Mistral,
         # many vLLM/Ollama builds): `POST /responses` is a 404 like any unknown URL.
         self.responses_api = responses_api
@@ -95,6 +99,8 @@ class FakeOpenAI(FakeUpstream):
         app.router.add_post(f"{bp}/embeddings", self._guard(self.embeddings))
         app.router.add_get(f"{bp}/models", self._guard(self.list_models))
         app.router.add_get(f"{bp}/models/{{model}}", self._guard(self.get_model))
+        self.add_model_routes(app, bp)
+        self.add_account_routes(app, bp)
 
     def _guard(self, route: Route) -> Route:
         async def handler(request: web.Request) -> web.StreamResponse:

@@ -258,7 +258,7 @@ METHOD_CASES = {
     "delete-models": ("delete", "/models"),
     "post-models": ("post", "/models"),
     "get-unknown-path": ("get", "/no/such/thing"),
-    "post-legacy-completions": ("post", "/completions"),
+    "post-retired-edits": ("post", "/edits"),  # retired by OpenAI; /completions is served (surface/)
     "get-outside-v1": ("get", "/../admin"),
 }
 

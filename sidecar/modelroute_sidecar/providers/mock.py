@@ -326,6 +326,10 @@ class MockAdapter(ProviderAdapter):
             err = {"error": {"message": f"mock: injected failure (spec.mock.failureRate {s.failure_rate:g})",
                              "type": error_type_for(s.fail_status), "param": None, "code": "mock_failure"}}
             return MockResponse(s.fail_status, [orjson.dumps(err)])
+        if prepared.url.startswith("mock:surface/"):  # images, audio, moderations, completions, rerank
+            from ..surface.mock import respond
+
+            return respond(prepared, s, self._interval)
         req = orjson.loads(body)
         if prepared.url == EMBEDDINGS_URL:
             status, out = embeddings_response(req)
