@@ -17,12 +17,12 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from ..dialects.base import Ingress
-from ..dialects.openai_chat import OpenAIChat
 from ..engine import Call, Engine, UpstreamResponse
 from ..errors import GatewayError
 from ..providers.base import PreparedRequest
 from ..router import Backend, Route, Runtime
+from ..wire.base import Ingress
+from ..wire.openai_chat.caller import OpenAIChat
 from .multipart import Form, encode
 from .operations import Operation, unsupported_message
 from .upstream import model_url

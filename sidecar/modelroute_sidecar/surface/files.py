@@ -41,7 +41,6 @@ from ..app import (
     _refuse,
     log_refused,
 )
-from ..dialects.openai_chat import parse_json_object
 from ..engine import AttemptFailed, credential_headers, parse_retry_after, request_id
 from ..errors import GatewayError, bad_request, model_not_found
 from ..logs import access_log
@@ -49,6 +48,7 @@ from ..providers.base import PreparedRequest
 from ..request_body import read_body
 from ..router import Backend, Route, Runtime
 from ..syntax import path_segment
+from ..wire.openai_chat.validation import parse_json_object
 from .multipart import Form, Part, encode, read_form
 from .upstream import account_url
 

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..app import GATEWAY, Gateway, serve_dialect
-from ..dialects.base import Ingress
-from ..dialects.openai_chat import parse_json_object
 from ..errors import bad_request
 from ..request_body import read_body
+from ..wire.base import Ingress
+from ..wire.openai_chat.validation import parse_json_object
 from .engine import FORM, SurfaceDialect, SurfaceEngine
 from .multipart import read_form
 from .operations import OPERATIONS, Operation
