@@ -104,9 +104,25 @@ def clean(fakes: dict[str, Any]) -> None:
         up.reset()
 
 
+_CLIENTS: dict[tuple[int, str, str | None], openai.OpenAI] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    for c in _CLIENTS.values():
+        c.close()
+    _CLIENTS.clear()
+
+
 def client(gw: GatewayProcess, key: str = ALICE, route: str | None = None) -> openai.OpenAI:
-    headers = {"x-modelroute-route": route} if route else None
-    return openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0, default_headers=headers)
+    """One SDK client per gateway, caller and route (closed after the module)."""
+    c = _CLIENTS.get((gw.port, key, route))
+    if c is None:
+        headers = {"x-modelroute-route": route} if route else None
+        c = _CLIENTS[(gw.port, key, route)] = openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0,
+                                                            default_headers=headers)
+    return c
 
 
 def metric(text: str, name: str, **labels: str) -> float:
