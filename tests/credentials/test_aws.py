@@ -123,3 +123,19 @@ async def test_missing_settings_make_an_unavailable_source_not_a_failed_load() -
     assert isinstance(src, UnavailableSource)
     with pytest.raises(CredentialError, match="AWS_WEB_IDENTITY_TOKEN_FILE not set"):
         await src.get()
+
+
+@pytest.mark.parametrize(("cfg", "env", "endpoint"), [
+    ({"region": "eu-west-1"}, {}, "https://sts.eu-west-1.amazonaws.com"),
+    ({}, {"AWS_REGION": "ap-southeast-2"}, "https://sts.ap-southeast-2.amazonaws.com"),
+    ({}, {}, "https://sts.us-east-1.amazonaws.com"),
+])
+def test_the_regional_sts_endpoint(cfg: dict[str, str], env: dict[str, str], endpoint: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    src = aws_source("bedrock", from_data({"roleArn": ROLE, **cfg}, AwsIdentity),
+                     {"AWS_WEB_IDENTITY_TOKEN_FILE": "/t", **env})
+    assert isinstance(src, WebIdentity)
+    assert src._sts().meta.endpoint_url == endpoint
