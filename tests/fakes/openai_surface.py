@@ -182,7 +182,12 @@ class SurfaceRoutes(FakeUpstream):
         resp = web.StreamResponse(status=200, headers={**self.response_headers(), "Content-Type": SPEECH_FORMATS[fmt]})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for i in range(0, len(audio), 8192):  # as the API does: audio in chunks, as it is made
+        for n, i in enumerate(range(0, len(audio), 8192)):  # as the API does: audio in chunks, as it is made
+            if self.faults.die_after is not None and n >= self.faults.die_after:
+                if request.transport is not None:
+                    request.transport.abort()  # a crash mid-body: no final chunk
+                self.streams_died += 1
+                return resp
             await resp.write(audio[i:i + 8192])
         await resp.write_eof()
         return resp

@@ -17,10 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 import yaml
 
+from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.surface.upstream import account_url, model_url
 from tests.controlplane.cluster import wait_for
 from tests.fakes.azure import FakeAzureOpenAI
 from tests.fakes.openai import FakeOpenAI
@@ -153,6 +156,34 @@ def post(gw: GatewayProcess, path: str, body: Any, key: str = ALICE) -> tuple[in
             return r.status, dict(r.headers), json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), json.loads(e.read())
+
+
+# ---- upstream URLs (pure) ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("provider", "version", "path", "model", "url"), [
+    ("openai", None, "images/generations", "gpt-image-1", "https://up/v1/images/generations"),
+    ("openai-compatible", None, "rerank", "bge", "https://up/v1/rerank"),
+    ("azure-openai", None, "audio/speech", "tts dep", "https://up/openai/deployments/tts%20dep/audio/speech"
+                                                       "?api-version=2024-10-21"),
+    ("azure-openai", "2025-04-01-preview", "completions", "d", "https://up/openai/deployments/d/completions"
+                                                            "?api-version=2025-04-01-preview"),
+    ("azure-openai", "v1", "audio/transcriptions", "d", "https://up/openai/v1/audio/transcriptions"),
+])
+def test_model_urls(provider: str, version: str | None, path: str, model: str, url: str) -> None:
+    base = "https://up/v1" if provider != "azure-openai" else "https://up"
+    pk = msgspec.convert({"name": "p", "provider": provider, "baseURL": base, "apiVersion": version}, ProviderKeyConfig)
+    assert model_url(pk, path, model) == url
+
+
+def test_account_urls() -> None:
+    def pk(provider: str, version: str | None = None) -> ProviderKeyConfig:
+        return msgspec.convert({"name": "p", "provider": provider, "apiVersion": version,
+                                                 "baseURL": "https://up" + ("/v1" if provider == "openai" else "")},
+                               ProviderKeyConfig)
+    assert account_url(pk("openai"), "files", {"purpose": "batch"}) == "https://up/v1/files?purpose=batch"
+    assert account_url(pk("azure-openai"), "batches/b1/cancel") == \
+        "https://up/openai/batches/b1/cancel?api-version=2024-10-21"
+    assert account_url(pk("azure-openai", "v1"), "files", {"limit": "2"}) == "https://up/openai/v1/files?limit=2"
 
 
 # ---- per-model operations against OpenAI --------------------------------------------------
@@ -334,6 +365,21 @@ def test_speech_and_streamed_completions_fail_over(gw: GatewayProcess, fakes: di
         assert r.headers["x-modelroute-attempts"] == "2" and r.read() == speech_bytes("hi")
     chunks = list(client(gw).completions.create(model="fo-instruct", prompt="again", stream=True))
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Echo: again"
+
+
+def test_audio_cut_off_upstream_is_cut_off_for_the_caller(gw: GatewayProcess, fakes: dict[str, Any]) -> None:
+    """After its first bytes a binary answer cannot fail over, and has no error event: the
+    caller's body ends without its final chunk, so no client takes it for a whole file."""
+    fakes["oai"].faults.die_mid_stream(2)
+    with client(gw).audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="cut") as r:
+        assert r.status_code == 200
+        with pytest.raises(Exception) as e:  # httpx's RemoteProtocolError: incomplete chunked read
+            r.read()
+    assert "incomplete" in str(e.value).lower() or "peer closed" in str(e.value).lower(), e.value
+    assert fakes["oai"].streams_died == 1
+    fakes["oai"].faults.clear()
+    with client(gw).audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="ok") as r:
+        assert r.read() == speech_bytes("ok")  # and the next call is whole
 
 
 # ---- files and batches --------------------------------------------------------------------
