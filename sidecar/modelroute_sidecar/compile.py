@@ -347,6 +347,9 @@ def _resolve_keys(
         if env.get(var, "").strip():
             found = split_keys(env[var])
             if not any(map(is_placeholder, found)):
+                bad = key_format_error(pk.spec.provider, found)
+                if bad is not None:
+                    return None, "KeyInvalid", f"environment variable {var}: {bad}"
                 return found, "KeysLoaded", f"{len(found)} key(s) from environment variable {var}"
             placeholder = placeholder or f"environment variable {var}"
     if placeholder is not None:

@@ -80,8 +80,9 @@ def _block_text(block: dict[str, Any], at: str) -> str | None:
                            f"{', '.join(sorted(BLOCK_KINDS))}")
     kind, value = next(iter(block.items()))
     if kind == "text":
-        if not isinstance(value, str) or not value:
-            raise BedrockError(f"{at}.text: must be a non-empty string")
+        if not isinstance(value, str) or not value.strip():
+            raise BedrockError(f"The text field in the ContentBlock object at {at} is blank. Add text to the text "
+                               "field, and try again.")
         return value
     if kind == "image":
         if value.get("format") not in IMAGE_FORMATS:
@@ -108,9 +109,14 @@ def _read_tool_result(value: dict[str, Any], at: str) -> str:
     if not isinstance(value.get("toolUseId"), str) or not TOOL_ID.match(value["toolUseId"]):
         raise BedrockError(f"{at}.toolResult.toolUseId: must match [a-zA-Z0-9_-]+")
     texts = []
-    for j, c in enumerate(value.get("content") or []):
+    if not value.get("content"):
+        raise BedrockError(f"{at}.toolResult.content: must not be empty")
+    for j, c in enumerate(value["content"]):
         if "text" in c:
-            texts.append(str(c["text"]))
+            if not isinstance(c["text"], str) or not c["text"].strip():
+                raise BedrockError(f"The text field in the ContentBlock object at {at}.toolResult.content.{j} is "
+                                   "blank. Add text to the text field, and try again.")
+            texts.append(c["text"])
         elif "json" in c:
             texts.append(orjson.dumps(c["json"]).decode())
         elif "image" not in c and "document" not in c:

@@ -100,6 +100,7 @@ def test_provider_defaults(doc: dict, base_url: str, models: tuple[str, ...], ap
 
 # ---- where keys come from, and why a ProviderKey is not ready -----------------------------
 
+AWS_LINES = "AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\nASIAQEXAMPLE2TEMPKEY:s3cret:FwoG/tok+en="
 KEY_SOURCES: dict[str, tuple[list[dict], dict[str, str] | None, list[str] | None, str, tuple[str, ...]]] = {
     # id: (docs, env, keys expected (None: not ready), reason, words in the message)
     "stringData": ([pk("p", secret="s"), secret("s", {"apiKey": KEY})], None, [KEY], "KeysLoaded",
@@ -149,6 +150,15 @@ KEY_SOURCES: dict[str, tuple[list[dict], dict[str, str] | None, list[str] | None
                                          {"OPENAI_API_KEY": KEY}, [], "NoKeyRequired", ("without an API key",)),
     "openai-compatible-env-per-providerkey": ([pk("p", "openai-compatible", baseURL="http://vllm/v1")],
                                               {"MODELROUTE_KEY_P": KEY}, [KEY], "KeysLoaded", ()),
+    "bedrock-access-keys": ([pk("p", "bedrock", region="us-east-1", secret="s"), secret("s", {"apiKey": AWS_LINES})],
+                            None, AWS_LINES.split("\n"), "KeysLoaded", ("2 key(s)",)),
+    "bedrock-line-not-aws": ([pk("p", "bedrock", region="us-east-1", secret="s"),
+                              secret("s", {"apiKey": "AKIAIOSFODNN7EXAMPLE:s3cret:tok:extra"})], None, None,
+                             "KeyInvalid", ("line 1", "ACCESS_KEY_ID:SECRET_ACCESS_KEY")),
+    "env-bedrock-api-key": ([pk("p", "bedrock", region="us-east-1")], {"AWS_BEARER_TOKEN_BEDROCK": KEY}, [KEY],
+                            "KeysLoaded", ("AWS_BEARER_TOKEN_BEDROCK",)),
+    "env-bedrock-line-not-aws": ([pk("p", "bedrock", region="us-east-1")], {"MODELROUTE_KEY_P": "lower:s3cret"},
+                                 None, "KeyInvalid", ("MODELROUTE_KEY_P",)),
 }
 
 

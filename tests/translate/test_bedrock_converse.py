@@ -76,6 +76,15 @@ REQUESTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             {"image": {"format": "png", "source": {"bytes": PNG}}},
             {"image": {"format": "jpeg", "source": {"s3Location": {"uri": "s3://bucket/cat.jpg"}}}},
             {"document": {"format": "pdf", "name": "document-1", "source": {"bytes": PNG}}}]}]}),
+    "blank-text-is-left-out-and-an-empty-tool-result-says-so": (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "  "}, {"type": "text", "text": "go"}]},
+                      {"role": "assistant", "content": " ", "tool_calls": [{**CALL, "id": "c"}]},
+                      {"role": "tool", "tool_call_id": "c", "content": ""}], "tools": [TOOL]},
+        {"messages": [{"role": "user", "content": [{"text": "go"}]},
+                      {"role": "assistant", "content": [
+                          {"toolUse": {"toolUseId": "c", "name": "lookup", "input": {"q": 1}}}]},
+                      {"role": "user", "content": [
+                          {"toolResult": {"toolUseId": "c", "content": [{"text": "(empty)"}]}}]}]}),
     "a-conversation-starts-with-a-user-turn": (
         {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]},
         {"messages": [{"role": "user", "content": [{"text": "."}]},

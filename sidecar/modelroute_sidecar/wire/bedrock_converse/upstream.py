@@ -82,18 +82,20 @@ def _mime_of(url: str) -> str:
 def _user_blocks(content: Any, documents: list[int]) -> list[dict[str, Any]]:
     if content is None:
         return []
+    # Converse refuses blank text ("The text field in the ContentBlock ... is blank"): whitespace
+    # alone is left out, as empty text is.
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [{"text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for part in content:
         if isinstance(part, str):
-            if part:
+            if part.strip():
                 blocks.append({"text": part})
             continue
         ptype = part.get("type")
         if ptype == "text" or (ptype is None and "text" in part):
             text = part.get("text") or ""
-            if text:
+            if isinstance(text, str) and text.strip():
                 blocks.append({"text": text})
                 if "cache_control" in part:  # an Anthropic cache breakpoint: Converse's cachePoint
                     blocks.append(_CACHE_POINT)
@@ -118,16 +120,18 @@ def _user_blocks(content: Any, documents: list[int]) -> list[dict[str, Any]]:
 def _tool_result(msg: dict[str, Any], documents: list[int]) -> dict[str, Any]:
     content = msg.get("content")
     if isinstance(content, str):
-        inner: list[dict[str, Any]] = [{"text": content}]
+        inner: list[dict[str, Any]] = [{"text": content}] if content.strip() else []
     else:
         inner = [b for b in _user_blocks(content, documents) if "text" in b or "image" in b or "document" in b]
-    return {"toolResult": {"toolUseId": tool_use_id(msg.get("tool_call_id")), "content": inner or [{"text": ""}]}}
+    # A tool that printed nothing: its result still needs a block, and blank text is refused.
+    return {"toolResult": {"toolUseId": tool_use_id(msg.get("tool_call_id")),
+                           "content": inner or [{"text": "(empty)"}]}}
 
 
 def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     text = content_text(msg.get("content"))
-    if text:
+    if text.strip():
         blocks.append({"text": text})
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
