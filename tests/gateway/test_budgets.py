@@ -6,8 +6,11 @@ Each budget selects its own routes, so the tests of this module do not share spe
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -180,7 +183,15 @@ def test_reject_gemini(w: World) -> None:
         w.gemini().models.generate_content(model="blocked-gemini", contents="hello")
     assert e.value.code == 429 and e.value.status == "RESOURCE_EXHAUSTED"
     assert "Budget 'zero'" in str(e.value.message)
-    assert e.value.response is not None
+    # the same on the wire: Gemini's error object, and Retry-After
+    req = urllib.request.Request(f"{w.root}/v1beta/models/blocked-gemini:streamGenerateContent?alt=sse",
+                                 data=json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode(),
+                                 headers={"content-type": "application/json", "x-goog-api-key": ALICE})
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(req, timeout=10)
+    body = json.loads(raw.value.read())
+    assert raw.value.code == 429 and body["error"]["code"] == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"
+    retry_after_ok(raw.value.headers.get("retry-after"), 3600)
 
 
 def test_rejections_are_counted(w: World) -> None:

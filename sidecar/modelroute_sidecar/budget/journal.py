@@ -157,11 +157,15 @@ class LocalGranter:
             log.error(f"budget journal {self.path}: {e.strerror}; spend is kept in memory only")
 
     def reserved(self, ticket: Ticket) -> None:
+        if self.fd is None:
+            return  # no --state-dir: nothing to write
         a = ticket.amount
         self._append({"r": ticket.rid, "l": [_key(lease) for lease in ticket.leases],
                       "a": [a.usd, a.tokens, a.requests]})
 
     def settled(self, ticket: Ticket, actual: Amount) -> None:
+        if self.fd is None:
+            return
         self._append({"s": ticket.rid, "l": [_key(lease) for lease in ticket.leases],
                       "a": [actual.usd, actual.tokens, actual.requests]})
 
