@@ -303,9 +303,7 @@ class Engine:
             backend.first_byte(loop.time() - started)
             if call.ingress.stream:
                 return await self._stream(request, rt, call, backend, resp, first, reader)
-            response = await self._complete(request, rt, call, backend, resp, native)
-            backend.succeeded()
-            return response
+            return await self._complete(request, rt, call, backend, resp, native)
         finally:
             if resp is not None:
                 resp.close()  # a finished body was already released; an unfinished one must not be reused
@@ -376,6 +374,7 @@ class Engine:
             raise AttemptFailed("bad_response", "bad_response", UpstreamErrorInfo(
                 f"{backend.id} sent a response that could not be read", "api_error", True)) from None
         backend.metrics.attempt(str(resp.status))
+        backend.succeeded()
         self._finish(rt, call, backend, usage, None)
         return web.Response(body=out, status=200, content_type=JSON, headers=self._headers(call, backend))
 

@@ -34,6 +34,7 @@ from tests.gateway.rawhttp import LAST_CHUNK, chunk, exchange, head, read_respon
 
 OAI_KEY = "sk-surface-primary-5f1e9a7c3b"
 OAI2_KEY = "sk-surface-second-8d2c4e6a0f"
+WRONG_KEY = "sk-surface-revoked-2b4d6f8a0c"
 AZ_KEY = "azure-surface-key-3b5d7f9a1c"
 COMPAT_KEY = "compat-surface-key-6e8a0c2e4g"
 ALICE = "mrk-alice-surface-1a2b3c"
@@ -62,6 +63,7 @@ def docs(f: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         *provider_key("openai", "openai", f["oai"].base_url, [OAI_KEY]),
         *provider_key("openai-2", "openai", f["oai2"].base_url, [OAI2_KEY]),
+        *provider_key("openai-rot", "openai", f["oai"].base_url, [WRONG_KEY, OAI_KEY]),
         *provider_key("azure", "azure-openai", f["azure"].base_url, [AZ_KEY], apiVersion="2024-10-21"),
         *provider_key("compat", "openai-compatible", f["compat"].base_url, [COMPAT_KEY]),
         *provider_key("claude", "anthropic", "http://127.0.0.1:9", ["sk-ant-unused-1234"]),
@@ -75,6 +77,7 @@ def docs(f: dict[str, Any]) -> list[dict[str, Any]]:
         model_route("mod", ("openai", "omni-moderation-latest")),
         model_route("instruct", ("openai", "gpt-3.5-turbo-instruct")),
         model_route("batchy", ("openai", "gpt-4o-mini")),
+        model_route("rot-batch", ("openai-rot", "gpt-4o-mini")),
         model_route("rerank", ("compat", "jina-reranker-v2-base-multilingual")),
         model_route("az-img", ("azure", "dep-image")),
         model_route("az-instruct", ("azure", "dep-instruct")),
@@ -371,12 +374,15 @@ def test_audio_cut_off_upstream_is_cut_off_for_the_caller(gw: GatewayProcess, fa
     """After its first bytes a binary answer cannot fail over, and has no error event: the
     caller's body ends without its final chunk, so no client takes it for a whole file."""
     fakes["oai"].faults.die_mid_stream(2)
+    labels = {"route": "tts", "provider": "openai", "model": "gpt-4o-mini-tts"}
+    broken = metric(scrape(gw), "modelroute_requests_total", status="stream_error", **labels)
     with client(gw).audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="cut") as r:
         assert r.status_code == 200
         with pytest.raises(Exception) as e:  # httpx's RemoteProtocolError: incomplete chunked read
             r.read()
     assert "incomplete" in str(e.value).lower() or "peer closed" in str(e.value).lower(), e.value
     assert fakes["oai"].streams_died == 1
+    assert metric(scrape(gw), "modelroute_requests_total", status="stream_error", **labels) == broken + 1
     fakes["oai"].faults.clear()
     with client(gw).audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="ok") as r:
         assert r.read() == speech_bytes("ok")  # and the next call is whole
@@ -427,6 +433,16 @@ def test_creating_is_tried_once_reading_again(gw: GatewayProcess, fakes: dict[st
     f = c.files.create(file=("a.jsonl", b"{}\n"), purpose="batch")
     fakes["oai"].faults.fail_next(1, 503)
     assert c.files.retrieve(f.id).id == f.id  # a read is repeated once
+
+
+def test_a_refused_key_moves_a_create_to_the_next_key(gw: GatewayProcess, fakes: dict[str, Any]) -> None:
+    """A 401 says nothing was created: the create goes again with the ProviderKey's next key."""
+    c = client(gw, route="rot-batch")
+    made = [c.files.create(file=(f"{i}.jsonl", b"{}\n"), purpose="batch") for i in range(2)]
+    assert all(f.id in fakes["oai"].files for f in made)
+    posts = [r for r in fakes["oai"].requests if r.method == "POST" and r.path.endswith("/files")]
+    refused = [r for r in posts if r.headers["authorization"] == f"Bearer {WRONG_KEY}"]
+    assert len(refused) == 1 and len(posts) == 3  # the revoked key once, then it rests
 
 
 # ---- access, keys, logs ------------------------------------------------------------------

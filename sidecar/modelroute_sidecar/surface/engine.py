@@ -133,6 +133,7 @@ class SurfaceEngine(Engine):
             if error is None:
                 await out.write_eof()
                 backend.metrics.attempt("200")
+                backend.succeeded()  # only now, as for a stream
             else:
                 # Bytes already went out and a binary body has no error event: the caller
                 # sees a body cut short (no final chunk), never a complete-looking one.
