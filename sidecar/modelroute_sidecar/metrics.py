@@ -38,6 +38,8 @@ GENAI_PROVIDER = {
     "anthropic": "anthropic",
     "gemini": "gcp.gemini",
     "openai-compatible": "openai_compatible",
+    "bedrock": "aws.bedrock",
+    "vertex": "gcp.vertex_ai",
 }
 ROUTE_LABELS = ["route", "provider", "model"]
 GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model"]

@@ -186,6 +186,9 @@ def test_chat_text_and_usage(w: World, kind: str) -> None:
     assert resp.usage is not None and (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (4, 3)
     assert operation(w, kind) in ("converse", "generateContent", "rawPredict")
     assert w.metric("modelroute_tokens_total", route=f"via-{kind}", type="output") == before + 3
+    # The OpenTelemetry GenAI name of the provider.
+    provider = "aws.bedrock" if kind.startswith("bedrock") else "gcp.vertex_ai"
+    assert w.metric("gen_ai_client_token_usage_count", gen_ai_provider_name=provider) >= 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -614,3 +617,13 @@ def test_botocore_is_loaded_only_for_a_bedrock_key(kinds: list[str], loaded: boo
     out = subprocess.run([sys.executable, "-c", _IMPORTS.format(docs=docs)], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == ("['botocore']" if loaded else "[]")
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "vertex"])
+def test_operations_the_kinds_do_not_serve_are_a_clear_400(w: World, kind: str) -> None:
+    n = len(w.upstream(kind).requests)
+    with pytest.raises(openai.BadRequestError):
+        w.openai().embeddings.create(model=f"via-{kind}", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        w.openai().images.generate(model=f"via-{kind}", prompt="a cat")
+    assert len(w.upstream(kind).requests) == n  # refused before anything was sent
