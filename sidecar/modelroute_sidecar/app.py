@@ -128,6 +128,7 @@ class Gateway:
         self.runtime = new
         self._credentials_renewed()
         self.state.credentials.listener = self._credentials_renewed
+        self.metrics.credentials = self.state.credentials
         self.state.credentials.activate()
 
     def _credentials_renewed(self) -> None:

@@ -164,6 +164,31 @@ class _BudgetCollector(Collector):
         yield from (spent, limit, rejections)
 
 
+class _CredentialCollector(Collector):
+    """Workload identity credentials, read at scrape time: renewals by result and the expiry of
+    the one held, per ProviderKey (an alert on renewal failures or a near expiry catches a
+    broken trust policy before requests fail)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        renewals = CounterMetricFamily("modelroute_credential_renewals", "Workload identity credential "
+                                       "fetches by result", labels=["provider_key", "result"])
+        expiry = GaugeMetricFamily("modelroute_credential_expiry_timestamp_seconds", "When the workload "
+                                   "identity credential held now expires (Unix time)", labels=["provider_key"])
+        sources = self.metrics.credentials.by_name if self.metrics.credentials is not None else {}
+        for name, src in sorted(sources.items()):
+            counts = getattr(src, "renewals", None)
+            if counts is None:
+                continue  # a static or misconfigured source: nothing is fetched
+            for result in ("success", "failure"):
+                renewals.add_metric([name, result], counts[result])
+            if src.expires_at is not None:
+                expiry.add_metric([name], src.expires_at)
+        yield from (renewals, expiry)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
@@ -172,6 +197,8 @@ class Metrics:
         r.register(_SeriesCollector(self))
         self.budgets: Any = None  # the gateway's Budgets (budget/holder.py), read at scrape time
         r.register(_BudgetCollector(self))
+        self.credentials: Any = None  # the gateway's CredentialSources, read at scrape time
+        r.register(_CredentialCollector(self))
         self.failovers = Counter("modelroute_failovers", "Moves from one backend to the next",
                                  ["route", "from_backend", "to_backend", "reason"], registry=r)
         self.backend_up = Gauge("modelroute_backend_up", "Circuit state: 1 closed, 0 open",

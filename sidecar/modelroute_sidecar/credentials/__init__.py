@@ -88,6 +88,7 @@ class CredentialSources:
         self.redactor = Redactor(())
         self.version = 0
         self.listener: Callable[[], None] | None = None  # told after each renewal
+        self.by_name: dict[str, CredentialSource[Any]] = {}  # the live config's, by ProviderKey (metrics)
 
     def sources(self, provider_keys: Iterable[ProviderKeyConfig]) -> dict[str, CredentialSource[Any]]:
         """ProviderKey name -> source, for those with workload identity. Safe in any thread
@@ -107,6 +108,7 @@ class CredentialSources:
             live[key] = out[pk.name] = src
         self._stale += [s for k, s in self._sources.items() if k not in live]
         self._sources = live
+        self.by_name = out
         return out
 
     def activate(self) -> None:

@@ -177,7 +177,8 @@ class RefreshingSource(ABC, Generic[C]):
         self._failures = 0
         self._last_error: str | None = None
         self._closed = False
-        self.fetches = 0  # completed fetch attempts, successful or not (for tests and metrics)
+        self.fetches = 0  # completed fetch attempts, successful or not (for tests)
+        self.renewals = {"success": 0, "failure": 0}  # for metrics
 
     @property
     def label(self) -> str:
@@ -209,6 +210,11 @@ class RefreshingSource(ABC, Generic[C]):
             task = self._start()
         # Nothing usable: wait for the one fetch in flight.
         return await asyncio.shield(task)
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the credential held now expires (None: none held, or it does not expire)."""
+        return self._current.expires_at if self._current is not None else None
 
     def renew(self) -> bool:
         now = self._clock()
@@ -243,6 +249,7 @@ class RefreshingSource(ABC, Generic[C]):
                 self._failed(f"{self._label}: {type(e).__name__} while fetching the credential")
                 raise CredentialError(self._last_error or "") from None
             self.fetches += 1
+            self.renewals["success"] += 1
             self._accept(credential, fetched_at)
             return credential
         finally:
@@ -264,6 +271,7 @@ class RefreshingSource(ABC, Generic[C]):
 
     def _failed(self, message: str) -> None:
         self.fetches += 1
+        self.renewals["failure"] += 1
         self._failures += 1
         self._last_error = message
         # Retry sooner than the credential's end, with backoff; log without any secret.
