@@ -150,7 +150,10 @@ class SurfaceRoutes(FakeUpstream):
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise missing("prompt")
-        n = body.get("n", 1)
+        n = 1 if body.get("n") is None else body["n"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
+            raise OpenAIError(f"Invalid 'n': expected an integer between 1 and 10, but got {n!r} instead.",
+                              param="n", code="invalid_value")
         picture = hashlib.sha256(prompt.encode()).hexdigest()
         if model.startswith("gpt-image"):
             tokens = max(1, len(prompt.split()))

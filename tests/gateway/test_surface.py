@@ -579,3 +579,70 @@ def test_the_mock_answers_the_whole_surface(gw: GatewayProcess, tmp_path: Path) 
     assert done.status == "completed" and done.output_file_id
     out = json.loads(c.files.content(done.output_file_id).content)
     assert out["custom_id"] == "a" and out["response"]["status_code"] == 200
+
+
+# ---- every field of every JSON endpoint, hostile --------------------------------------------
+
+HOSTILE: list[Any] = [None, True, 0, -1, 1.5, 2**63, 1e308, "", "x", "5", [], {}, [None], [[[]]], {"type": None},
+                      "\u0000", "é" * 1000, [1, "a", None, {}], "RAW:NaN", "RAW:1e999", f"RAW:{2**64}",
+                      'RAW:"\\ud800"', "RAW:" + "[" * 300 + "]" * 300]
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "/v1/images/generations": {"model": "img", "prompt": "a fox", "n": 1, "size": "1024x1024"},
+    "/v1/audio/speech": {"model": "tts", "input": "hi", "voice": "alloy", "response_format": "mp3"},
+    "/v1/moderations": {"model": "mod", "input": ["a", "b"]},
+    "/v1/completions": {"model": "instruct", "prompt": "hi", "max_tokens": 5, "stream": True,
+                        "stream_options": {"include_usage": True}},
+    "/v1/rerank": {"model": "rerank", "query": "q", "documents": ["a", {"text": "b"}], "top_n": 1},
+    "/v1/batches": {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                    "metadata": {"a": "b"}},
+}
+
+
+def hostile_bodies() -> Iterator[tuple[str, str, bytes]]:
+    """(path, what, body): each field of each template dropped, or set to each hostile value,
+    for the route to a fake and for the mock."""
+    for path, template in TEMPLATES.items():
+        for target in ("fake", "mock"):
+            base = dict(template)
+            if target == "mock" and "model" in base:
+                base["model"] = "demo"
+            for field in base:
+                dropped = {k: v for k, v in base.items() if k != field}
+                yield path, f"{target}: drop {field}", json.dumps(dropped).encode()
+                for value in HOSTILE:
+                    if isinstance(value, str) and value.startswith("RAW:"):
+                        body = json.dumps({**base, field: "__SPLICE__"}).encode().replace(
+                            b'"__SPLICE__"', value[4:].encode())
+                    else:
+                        body = json.dumps({**base, field: value}).encode()
+                    yield path, f"{target}: {field}={str(value)[:20]!r}", body
+
+
+async def test_hostile_json_bodies_are_4xx_never_5xx(gw: GatewayProcess) -> None:
+    import aiohttp
+
+    failures: list[str] = []
+    statuses: dict[int, int] = {}
+    cases = list(hostile_bodies())
+    async with aiohttp.ClientSession() as session:
+        sem = asyncio.Semaphore(8)
+
+        async def one(path: str, what: str, body: bytes) -> None:
+            route = "demo" if what.startswith("mock") else "batchy"
+            headers = {"content-type": "application/json", "authorization": f"Bearer {ALICE}",
+                       "x-modelroute-route": route}
+            async with sem, session.post(f"http://127.0.0.1:{gw.port}{path}", data=body, headers=headers) as r:
+                text = await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+                if r.status >= 500:
+                    failures.append(f"{path} {what}: {r.status} {text[:200]!r}")
+                elif r.status >= 400:
+                    err = json.loads(text).get("error")
+                    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+                        failures.append(f"{path} {what}: {r.status} not OpenAI's error shape: {text[:200]!r}")
+
+        await asyncio.gather(*(one(*case) for case in cases))
+    print(f"hostile JSON: {len(cases)} requests, statuses {dict(sorted(statuses.items()))}")
+    assert failures == [], "\n".join(failures[:20])
+    assert statuses.get(400, 0) > len(cases) // 3 and statuses.get(200, 0) > 50, statuses
+    assert "Traceback" not in gw.logs()

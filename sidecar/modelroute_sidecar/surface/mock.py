@@ -57,7 +57,7 @@ def _texts(value: Any) -> list[str]:
 
 def images(req: dict[str, Any]) -> dict[str, Any]:
     prompt = str(req.get("prompt", ""))
-    n = req.get("n") or 1
+    n = req.get("n") or 1  # 1 to 10: respond() refuses others
     picture = base64.b64encode(png(prompt)).decode()
     key = "url" if req.get("response_format") == "url" else "b64_json"
     value = f"data:image/png;base64,{picture}" if key == "url" else picture
@@ -135,6 +135,11 @@ def rerank(req: dict[str, Any]) -> dict[str, Any]:
             "results": results, "usage": {"total_tokens": tokens}}
 
 
+def _invalid(param: str, message: str) -> MockResponse:
+    return MockResponse(400, [orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                      "param": param, "code": "invalid_value"}})])
+
+
 def respond(prepared: PreparedRequest, settings: MockSettings, interval: float) -> MockResponse:
     """The answer to a surface request (``prepared.url`` is ``mock:surface/<path>``)."""
     req: dict[str, Any] = orjson.loads(prepared.body)
@@ -153,5 +158,8 @@ def respond(prepared: PreparedRequest, settings: MockSettings, interval: float) 
             resp.headers["content-type"] = "text/plain; charset=utf-8"
             return resp
         return MockResponse(200, [orjson.dumps({"text": text, "usage": usage})])
+    n = req.get("n")
+    if path == "images/generations" and n is not None and not (isinstance(n, int) and 1 <= n <= 10):
+        return _invalid("n", "Invalid 'n': expected an integer from 1 to 10.")  # as OpenAI bounds it
     answer = {"images/generations": images, "moderations": moderations, "rerank": rerank}[path](req)
     return MockResponse(200, [orjson.dumps(answer)])
