@@ -205,6 +205,10 @@ class SurfaceRoutes(FakeUpstream):
         digest = hashlib.sha256(upload.data).hexdigest()
         text = f"{upload.filename} {len(upload.data)} {digest}"
         fmt = self.field(parts, "response_format") or "json"
+        if self.field(parts, "stream") == "true":
+            if model.startswith("whisper"):
+                raise OpenAIError("Streaming is not supported for the whisper-1 model.", param="stream")
+            return await self.transcript_stream(request, text)
         if fmt in ("text", "srt", "vtt"):
             return web.Response(text=text + "\n", content_type="text/plain", headers=self.response_headers())
         usage: dict[str, Any]
@@ -218,6 +222,19 @@ class SurfaceRoutes(FakeUpstream):
             out = {"task": "transcribe", "language": "english", "duration": 3.0, "text": text, "segments": [],
                    "usage": usage}
         return json_response(out, headers=self.response_headers())
+
+    async def transcript_stream(self, request: web.Request, text: str) -> web.StreamResponse:
+        """`stream=true` (gpt-4o-transcribe and later): text deltas, then the whole text with usage."""
+        words = text.split(" ")
+        usage = {"type": "tokens", "input_tokens": 40, "output_tokens": 12, "total_tokens": 52,
+                 "input_token_details": {"text_tokens": 0, "audio_tokens": 40}}
+
+        def frames() -> Iterator[bytes]:
+            for i, w in enumerate(words):
+                yield sse({"type": "transcript.text.delta", "delta": w if i == 0 else " " + w, "logprobs": None})
+            yield sse({"type": "transcript.text.done", "text": text, "logprobs": None, "usage": usage})
+
+        return await self.stream(request, frames(), headers=self.response_headers())
 
     # ---- moderations ----------------------------------------------------------------
     async def moderations(self, request: web.Request) -> web.StreamResponse:

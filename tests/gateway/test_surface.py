@@ -242,6 +242,18 @@ def test_transcription_of_a_real_file(gw: GatewayProcess, fakes: dict[str, Any],
         metric(before, "modelroute_tokens_total", type="input", **labels) == 40
 
 
+def test_streamed_transcription_is_passed_through_and_metered(gw: GatewayProcess, tmp_path: Path) -> None:
+    data = wav_file(tmp_path / "s.wav", 0.2).read_bytes()
+    labels = {"route": "stt", "provider": "openai", "model": "gpt-4o-transcribe"}
+    before = metric(scrape(gw), "modelroute_tokens_total", type="input", **labels)
+    events = list(client(gw).audio.transcriptions.create(model="stt", file=("s.wav", data), stream=True))
+    expected = f"s.wav {len(data)} {hashlib.sha256(data).hexdigest()}"
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == expected
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.text == expected and done.usage is not None
+    assert metric(scrape(gw), "modelroute_tokens_total", type="input", **labels) - before == 40
+
+
 def test_transcription_as_text_and_translation(gw: GatewayProcess, tmp_path: Path) -> None:
     audio = wav_file(tmp_path / "short.wav", 0.1)
     data = audio.read_bytes()

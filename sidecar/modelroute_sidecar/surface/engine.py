@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
+from ..canonical import Usage
 from ..engine import Call, Engine, UpstreamResponse
 from ..errors import GatewayError
 from ..providers.base import PreparedRequest
 from ..router import Backend, Route, Runtime
+from ..sse import SSEParser
 from ..wire.base import Ingress
 from ..wire.openai_chat.caller import OpenAIChat
 from .multipart import Form, encode
@@ -112,6 +114,8 @@ class SurfaceEngine(Engine):
         if ctype.startswith("application/json"):
             return await super()._complete(request, rt, call, backend, resp, native)
         out = web.StreamResponse(status=200, headers={"content-type": ctype, **self._headers(call, backend)})
+        # A streamed transcript (or SSE speech) reports its usage in its last event.
+        meter = _SSEUsage(_op(call)) if ctype.startswith("text/event-stream") else None
         loop = asyncio.get_running_loop()
         between = call.route.timeouts.between_chunks_seconds
         error: str | None = None
@@ -124,6 +128,8 @@ class SurfaceEngine(Engine):
                     if not data:
                         break
                     await out.write(data)
+                    if meter is not None:
+                        meter.feed(data)
             except (TimeoutError, OSError, ValueError) as e:
                 error = "upstream_stream_ended" if not isinstance(e, TimeoutError) else "upstream_timeout"
             except Exception as e:  # aiohttp.ClientPayloadError and kin: the upstream broke off
@@ -143,10 +149,35 @@ class SurfaceEngine(Engine):
                     request.transport.abort()
         except (ConnectionResetError, asyncio.CancelledError):
             backend.metrics.attempt("client_closed")
-            self._finish(rt, call, backend, None, "client_closed")
+            self._finish(rt, call, backend, meter.usage if meter is not None else None, "client_closed")
             raise
-        self._finish(rt, call, backend, None, error)
+        self._finish(rt, call, backend, meter.usage if meter is not None else None, error)
         return out
+
+
+class _SSEUsage:
+    """Reads the usage of a passed-through SSE answer (``transcript.text.done``,
+    ``speech.audio.done``); the bytes go to the caller as they came, whatever this makes of them."""
+
+    __slots__ = ("broken", "op", "parser", "usage")
+
+    def __init__(self, op: Operation) -> None:
+        self.op = op
+        self.parser = SSEParser()
+        self.usage: Usage | None = None
+        self.broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            for event in self.parser.feed(data):
+                if b'"usage"' in event.data:
+                    body = orjson.loads(event.data)
+                    if isinstance(body, dict):
+                        self.usage = self.op.usage(body) or self.usage
+        except (ValueError, TypeError, AttributeError):  # not SSE, not JSON: nothing to meter
+            self.broken = True
 
 
 def _op(call: Call) -> Operation:
