@@ -61,7 +61,7 @@ BAD_FILES = {
         "apiVersion: modelroute.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: x}\nspec: {backends: "
         "[{providerKey: vllm}]}\n", ("document 1", "ModelRoute x", "spec.model", "Field required")),
     "unknown-provider": (
-        "apiVersion: modelroute.dev/v1alpha1\nkind: ProviderKey\nmetadata: {name: p}\nspec: {provider: bedrock}\n",
+        "apiVersion: modelroute.dev/v1alpha1\nkind: ProviderKey\nmetadata: {name: p}\nspec: {provider: watsonx}\n",
         ("document 1", "ProviderKey p", "spec.provider", "'openai'")),
     "typo-in-a-field": (
         GOOD_PK + "---\napiVersion: modelroute.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: chat}\n"
