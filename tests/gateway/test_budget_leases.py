@@ -42,9 +42,12 @@ DOCS = [
     budget("closed", ["closed"], [{"window": "1h", "requests": 4}]),
     budget("open", ["open"], [{"window": "1h", "requests": 4}], failurePolicy="Open"),
     budget("unknown", ["unknown"], [{"window": "1h", "requests": 4}]),  # not (yet) known to the server
+    model_route("premium", ("mock", "m-5")),
+    model_route("cheap", ("mock", "m-6")),
+    budget("premium", ["premium"], [{"window": "1h", "requests": 2}], onExceeded="Downgrade", downgradeTo="cheap"),
 ]
 LIMITS = {"shared": {"1h": Limit(requests=60)}, "closed": {"1h": Limit(requests=4)},
-          "open": {"1h": Limit(requests=4)}}
+          "open": {"1h": Limit(requests=4)}, "premium": {"1h": Limit(requests=2)}}
 
 
 @pytest.fixture
@@ -131,6 +134,24 @@ def test_an_unreachable_operator_meets_the_failure_policy(tmp_path: Path, server
         wait_for(lambda: server.spent("open", "1h").requests == 7, timeout=15, what="the spend reported")
         # now the ledger says the budget is over: refused like any exhausted budget
         wait_for(lambda: chat(gp, "open") == 429, timeout=15, what="a refusal once the operator is back")
+
+
+def test_a_downgrade_budget_downgrades_while_the_operator_is_unreachable(tmp_path: Path,
+                                                                         server: FakeLeaseServer) -> None:
+    """Downgrade keeps apps working whatever keeps the lease short: exhausted, or an operator
+    unreachable (or too slow to answer in time) under failurePolicy Closed."""
+    with sidecar(tmp_path, server, "web-0") as gp:
+        client = openai.OpenAI(base_url=gp.url, api_key="placeholder", max_retries=0)
+
+        def backend() -> str:
+            r = client.chat.completions.with_raw_response.create(
+                model="premium", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+            return str(r.headers.get("x-modelroute-backend"))
+
+        assert backend() == "mock/m-5"
+        server.stop()
+        served = [backend() for _ in range(5)]
+        assert served[-1] == "mock/m-6" and set(served) <= {"mock/m-5", "mock/m-6"}, served
 
 
 def test_spend_settled_just_before_a_window_ends_is_reported_into_that_window(tmp_path: Path,

@@ -62,6 +62,7 @@ class App:
         self.results: Counter[str] = Counter()
         self.refusals: list[str] = []
         self.models: Counter[str] = Counter()
+        self.tokens = 0  # input + output, as each answer's usage says
 
     async def call(self, model: str = "chat", claude_model: str = "claude") -> str:
         """One request: "ok", "exceeded" or "unreachable" (a budget 429, checked for its form)."""
@@ -70,23 +71,30 @@ class App:
             if kind == "openai":
                 r = await self.oai.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=16)
-                assert r.choices[0].message.content
+                assert r.choices[0].message.content and r.usage is not None
                 self.models[r.model] += 1
+                self.tokens += r.usage.prompt_tokens + r.usage.completion_tokens
             elif kind == "openai-stream":
                 stream = await self.oai.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=16, stream=True)
-                text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-                assert text
+                    model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=16, stream=True,
+                    stream_options={"include_usage": True})
+                chunks = [c async for c in stream]
+                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                usage = chunks[-1].usage
+                assert usage is not None
+                self.tokens += usage.prompt_tokens + usage.completion_tokens
             elif kind == "anthropic":
                 m = await self.claude.messages.create(
                     model=claude_model, max_tokens=16, messages=[{"role": "user", "content": "hello there"}])
                 assert m.content
                 self.models[m.model] += 1
+                self.tokens += m.usage.input_tokens + m.usage.output_tokens
             else:
                 async with self.claude.messages.stream(
                         model=claude_model, max_tokens=16, messages=[{"role": "user", "content": "hello there"}]) as s:
                     final = await s.get_final_message()
                 assert final.content
+                self.tokens += final.usage.input_tokens + final.usage.output_tokens
         except openai.RateLimitError as e:
             assert e.status_code == 429 and e.code == "budget_exceeded", e.body
             assert e.body is not None and e.body["type"] == "rate_limit_error"  # type: ignore[index]
@@ -117,10 +125,10 @@ def served(*fakes: FakeOpenAI | FakeAnthropic) -> int:
     return sum(len([r for r in f.requests if r.path.endswith(("/chat/completions", "/messages"))]) for f in fakes)
 
 
-def ledger_requests(cluster: Cluster, namespace: str, name: str) -> int:
+def ledger_used(cluster: Cluster, namespace: str, name: str, unit: str = "requests") -> int:
     body = cluster.get("modelbudget", name, namespace) or {}
     holders = (((body.get("status") or {}).get("ledger") or {}).get("1h") or {}).get("current", {}).get("holders", {})
-    return sum(int(h["used"]["requests"]) for h in holders.values())
+    return sum(int(h["used"][unit]) for h in holders.values())
 
 
 @dataclass
@@ -187,16 +195,24 @@ async def world(cluster: Cluster, operator: OperatorProcess, namespace: str, tmp
 async def test_sidecars_share_one_budget_through_an_operator_sigkill(
         cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     async with world(cluster, operator, namespace, tmp_path,
-                     [budget("team", ["chat", "claude"], [{"window": "1h", "requests": LIMIT}])]) as w:
+                     [budget("team", ["chat", "claude"], [{"window": "1h", "requests": LIMIT, "tokens": 10**7}])]) as w:
         oa, an, apps = w.oa, w.an, w.apps
         down = asyncio.Event()
         done = asyncio.Event()
+        go = asyncio.Event()
+        go.set()
+        inflight = Counter[str]()
         while_down: Counter[str] = Counter()
 
         async def worker(app: App) -> None:
             streak = 0
             while not done.is_set():
-                result = await app.call()
+                await go.wait()
+                inflight["n"] += 1
+                try:
+                    result = await app.call()
+                finally:
+                    inflight["n"] -= 1
                 if down.is_set():
                     while_down[result] += 1
                 # exhausted for good: the sidecar refuses without asking again
@@ -205,10 +221,27 @@ async def test_sidecars_share_one_budget_through_an_operator_sigkill(
                     return
 
         workers = [asyncio.create_task(worker(app)) for app in apps for _ in range(PER_SIDECAR)]
-        # A third of the budget spent, the operator SIGKILLed: sidecars go on within their leases.
+        # A third of the budget spent, traffic paused until every sidecar has reported all it spent
+        # and holds a lease with room left (it renews in the background when low) ...
         await wait_until(lambda: served(oa, an) >= LIMIT // 3, within=60)
+        go.clear()
+        await wait_until(lambda: inflight["n"] == 0, within=30)
+
+        def all_hold_a_lease() -> bool:
+            body = cluster.get("modelbudget", "team", namespace) or {}
+            holders = body.get("status", {}).get("ledger", {}).get("1h", {}).get("current", {}).get("holders", {})
+            for i, app in enumerate(apps):
+                [h] = [h for name, h in holders.items() if name.startswith(f"{namespace}/web-{i}-pod/")] or [None]
+                if h is None or h["used"]["requests"] != app.results["ok"] or \
+                        h["granted"]["requests"] <= h["used"]["requests"]:
+                    return False
+            return True
+
+        await wait_until(all_hold_a_lease, within=60, interval=0.2)
+        # ... then the operator SIGKILLed: sidecars go on within their leases.
         await asyncio.to_thread(operator.kill)
         down.set()
+        go.set()
         await wait_until(lambda: sum(while_down.values()) >= 3 * SIDECARS, within=60)
         down.clear()
         await asyncio.to_thread(operator.start)
@@ -223,12 +256,17 @@ async def test_sidecars_share_one_budget_through_an_operator_sigkill(
         assert total <= LIMIT  # a request reserves exactly what it uses: no overshoot at all
         assert total >= LIMIT - SIDECARS * PER_SIDECAR, total  # little stranded in leases
         assert sum(app.results["ok"] for app in apps) == total  # every request the fakes served, the app got
-        await wait_until(lambda: ledger_requests(cluster, namespace, "team") == total, within=30)
+        await wait_until(lambda: ledger_used(cluster, namespace, "team") == total, within=30)
+        # ...and the tokens of every answer, streamed or not: nothing lost through the SIGKILL.
+        tokens = sum(app.tokens for app in apps)
+        assert tokens > 0
+        await wait_until(lambda: ledger_used(cluster, namespace, "team", "tokens") == tokens, within=30)
         assert any("cannot be reached" not in m for m in refusals)
         body = await asyncio.to_thread(cluster.get, "modelbudget", "team", namespace)
         assert body is not None
         [window] = body["status"]["windows"]
-        assert window["spent"]["requests"] == total and window["limit"] == {"requests": LIMIT}
+        assert window["spent"]["requests"] == total and window["spent"]["tokens"] == tokens
+        assert window["limit"] == {"requests": LIMIT, "tokens": 10**7}
         row = (await asyncio.to_thread(cluster.kubectl, "get", "mb", "team", "-n", namespace)).stdout
         assert f"{total}/{LIMIT} requests" in row
 
@@ -248,4 +286,4 @@ async def test_a_downgrade_budget_switches_routes_without_failed_requests(
         models = Counter(r.body.get("model") for r in w.oa.requests if r.path.endswith("/chat/completions"))
         assert models["gpt-4o"] == premium and models["gpt-4o-mini"] == 48 - premium, models
         w.stack.close()
-        await wait_until(lambda: ledger_requests(cluster, namespace, "premium") == premium, within=30)
+        await wait_until(lambda: ledger_used(cluster, namespace, "premium") == premium, within=30)

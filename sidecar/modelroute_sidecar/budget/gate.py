@@ -115,7 +115,9 @@ async def admit(budgets: Budgets, rt: Runtime, route: Route, caller: str | None,
         return route, Spend(budgets, await budgets.reserve(selected, amount))
     except BudgetExceeded as e:
         target = e.budget.config.downgrade_to
-        if e.budget.config.on_exceeded != "Downgrade" or target is None or e.unreachable:
+        # Downgrade whenever the lease cannot cover the call, exhausted or not topped up in time
+        # (the operator unreachable or slow): the app keeps working, within the target's budgets.
+        if e.budget.config.on_exceeded != "Downgrade" or target is None:
             raise _reject(budgets, e) from None
         first = e
     # Downgrade: once, through the target's route, not counted by the budget that sent it there.
