@@ -445,6 +445,14 @@ def test_creating_is_tried_once_reading_again(gw: GatewayProcess, fakes: dict[st
     f = c.files.create(file=("a.jsonl", b"{}\n"), purpose="batch")
     fakes["oai"].faults.fail_next(1, 503)
     assert c.files.retrieve(f.id).id == f.id  # a read is repeated once
+    fakes["oai"].faults.drop_next(1)
+    assert c.files.retrieve(f.id).id == f.id  # after a dropped connection too
+    fakes["oai"].faults.drop_next(10)  # more than the gateway's two tries (and aiohttp's own reconnects)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.files.retrieve(f.id)
+    fakes["oai"].faults.clear()
+    assert e.value.status_code == 502 and isinstance(e.value.body, dict)
+    assert e.value.body["code"] == "upstream_unavailable"
 
 
 def test_a_refused_key_moves_a_create_to_the_next_key(gw: GatewayProcess, fakes: dict[str, Any]) -> None:

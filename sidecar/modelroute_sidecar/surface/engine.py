@@ -14,6 +14,7 @@ import asyncio
 import copy
 from typing import Any, ClassVar
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -121,21 +122,21 @@ class SurfaceEngine(Engine):
         error: str | None = None
         try:
             await out.prepare(request)
-            try:
-                while True:
+            while True:
+                try:
                     async with asyncio.timeout_at(min(call.deadline, loop.time() + between)):
                         data = await resp.content.readany()
-                    if not data:
-                        break
-                    await out.write(data)
-                    if meter is not None:
-                        meter.feed(data)
-            except (TimeoutError, OSError, ValueError) as e:
-                error = "upstream_stream_ended" if not isinstance(e, TimeoutError) else "upstream_timeout"
-            except Exception as e:  # aiohttp.ClientPayloadError and kin: the upstream broke off
-                if isinstance(e, (asyncio.CancelledError, ConnectionResetError)):
-                    raise
-                error = "upstream_stream_ended"
+                except TimeoutError:
+                    error = "upstream_timeout"
+                    break
+                except (aiohttp.ClientError, OSError, ValueError):  # the upstream broke off
+                    error = "upstream_stream_ended"
+                    break
+                if not data:
+                    break
+                await out.write(data)  # a caller gone raises ConnectionResetError: client_closed below
+                if meter is not None:
+                    meter.feed(data)
             if error is None:
                 await out.write_eof()
                 backend.metrics.attempt("200")

@@ -239,13 +239,22 @@ async def _forward(request: web.Request, rt: Runtime, session: aiohttp.ClientSes
     raise AssertionError("unreachable: the last try answers or raises")
 
 
+async def _read(resp: aiohttp.ClientResponse, backend: Backend) -> bytes:
+    """The whole upstream body; a 502 (nothing was sent to the caller yet) when it breaks off."""
+    try:
+        return await resp.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        raise GatewayError(502, f"{backend.id} broke off its answer: {type(e).__name__}", type="api_error",
+                           code="upstream_unavailable") from None
+
+
 async def _answer(request: web.Request, rt: Runtime, route: Route, backend: Backend, action: Action, rid: str,
                   caller: str | None, started: float, resp: aiohttp.ClientResponse,
                   headers: dict[str, str]) -> web.StreamResponse:
     ctype = resp.headers.get("content-type", "application/octet-stream")
     if resp.status >= 400:
         # An upstream error, redacted whole (it may quote a key); in OpenAI's shape when it is not JSON.
-        body = rt.redactor.body(await resp.read())
+        body = rt.redactor.body(await _read(resp, backend))
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -254,7 +263,8 @@ async def _answer(request: web.Request, rt: Runtime, route: Route, backend: Back
         out = web.Response(status=resp.status, body=body, content_type="application/json", headers=headers)
         return _done(request, rt, route, backend, action, rid, caller, started, out)
     if action.name != "files.content":
-        out = web.Response(status=resp.status, body=await resp.read(), headers={**headers, "content-type": ctype})
+        out = web.Response(status=resp.status, body=await _read(resp, backend),
+                           headers={**headers, "content-type": ctype})
         return _done(request, rt, route, backend, action, rid, caller, started, out)
     stream = web.StreamResponse(status=resp.status, headers={**headers, "content-type": ctype})
     await stream.prepare(request)
