@@ -23,6 +23,7 @@ from aiohttp import web
 
 from modelroute_sidecar.credentials.projection import gcp_file
 from tests.credentials.load import load_until
+from tests.fakes.gemini import FakeGemini
 from tests.fakes.google_auth import FakeGoogleAuth
 from tests.fakes.oidc import TestIssuer
 from tests.fakes.openai import FakeOpenAI
@@ -123,3 +124,33 @@ def test_gke_metadata_server(tmp_path: Path) -> None:
         assert "cloud-platform" in asks[0].query.get("scopes", "")
         assert_nothing_exposed(gp, sorted({r.headers["authorization"].removeprefix("Bearer ")
                                            for r in vertex.requests}))
+
+
+class FakeGeminiOAuth(FakeGemini):
+    """The Gemini API called with an OAuth access token of ``principal`` (as Google accepts)."""
+
+    def __init__(self, google: FakeGoogleAuth, principal: str) -> None:
+        super().__init__(keys=())
+        self.google, self.principal = google, principal
+
+    def authenticate(self, request: web.Request) -> None:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not token or self.google.valid(token) != self.principal:
+            super().authenticate(request)  # the API's own refusal
+
+
+def test_gemini_with_the_gke_metadata_server(tmp_path: Path) -> None:
+    node = "chatbot@proj.iam.gserviceaccount.com"
+    with FakeGoogleAuth({}, node_account=node) as google, FakeGeminiOAuth(google, f"serviceAccount:{node}") as gem:
+        pk = {"apiVersion": "modelroute.dev/v1alpha1", "kind": "ProviderKey", "metadata": {"name": "gemini"},
+              "spec": {"provider": "gemini", "baseURL": gem.url, "workloadIdentity": {"gcp": {}}}}
+        cfg = tmp_path / "routes.yaml"
+        write_yaml(cfg, [pk])
+        with modelroute(tmp_path, "serve", "-f", str(cfg), env={"GCE_METADATA_HOST": f"127.0.0.1:{google.port}"}) \
+                as gp:
+            client = openai.OpenAI(base_url=gp.url, api_key="unused", max_retries=0)
+            answer = client.chat.completions.create(model="gemini-2.5-flash",
+                                                    messages=[{"role": "user", "content": "hi"}])
+            assert answer.choices[0].message.content
+        sent = gem.requests[-1].headers
+        assert sent["authorization"].startswith("Bearer ya29.") and "x-goog-api-key" not in sent
