@@ -444,7 +444,9 @@ def test_creating_is_tried_once_reading_again(gw: GatewayProcess, fakes: dict[st
     assert len([r for r in fakes["oai"].requests if r.path.endswith("/files")]) == 1  # never repeated
     f = c.files.create(file=("a.jsonl", b"{}\n"), purpose="batch")
     fakes["oai"].faults.fail_next(1, 503)
-    assert c.files.retrieve(f.id).id == f.id  # a read is repeated once
+    again = c.files.with_raw_response.retrieve(f.id)  # a read is repeated once
+    assert again.parse().id == f.id and again.headers["x-modelroute-attempts"] == "2"
+    assert again.headers["x-modelroute-backend"] == "openai/gpt-4o-mini"
     fakes["oai"].faults.drop_next(1)
     assert c.files.retrieve(f.id).id == f.id  # after a dropped connection too
     fakes["oai"].faults.drop_next(10)  # more than the gateway's two tries (and aiohttp's own reconnects)

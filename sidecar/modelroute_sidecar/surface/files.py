@@ -187,6 +187,7 @@ async def _forward(request: web.Request, rt: Runtime, session: aiohttp.ClientSes
         from .mock_files import answer
 
         status, ctype, body = answer(adapter, action)
+        headers["x-modelroute-attempts"] = "1"
         return _done(request, rt, route, backend, action, rid, caller, started,
                      web.Response(status=status, body=body, content_type=ctype, headers=headers))
     url = account_url(adapter.pk, action.path, action.query)
@@ -233,6 +234,7 @@ async def _forward(request: web.Request, rt: Runtime, session: aiohttp.ClientSes
                     keys.cool_down(key, cool)
                 backend.metrics.attempt(str(resp.status))
                 continue
+            headers["x-modelroute-attempts"] = str(attempt)
             return await _answer(request, rt, route, backend, action, rid, caller, started, resp, headers)
         finally:
             resp.release()
