@@ -434,6 +434,12 @@ def test_files_need_a_route(gw: GatewayProcess) -> None:
         client(gw).files.list()
     assert isinstance(e.value.body, dict) and e.value.body["code"] == "missing_route"
     assert "x-modelroute-route" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(gw, route="../admin").files.list()
+    assert isinstance(e.value.body, dict) and e.value.body["param"] == "x-modelroute-route"
+    assert e.value.body["code"] == "invalid_model_name"
+    with pytest.raises(openai.NotFoundError):
+        client(gw, route="no-such-route").batches.list()
 
 
 def test_creating_is_tried_once_reading_again(gw: GatewayProcess, fakes: dict[str, Any]) -> None:

@@ -36,7 +36,6 @@ from ..app import (
     OPENAI_CHAT,
     REQUEST_ID,
     _check_access,
-    _check_model_name,
     _checked_headers,
     _refuse,
     log_refused,
@@ -47,7 +46,7 @@ from ..logs import access_log
 from ..providers.base import PreparedRequest
 from ..request_body import read_body
 from ..router import Backend, Route, Runtime
-from ..syntax import path_segment
+from ..syntax import MODEL_NAME_RULE, path_segment, valid_model_name
 from ..wire.openai_chat.validation import parse_json_object
 from .multipart import Form, Part, encode, read_form
 from .upstream import account_url
@@ -162,7 +161,9 @@ async def serve(request: web.Request) -> web.StreamResponse:
         if not name:
             raise bad_request(f"Files and batches live in one provider account: name the route whose account holds "
                               f"them (a model name) in the {ROUTE_HEADER} header.", ROUTE_HEADER, "missing_route")
-        _check_model_name(name)
+        if not valid_model_name(name):
+            raise bad_request(f"Invalid {ROUTE_HEADER}: it names a route by model name, and {MODEL_NAME_RULE}.",
+                              ROUTE_HEADER, "invalid_model_name")
         route = rt.resolve(name)
         if route is None:
             raise model_not_found(name, rt.why_unrouted(name))
