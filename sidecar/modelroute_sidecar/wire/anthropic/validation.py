@@ -1,23 +1,24 @@
 """Validation of Anthropic Messages and count_tokens requests: strict types, 400s in Anthropic's words.
 
-The pydantic models and TypeAdapters of this format's caller requests, kept in one module
-so the validation can be swapped without touching the translation.
+The shapes (TypedDicts) of this format's caller requests, kept in one module so the
+validation can be swapped without touching the translation. A good request is checked
+without pydantic (:mod:`..shapes`); pydantic judges and words the rest.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, Union
+from typing import Any, Literal, NotRequired
 
-from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from ...errors import GatewayError
 from ..json_numbers import NON_FINITE, bad_number
+from ..shapes import OPEN, Shape, tagged
 
 # strict, as the OpenAI dialects: a wrong JSON type is refused, never coerced ("5" into 5,
 # "yes" into true), and NaN or infinities are no numbers (Anthropic's API refuses them too).
 # Fields and blocks the gateway does not know stay allowed and pass through as sent.
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+_OPEN = OPEN
 
 class _Block(TypedDict):
     """A content block of a type the gateway does not read (thinking, server tools, ...)."""
@@ -77,8 +78,7 @@ def _tagged(known: dict[str, type]) -> Any:
         t = v.get("type") if isinstance(v, dict) else None
         return f"_{t}" if isinstance(t, str) and t in known else "_other"
 
-    members = [Annotated[b, Tag(f"_{name}")] for name, b in known.items()]
-    return Annotated[Union[(*members, Annotated[_Block, Tag("_other")])], Discriminator(tag)]
+    return tagged({**{f"_{name}": b for name, b in known.items()}, "_other": _Block}, tag)
 
 
 _INNER: dict[str, type] = {"text": _TextBlock, "image": _ImageBlock, "document": _DocumentBlock,
@@ -141,8 +141,8 @@ class MessagesRequestModel(CountTokensRequestModel):
     output_format: NotRequired[dict[str, Any] | None]
 
 
-MESSAGES_REQUEST: TypeAdapter[Any] = TypeAdapter(MessagesRequestModel)
-COUNT_TOKENS_REQUEST: TypeAdapter[Any] = TypeAdapter(CountTokensRequestModel)
+MESSAGES_REQUEST = Shape(MessagesRequestModel)
+COUNT_TOKENS_REQUEST = Shape(CountTokensRequestModel)
 
 
 def invalid(message: str) -> GatewayError:
@@ -159,9 +159,14 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
-def validate(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
+def validate(body: bytes, shape: Shape) -> dict[str, Any]:
+    fast = shape.fast(body)
+    if fast is not None:
+        return fast
+    from pydantic import ValidationError
+
     try:
-        req: dict[str, Any] = adapter.validate_json(body)
+        req: dict[str, Any] = shape.adapter.validate_json(body)
     except ValidationError as e:
         errors = e.errors(include_url=False)
         if errors[0]["type"] in ("json_invalid", "json_type"):

@@ -1,7 +1,8 @@
 """Validation of Chat Completions (and embeddings) requests: strict types, clear 400s in OpenAI's words.
 
-The pydantic models and TypeAdapters of this format's caller requests, kept in one module
-so the validation can be swapped without touching the translation.
+The shapes (TypedDicts) of this format's caller requests, kept in one module so the
+validation can be swapped without touching the translation. A good request is checked
+without pydantic (:mod:`..shapes`); pydantic judges and words the rest.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import json
 import re
 from typing import Any, Literal, NotRequired
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from ...errors import bad_request
 from ..json_numbers import bad_number
+from ..shapes import OPEN, Shape
 
 # strict: a wrong JSON type is the caller's mistake to hear about, not to have coerced
 # ("10" into 10, "yes" into true); NaN and infinities are not numbers an upstream takes.
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+_OPEN = OPEN
 
 
 class _ImageURL(TypedDict):
@@ -148,8 +149,8 @@ class EmbeddingsRequestModel(TypedDict):
     dimensions: NotRequired[int]
 
 
-CHAT_REQUEST: TypeAdapter[Any] = TypeAdapter(ChatRequestModel)
-EMBEDDINGS_REQUEST: TypeAdapter[Any] = TypeAdapter(EmbeddingsRequestModel)
+CHAT_REQUEST = Shape(ChatRequestModel)
+EMBEDDINGS_REQUEST = Shape(EmbeddingsRequestModel)
 
 _MALFORMED = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
@@ -157,7 +158,7 @@ _MALFORMED = (
 )
 
 
-def validation_message(err: ValidationError) -> tuple[str, str | None]:
+def validation_message(err: Any) -> tuple[str, str | None]:
     """The first problem, in OpenAI's words where possible, and the parameter it is about."""
     errors = err.errors(include_url=False)
     if errors[0]["type"] in ("json_invalid", "json_type"):
@@ -203,9 +204,14 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_json_object(body: bytes, adapter: TypeAdapter[Any]) -> dict[str, Any]:
+def parse_json_object(body: bytes, shape: Shape) -> dict[str, Any]:
+    fast = shape.fast(body)
+    if fast is not None:
+        return fast
+    from pydantic import ValidationError
+
     try:
-        parsed: dict[str, Any] = adapter.validate_json(body)
+        parsed: dict[str, Any] = shape.adapter.validate_json(body)
     except ValidationError as e:
         message, param = validation_message(e)
         raise bad_request(message, param) from None

@@ -1,20 +1,22 @@
 """Validation of Responses requests: strict types, clear 400s in OpenAI's words.
 
-The pydantic models and TypeAdapters of this format's caller requests, kept in one module
-so the validation can be swapped without touching the translation.
+The shapes (TypedDicts) of this format's caller requests, kept in one module so the
+validation can be swapped without touching the translation. A good request is checked
+without pydantic (:mod:`..shapes`); pydantic judges and words the rest.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, Union
+from typing import Any, Literal, NotRequired
 
-from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter
 from typing_extensions import TypedDict
+
+from ..shapes import OPEN, Shape, tagged
 
 # Strict, as the other dialects: wrong JSON types are refused, not coerced. What the
 # translation reads is typed as OpenAI documents it; item and part types the gateway does
 # not know stay open (they pass through to OpenAI, and are dropped for other providers).
-_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+_OPEN = OPEN
 
 
 class _Tool(TypedDict):
@@ -77,8 +79,7 @@ def _tagged(known: dict[str, type], default: str | None = None) -> Any:
             t = "message"
         return f"_{t}" if isinstance(t, str) and t in known else "_other"
 
-    members = [Annotated[b, Tag(f"_{name}")] for name, b in known.items()]
-    return Annotated[Union[(*members, Annotated[_Typed, Tag("_other")])], Discriminator(tag)]
+    return tagged({**{f"_{name}": b for name, b in known.items()}, "_other": _Typed}, tag)
 
 
 _Part = _tagged({"input_text": _TextPart, "output_text": _TextPart, "text": _TextPart, "refusal": _RefusalPart,
@@ -135,6 +136,6 @@ class ResponsesRequestModel(TypedDict):
     metadata: NotRequired[dict[str, Any] | None]
 
 
-RESPONSES_REQUEST: TypeAdapter[Any] = TypeAdapter(ResponsesRequestModel)
+RESPONSES_REQUEST = Shape(ResponsesRequestModel)
 
 

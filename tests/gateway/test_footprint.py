@@ -1,0 +1,67 @@
+"""What the sidecar loads: only what the pod uses (issue 13).
+
+The sidecar runs in every pod, so what it imports is paid for by each. A real
+`modelroute sidecar` process, started as a pod starts it (a config dir), with Python's own
+import log (PYTHONPROFILEIMPORTTIME, which names every module as it loads, at start-up or on
+a later request): serving good requests in every dialect loads neither pydantic nor YAML,
+the resource compiler or the operator's dependencies, nor the dialects nobody called; a bad
+request then loads pydantic, which words its 400 as ever.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from modelroute_sidecar.compile import compile_resources
+from tests.gateway.harness import model_route, provider_key, user
+from tests.gateway.procs import GatewayProcess, modelroute
+
+NEVER = ("yaml", "kopf", "kubernetes", "cryptography", "modelroute_operator", "modelroute_sidecar.compile",
+         "modelroute_sidecar.resources", "modelroute_sidecar.pydantic_schema")
+
+
+def loaded(gp: GatewayProcess) -> set[str]:
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", gp.logs(), re.M))
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    docs = [*provider_key("mock", "mock", None, keys=None), model_route("chat", ("mock", "m"))]
+    result = compile_resources(docs)
+    assert result.ok, result.statuses
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.json").write_text(result.config.dump_json())
+    return tmp_path
+
+
+def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_dir: Path) -> None:
+    with modelroute(tmp_path, "sidecar", "--config-dir", str(config_dir), env={"PYTHONPROFILEIMPORTTIME": "1"}) as gp:
+        started = loaded(gp)
+        assert "modelroute_sidecar.app" in started and "uvloop" in started  # the log is there
+        assert not {m for m in started if m.startswith(("pydantic", "modelroute_sidecar.wire.anthropic",
+                                                       "modelroute_sidecar.wire.gemini",
+                                                       "modelroute_sidecar.wire.openai_responses"))}
+
+        client = openai.OpenAI(base_url=gp.url, api_key="x", max_retries=0)
+        assert client.chat.completions.create(model="chat", messages=user("hi")).choices[0].message.content
+        stream = client.chat.completions.create(model="chat", messages=user("hi"), stream=True,
+                                                stream_options={"include_usage": True}, temperature=1)
+        assert any(c.usage for c in stream)
+        assert client.embeddings.create(model="chat", input=["a", "b"]).data
+        assert client.responses.create(model="chat", input="hi").output_text
+        ant = anthropic.Anthropic(base_url=gp.url.removesuffix("/v1"), api_key="x", max_retries=0)
+        assert ant.messages.create(model="chat", max_tokens=20, messages=user("hi")).content
+        after = loaded(gp)
+        assert "modelroute_sidecar.wire.anthropic.caller" in after  # loaded on its first caller
+        assert not {m for m in after if m.startswith("pydantic") or m.startswith(NEVER)}, sorted(after - started)
+
+        with pytest.raises(openai.BadRequestError) as e:  # a bad request: pydantic judges and words it
+            client.chat.completions.create(model="chat", messages=user("hi"), extra_body={"max_tokens": "5"})
+        assert e.value.body["message"] == "Invalid type for 'max_tokens': Input should be a valid integer."  # type: ignore[index]
+        assert any(m.startswith("pydantic") for m in loaded(gp))
+        assert not {m for m in loaded(gp) if m.startswith(NEVER)}
