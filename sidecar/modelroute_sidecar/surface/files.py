@@ -28,7 +28,6 @@ from typing import Any, NotRequired
 import aiohttp
 import orjson
 from aiohttp import web
-from pydantic import ConfigDict, TypeAdapter
 from typing_extensions import TypedDict
 
 from ..app import (
@@ -48,6 +47,7 @@ from ..request_body import read_body
 from ..router import Backend, Route, Runtime
 from ..syntax import MODEL_NAME_RULE, path_segment, valid_model_name
 from ..wire.openai_chat.validation import parse_json_object
+from ..wire.shapes import Shape
 from .multipart import Form, Part, encode, read_form
 from .upstream import account_url
 
@@ -56,7 +56,7 @@ log = logging.getLogger("modelroute.gateway")
 ROUTE_HEADER = "x-modelroute-route"
 ACCOUNT_KINDS = frozenset({"openai", "azure-openai", "openai-compatible", "mock"})
 LIST_QUERY = {"files": ("purpose", "limit", "order", "after"), "batches": ("limit", "after")}
-_OPEN = ConfigDict(extra="allow")
+_OPEN: dict[str, Any] = {"extra": "allow"}  # pydantic's TypedDict config (see wire/shapes.py)
 
 
 class _BatchCreate(TypedDict):
@@ -67,7 +67,7 @@ class _BatchCreate(TypedDict):
     metadata: NotRequired[dict[str, str] | None]
 
 
-_BATCH = TypeAdapter(_BatchCreate)
+_BATCH = Shape(_BatchCreate)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,15 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired
 
-from pydantic import ConfigDict, TypeAdapter
 from typing_extensions import TypedDict
 
 from ..canonical import Usage, usage_from_openai
+from ..wire.shapes import Shape
 
 # Every OpenAI-shaped upstream kind; the mock answers them too (see surface/mock.py).
 OPENAI_KINDS = frozenset({"openai", "azure-openai", "openai-compatible", "mock"})
 
-_OPEN = ConfigDict(extra="allow")
+_OPEN: dict[str, Any] = {"extra": "allow"}  # pydantic's TypedDict config (see wire/shapes.py)
 
 
 def no_usage(body: dict[str, Any]) -> Usage | None:
@@ -94,7 +94,7 @@ class Operation:
     path: str  # under an OpenAI base URL (Azure: under the deployment)
     kinds: frozenset[str]  # upstream kinds that serve it
     body: Literal["json", "multipart"]
-    schema: TypeAdapter[Any] | None  # the JSON body's required fields (None: multipart)
+    schema: Shape | None  # the JSON body's required fields (None: multipart)
     usage: Callable[[dict[str, Any]], Usage | None] = no_usage
     streams: bool = False  # ``stream: true`` is an OpenAI SSE stream ending in [DONE]
     required: tuple[str, ...] = ()  # multipart fields that must be present, besides model
@@ -108,16 +108,16 @@ _RERANK = frozenset({"openai-compatible", "mock"})
 
 OPERATIONS: dict[str, Operation] = {
     "/v1/images/generations": Operation("image_generation", "images/generations", OPENAI_KINDS, "json",
-                                        TypeAdapter(_Images), token_usage),
-    "/v1/audio/speech": Operation("speech", "audio/speech", OPENAI_KINDS, "json", TypeAdapter(_Speech)),
+                                        Shape(_Images), token_usage),
+    "/v1/audio/speech": Operation("speech", "audio/speech", OPENAI_KINDS, "json", Shape(_Speech)),
     "/v1/audio/transcriptions": Operation("transcription", "audio/transcriptions", OPENAI_KINDS, "multipart",
                                           None, token_usage, required=("file",)),
     "/v1/audio/translations": Operation("translation", "audio/translations", OPENAI_KINDS, "multipart",
                                         None, token_usage, required=("file",)),
-    "/v1/moderations": Operation("moderation", "moderations", _NOT_AZURE, "json", TypeAdapter(_Moderations)),
+    "/v1/moderations": Operation("moderation", "moderations", _NOT_AZURE, "json", Shape(_Moderations)),
     "/v1/completions": Operation("text_completion", "completions", OPENAI_KINDS, "json",
-                                 TypeAdapter(_Completions), completion_usage, streams=True),
-    "/v1/rerank": Operation("rerank", "rerank", _RERANK, "json", TypeAdapter(_Rerank), rerank_usage),
+                                 Shape(_Completions), completion_usage, streams=True),
+    "/v1/rerank": Operation("rerank", "rerank", _RERANK, "json", Shape(_Rerank), rerank_usage),
 }
 
 
