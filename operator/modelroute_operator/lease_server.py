@@ -75,11 +75,11 @@ class LeaseServer:
         code = 500
         try:
             response = await handler(request)
+        except web.HTTPException as e:  # 404, 405 from the router: the same JSON shape as every error
+            response = _error(e.status, e.reason, **({"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}))
+        try:
             code = response.status
             return response
-        except web.HTTPException as e:  # 404, 405 from the router
-            code = e.status
-            raise
         finally:
             if self.metrics is not None:
                 self.metrics.leases.labels(str(code)).inc()
@@ -162,8 +162,7 @@ class LeaseServer:
         self._watch = asyncio.create_task(self._reload_forever(context, certs, check_seconds))
         logger.info("lease server listening on https://%s:%d%s", host, port, PATH)
 
-    async def _reload_forever(self, context: ssl.SSLContext, certs: CertFiles, interval: float,
-                              on_change: Callable[[], None] | None = None) -> None:
+    async def _reload_forever(self, context: ssl.SSLContext, certs: CertFiles, interval: float) -> None:
         """A renewed certificate is served to new connections (the context is shared)."""
         seen = _stamp(certs)
         while True:
