@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -141,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               "would spend the provider keys. Give --caller-keys FILE, bind a loopback address "
               "(--host 127.0.0.1), or say --allow-unauthenticated.", file=sys.stderr)
         return 2
+    # Start-up allocates much and frees little: no collections until it is done (each would
+    # scan every module's objects again); release_startup_memory collects once and resumes.
+    gc.disable()
+    try:
+        return _serve(args)
+    finally:
+        gc.enable()
+
+
+def _serve(args: argparse.Namespace) -> int:
     from . import logs
 
     logs.setup(args.log_level, json=args.log_format == "json")
@@ -180,9 +191,9 @@ def _operator(argv: list[str]) -> int:
 
 def release_startup_memory() -> None:
     """Give back to the OS the heap that imports and the first config load used and freed:
-    glibc keeps freed memory mapped, and the sidecar's idle footprint is multiplied by every pod."""
-    import gc
-
+    glibc keeps freed memory mapped, and the sidecar's idle footprint is multiplied by every pod.
+    Then the collector runs again (main paused it for start-up), and what start-up left alive
+    (modules, the first config) is frozen out of its scans."""
     gc.collect()
     try:
         import ctypes
@@ -190,6 +201,8 @@ def release_startup_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         pass
+    gc.freeze()
+    gc.enable()
 
 
 def _callers_summary(callers: object) -> str:

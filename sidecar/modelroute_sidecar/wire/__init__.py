@@ -2,7 +2,8 @@
 
 ``wire/<format>/`` (openai_chat, openai_responses, anthropic, gemini):
 
-* ``validation.py``: the caller requests' models (pydantic TypeAdapters) and their 400s;
+* ``validation.py``: the caller requests' shapes (TypedDicts, checked by ``shapes.py``; pydantic
+  words the 400s);
 * ``caller.py``: the format as a caller dialect (format -> canonical, canonical -> format,
   stream encoder, error bodies, and the tap that reads a passed-through answer);
 * ``upstream.py``: the format toward an upstream (canonical -> request, response and stream
