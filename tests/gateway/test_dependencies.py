@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from importlib.metadata import packages_distributions, requires
+from importlib.metadata import PackageNotFoundError, packages_distributions, requires
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def declared(extra: str | None) -> set[str]:
                     m = _NAME.match(req)
                     assert m
                     todo.append(m.group(0))
-        except Exception:  # noqa: BLE001 - a platform-only requirement that is not installed here
+        except PackageNotFoundError:  # a platform-only requirement, not installed here
             continue
     return out
 
