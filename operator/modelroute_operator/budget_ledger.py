@@ -182,6 +182,15 @@ def exhausted(ledger: WindowLedger, limit: Limit) -> bool:
     return any(ledger.committed(u) >= limit.get(u) - _EPS for u in limit.units)
 
 
+PER_POD = "enforced per pod: no lease server (budgets disabled), so N pods may spend N times the limit"
+
+
+def per_pod_verdict(ready: tuple[bool, str, str]) -> tuple[bool, str, str]:
+    """The compiler's Ready verdict for an operator that serves no leases: still Ready (each
+    sidecar enforces the budget), its message saying the limit holds per pod only."""
+    return ready[0], ready[1], f"{ready[2]}; {PER_POD}"
+
+
 def derived_status(body: Mapping[str, Any], status: Mapping[str, Any], now: float, now_text: str,
                    ready: tuple[bool, str, str] | None = None) -> dict[str, Any]:
     """``status`` with windows, printer fields and conditions computed from its ledger as of

@@ -39,8 +39,11 @@ class BudgetNotFound(Exception):
 
 class BudgetStore:
     def __init__(self, kube: Kube, *, ttl: float = 30.0, clock: Callable[[], float] = time.time,
-                 instance: str = names.EVENT_SOURCE) -> None:
+                 instance: str = names.EVENT_SOURCE, per_pod: bool = False) -> None:
         self._kube = kube
+        # No lease server (budgets disabled): each sidecar enforces every budget alone, which the
+        # Ready condition says where a platform engineer looks (kubectl describe mb).
+        self.per_pod = per_pod
         self.ttl = ttl
         self._clock = clock
         self._instance = instance
@@ -106,6 +109,8 @@ class BudgetStore:
         """Recompute the status without a lease: windows rolled over, and with ``ready`` (the
         compiler's verdict) the Ready condition. Whether anything was written."""
         verdict = (ready.ready, ready.reason, ready.message) if ready is not None else None
+        if verdict is not None and self.per_pod:
+            verdict = bl.per_pod_verdict(verdict)
 
         def fn(body: dict[str, Any], now: float) -> tuple[dict[str, Any], None]:
             return bl.derived_status(body, dict(body.get("status") or {}), now, _rfc3339(now), verdict), None

@@ -90,7 +90,8 @@ async def run(settings: OperatorSettings) -> None:
     server: RegisteringWebhookServer | None = None
     watches: SecretWatches | None = None
     budget_ca: dict[str, str] = {}  # the ConfigMap's budget-ca.crt, when the lease server runs
-    store = BudgetStore(kube, ttl=settings.budget.lease_ttl_seconds, instance=peer_identity())
+    store = BudgetStore(kube, ttl=settings.budget.lease_ttl_seconds, instance=peer_identity(),
+                        per_pod=settings.budget_listen is None)
     reconciler = Reconciler(lambda ns: reconcile_and_log(kube, ns, metrics, watches.follow if watches else None,
                                                          extra=lambda: budget_ca, budgets=store),
                             concurrency=settings.concurrency)

@@ -99,3 +99,42 @@ def test_events_on_a_change_of_exceeded_only() -> None:
 ])
 def test_identity_of_a_token_review(status: dict[str, Any], expected: Identity | None) -> None:
     assert identity_of(status) == expected
+
+
+class _StatusOnlyKube:
+    """The three calls BudgetStore makes, over one stored ModelBudget."""
+
+    def __init__(self, stored: dict[str, Any]) -> None:
+        self.stored = stored
+
+    async def get(self, path: str) -> dict[str, Any]:
+        return self.stored
+
+    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.stored = body
+        return body
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+
+@pytest.mark.parametrize("per_pod", [False, True])
+def test_ready_says_enforced_per_pod_when_the_operator_serves_no_leases(per_pod: bool) -> None:
+    import asyncio
+
+    from modelroute_operator.budget_store import BudgetStore
+    from modelroute_sidecar.compile import ObjectStatus
+
+    kube = _StatusOnlyKube(body())
+    store = BudgetStore(kube, clock=lambda: T0 + 5, per_pod=per_pod)  # type: ignore[arg-type]
+
+    async def refresh() -> None:
+        verdict = ObjectStatus("ModelBudget", "team", True, "Compiled", "limits $1.00 per 1h", 2)
+        await store.refresh("ns", "team", verdict)
+        await store.close()
+
+    asyncio.run(refresh())
+    [ready] = [c for c in kube.stored["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "Compiled"
+    assert ready["message"] == ("limits $1.00 per 1h; enforced per pod: no lease server (budgets disabled), so N pods "
+                                "may spend N times the limit" if per_pod else "limits $1.00 per 1h")
