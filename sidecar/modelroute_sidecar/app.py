@@ -270,10 +270,11 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
             ingress = await read(request, rt.max_body_bytes, gw.body_timeout)
             # An upload's bytes are no measure of its tokens (audio is about 10 tokens a second).
             size = 0 if request.content_type.startswith("multipart/") else request.content_length or 0
+            raw: bytes | None = None
         else:
-            body = await read_body(request, rt.max_body_bytes, gw.body_timeout)
-            ingress = (parse or dialect.parse)(body)
-            size = len(body)
+            raw = await read_body(request, rt.max_body_bytes, gw.body_timeout)
+            ingress = (parse or dialect.parse)(raw)
+            size = len(raw)
         model = ingress.model
         _check_model_name(model)
         route = rt.resolve(ingress.model)
@@ -285,7 +286,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
             return await engine.handle(request, rt, route, dialect, ingress, operation, caller)
         from .budget.gate import admit
 
-        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, size, operation)
+        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, raw, size, operation)
         try:
             return await engine.handle(request, rt, route, dialect, ingress, operation, caller, spend)
         finally:

@@ -6,6 +6,7 @@ Each budget selects its own routes, so the tests of this module do not share spe
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -36,6 +37,8 @@ from tests.gateway.procs import GatewayProcess, modelroute, scrape
 ALICE, BOB = "mrk-alice-budget-51d2e8", "mrk-bob-budget-93a7c4"
 USD_LIMIT = 0.001
 TOKEN_LIMIT = 100
+SCREEN_LIMIT = 20_000
+CJK_LIMIT = 5_000
 
 
 def budget(name: str, routes: list[str], limits: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -58,6 +61,9 @@ def docs(up: dict[str, Any]) -> list[dict[str, Any]]:
         model_route("streamed-claude", ("an", "claude-haiku-4-5")),
         model_route("usd", ("oa", "gpt-4o")),
         model_route("tokens", ("an", "claude-haiku-4-5")),
+        model_route("screens", ("an", "claude-haiku-4-5")),
+        model_route("screens-openai", ("oa", "gpt-4o")),
+        model_route("cjk", ("an", "claude-haiku-4-5")),
         budget("zero", ["blocked-*"], [{"window": "1h", "requests": 1}]),  # spent by the fixture
         budget("alice-daily", ["gpt-4o-mini"], [{"window": "1d", "requests": 3}],
                selector={"serviceAccounts": ["alice"]}),
@@ -66,6 +72,8 @@ def docs(up: dict[str, Any]) -> list[dict[str, Any]]:
         budget("streams", ["streamed*"], [{"window": "month", "tokens": 1_000_000}]),
         budget("dollars", ["usd"], [{"window": "1d", "usd": USD_LIMIT}]),
         budget("tokens", ["tokens"], [{"window": "1h", "tokens": TOKEN_LIMIT}]),
+        budget("screens", ["screens*"], [{"window": "1h", "tokens": SCREEN_LIMIT}]),
+        budget("cjk", ["cjk"], [{"window": "1h", "tokens": CJK_LIMIT}]),
     ]
 
 
@@ -319,6 +327,60 @@ def test_token_limit_holds(w: World) -> None:
     assert used > 0 and refused > 0
     spent = metric(w.gp, "modelroute_budget_spent", budget="tokens", window="1h", unit="tokens")
     assert spent == used <= TOKEN_LIMIT  # the spend is the upstream's usage, and it stayed within
+
+
+# --- the reservation: images by their pixels, text by a bound that holds for every script ----------------
+
+
+def screenshot() -> bytes:
+    """A 1920 x 1080 PNG of about 1 MiB (a block of noise does not compress)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (1920, 1080), "white")
+    img.paste(Image.effect_noise((600, 600), 90).convert("RGB"), (100, 100))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_screenshot_reserves_by_its_pixels_not_its_bytes(w: World) -> None:
+    png = screenshot()
+    assert len(png) > 900_000  # by its bytes (base64: 4/3 of them), over 300,000 tokens, 15 times the limit
+    data = base64.b64encode(png).decode()
+    m = w.claude(BOB).messages.create(model="screens", max_tokens=50, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+        {"type": "text", "text": "What does this screen show?"}]}])
+    r = w.oai(BOB).chat.completions.create(model="screens-openai", max_tokens=50,
+                                           messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+        {"type": "text", "text": "What does this screen show?"}]}])
+    assert r.usage is not None
+    spent = metric(w.gp, "modelroute_budget_spent", budget="screens", window="1h", unit="tokens")
+    assert spent == m.usage.input_tokens + m.usage.output_tokens + r.usage.total_tokens
+
+
+def test_cjk_text_reserves_a_token_per_byte(w: World) -> None:
+    prompt = "この文書を要約して、重要な点を三つ挙げてください。" * 80  # 1,920 characters, 5,760 UTF-8 bytes
+    assert len(prompt) * 3 // 4 < CJK_LIMIT < len(prompt.encode())  # four bytes a token would let it through
+    for ascii_only in (False, True):  # raw UTF-8 (the SDKs), and the \uXXXX escapes of json.dumps' default
+        body = json.dumps({"model": "cjk", "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]},
+                          ensure_ascii=ascii_only).encode()
+        req = urllib.request.Request(f"{w.root}/v1/messages", data=body, headers={
+            "content-type": "application/json", "x-api-key": BOB, "anthropic-version": "2023-06-01"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        answer = json.loads(e.value.read())
+        assert e.value.code == 429 and answer["error"]["type"] == "rate_limit_error"
+        message = answer["error"]["message"]
+        assert "this request alone may spend more than the limit" in message
+        reserved = int(re.search(r"it reserves (\d+) tokens", message).group(1))  # type: ignore[union-attr]
+        assert reserved >= len(prompt.encode()) + 100
+    # a short one fits, and is charged what the upstream reports
+    m = w.claude(BOB).messages.create(model="cjk", max_tokens=100, messages=[{"role": "user", "content": prompt[:200]}])
+    spent = metric(w.gp, "modelroute_budget_spent", budget="cjk", window="1h", unit="tokens")
+    assert spent == m.usage.input_tokens + m.usage.output_tokens
 
 
 # --- restarts keep the spend -------------------------------------------------------------------------

@@ -6,9 +6,10 @@ refuses (429 ``budget_exceeded`` in the caller's dialect, ``Retry-After`` until 
 resets) or, for ``onExceeded: Downgrade``, serves the call through ``downgradeTo``'s route,
 counted by that route's budgets except the ones that sent it there.
 
-The reservation is the call's worst case: input tokens estimated from the body's size (four
-bytes a token, which JSON's syntax makes an overestimate of text), plus ``max_tokens`` (or
-:data:`~.holder.DEFAULT_OUTPUT_RESERVATION`), in USD at the route's most expensive backend.
+The reservation is the call's worst case: an upper bound on its input tokens from the raw
+body (input_bound.py: two bytes a token for ASCII, a token per byte beyond it, images by their
+pixel size), plus ``max_tokens`` (or :data:`~.holder.DEFAULT_OUTPUT_RESERVATION`), in USD at
+the route's most expensive backend.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..canonical import Usage
 from ..errors import GatewayError
 from ..router import Route, Runtime
 from .holder import DEFAULT_OUTPUT_RESERVATION, BudgetExceeded, Budgets, Ticket
+from .input_bound import input_tokens_bound
 from .ledger import Amount
 from .windows import rfc3339
 
@@ -39,8 +41,10 @@ def output_cap(body: dict[str, Any]) -> int | None:
     return None
 
 
-def reservation(route: Route, body: dict[str, Any], body_bytes: int, operation: str) -> Amount:
-    inp = body_bytes // 4 + 1
+def reservation(route: Route, body: dict[str, Any], raw: bytes | None, body_bytes: int, operation: str) -> Amount:
+    """``raw``: the JSON body as received; without it (a body the handler parsed as it read it),
+    ``body_bytes`` at a token a byte, which holds for any script."""
+    inp = input_tokens_bound(body, raw) if raw is not None else body_bytes + 1
     out = 0 if operation == "embeddings" else (output_cap(body) or DEFAULT_OUTPUT_RESERVATION)
     price_in, price_out = route.max_price
     return Amount((inp * price_in + out * price_out) / 1_000_000, inp + out, 1)
@@ -102,12 +106,13 @@ def exceeded_error(e: BudgetExceeded, now: float) -> GatewayError:
 
 
 async def admit(budgets: Budgets, rt: Runtime, route: Route, caller: str | None, model: str,
-                body: dict[str, Any], body_bytes: int, operation: str) -> tuple[Route, Spend | None]:
+                body: dict[str, Any], raw: bytes | None, body_bytes: int,
+                operation: str) -> tuple[Route, Spend | None]:
     """The route to serve the call with, and its reservation; a 429 GatewayError when over budget."""
     selected = budgets.select(model, _route_name(route), caller)
     if not selected:
         return route, None
-    amount = reservation(route, body, body_bytes, operation)
+    amount = reservation(route, body, raw, body_bytes, operation)
     ticket = budgets.try_reserve(selected, amount)  # the common case: no await, no I/O
     if ticket is not None:
         return route, Spend(budgets, ticket)
@@ -130,7 +135,8 @@ async def admit(budgets: Budgets, rt: Runtime, route: Route, caller: str | None,
     if not selected:
         return down, None
     try:
-        return down, Spend(budgets, await budgets.reserve(selected, reservation(down, body, body_bytes, operation)))
+        amount = reservation(down, body, raw, body_bytes, operation)
+        return down, Spend(budgets, await budgets.reserve(selected, amount))
     except BudgetExceeded as e:
         raise _reject(budgets, e) from None
 
