@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelroute.operator")
 
 PLURAL = "modelbudgets"
-CONFLICT_RETRIES = 8
+CONFLICT_RETRIES = 20
 
 Key = tuple[str, str]  # (namespace, name)
 Change = Callable[[dict[str, Any], float], tuple[dict[str, Any], Any]]
@@ -81,7 +82,10 @@ class BudgetStore:
                     written: dict[str, Any] = await self._kube.replace(custom_path(PLURAL, *key, sub="status"), update)
                 except ApiError as e:
                     if e.status == 409:
+                        # Another writer (a second replica, a reconcile) got there first: read again,
+                        # after a jittered pause that grows, so two writers do not keep colliding.
                         self.conflicts += 1
+                        await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                         continue
                     if e.status == 404:
                         self._known.pop(key, None)

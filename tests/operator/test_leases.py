@@ -301,3 +301,43 @@ def test_a_window_rolls_over_without_traffic(cluster: Cluster, operator: Operato
                                 if e["involvedObject"]["name"] == "minute"} >= {"BudgetExceeded", "BudgetAvailable"},
                        timeout=30, interval=0.2, what="the Events of the window")
     assert reasons
+
+
+@pytest.mark.usefixtures("webhook_config_restored")
+def test_two_operator_replicas_never_grant_past_the_limit(cluster: Cluster, operator: OperatorProcess,
+                                                          operator_kubeconfig: Path, namespace: str, served: Path,
+                                                          tmp_path: Path) -> None:
+    """Two operators (a rolling upgrade, or two replicas) leasing one budget at once: each ledger
+    write carries the resourceVersion it read, so neither overwrites the other's grants."""
+    second = OperatorProcess(operator_kubeconfig, tmp_path / "second.log", cluster,
+                             # the same certificate (so the ConfigMaps' CA does not flap between them)
+                             "--webhook-cert-dir", str(operator.log_path.parent / f"certs-{operator.webhook_port}"))
+    second.start()
+    try:
+        cluster.apply(budget("team", {"window": "1d", "requests": 200}), namespace)
+        clients = [client(cluster, operator, namespace, served, pod=f"pod{i}") for i in range(8)]
+        for c in clients[1::2]:
+            c.url = f"https://127.0.0.1:{second.budget_port}"
+        told: dict[str, float] = {}
+
+        def run(c: LeaseClient) -> None:
+            granted = 0.0
+            while True:  # spend every grant at once, ask for more, until the budget says exhausted
+                status, answer = c.lease("team", "1d", used={"requests": granted}, want={"requests": 5})
+                assert status == 200, answer
+                [entry] = answer["leases"]
+                granted = entry["granted"]["requests"]
+                told[c.holder] = granted
+                if entry["exhausted"]:
+                    return
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            list(pool.map(run, clients))
+        holders = ledger(cluster, namespace, "team", "1d")["holders"]
+        assert sum(max(h["granted"]["requests"], h["used"]["requests"]) for h in holders.values()) <= 200
+        assert sum(told.values()) <= 200  # what the sidecars were told, all of it in the ledger:
+        for holder, granted in told.items():
+            assert holders[holder]["granted"]["requests"] >= granted
+        assert sum(told.values()) >= 200 - len(clients)  # and the budget handed out, not lost
+    finally:
+        assert second.stop() == 0, second.logs()[-3000:]
