@@ -32,6 +32,7 @@ from .logs import access_log
 from .pricing import cost_usd
 from .providers.base import InProcessResponse, PreparedRequest
 from .router import Backend, KeyEntry, Route, Runtime
+from .sse import SSEEvent
 from .upstream import LeanClient, LeanResponse
 from .wire.base import Dialect, Ingress, NativeTap, StreamDecoder, StreamEncoder, StreamError, UpstreamErrorInfo
 from .wire.pairs import BRIDGE, passes, path
@@ -389,12 +390,11 @@ class Engine:
             if not data:
                 raise AttemptFailed("stream_error", "stream_error", UpstreamErrorInfo(
                     f"{backend.id} ended its stream before any output", "api_error", True))
-            try:
-                out = reader.process(data)
-            except StreamError as e:
-                raise AttemptFailed("stream_error", "stream_error", e.info, http_status=502) from None
+            out = reader.process(data)
             if out:
-                return out, reader
+                return out, reader  # a failure after it (reader.error) follows it to the caller
+            if reader.error is not None:
+                raise AttemptFailed("stream_error", "stream_error", reader.error, http_status=502)
 
     def _json_as_stream(self, body: bytes, reader: _Reader, backend: Backend) -> bytes:
         """An upstream that answered a stream request with one JSON body (some OpenAI-compatible
@@ -430,7 +430,7 @@ class Engine:
             backend.metrics.ttft.observe(ttft)
             try:
                 async with asyncio.timeout_at(min(call.deadline, loop.time() + between)) as cm:
-                    while not reader.finished:
+                    while not reader.finished and reader.error is None:
                         data = await _read_upstream(resp)
                         if not data:
                             break
@@ -438,14 +438,14 @@ class Engine:
                         chunk = reader.process(data)
                         if chunk:
                             await out.write(chunk)
-                if not reader.finished:
+                if reader.error is not None:
+                    error = GatewayError(502, reader.error.message, type=reader.error.type, code="upstream_error")
+                elif not reader.finished:
                     error = GatewayError(502, f"{backend.id} ended its stream early", type="api_error",
                                          code="upstream_stream_ended")
             except TimeoutError:
                 error = GatewayError(504, f"{backend.id} stopped sending for {between:g}s", type="timeout_error",
                                      code="upstream_timeout")
-            except StreamError as e:
-                error = GatewayError(502, e.info.message, type=e.info.type, code="upstream_error")
             except _UpstreamBroke as e:
                 error = GatewayError(502, f"{backend.id} broke off its stream: {e}", type="api_error",
                                      code="upstream_stream_ended")
@@ -559,7 +559,8 @@ async def _read_upstream(resp: UpstreamResponse) -> bytes:
 class _Reader:
     """Turns upstream bytes into caller bytes: pass-through with a tap, or decode + encode."""
 
-    __slots__ = ("backend_id", "converted", "decoder", "encoder", "finished", "native", "parser", "tap", "usage")
+    __slots__ = ("backend_id", "converted", "decoder", "encoder", "error", "finished", "native", "parser", "tap",
+                 "usage")
 
     def __init__(self, call: Call, backend: Backend, native: bool) -> None:
         self.backend_id = backend.id
@@ -568,6 +569,7 @@ class _Reader:
         self.usage: Usage | None = None
         self.finished = False
         self.converted = False  # a JSON answer, written whole as the caller's stream
+        self.error: UpstreamErrorInfo | None = None  # an in-band error or invalid stream, after the output before it
         self.tap: NativeTap | None = None
         self.decoder: StreamDecoder | None = None
         self.encoder: StreamEncoder = call.dialect.encoder_for(call.ingress)
@@ -577,40 +579,45 @@ class _Reader:
             self.decoder = backend.adapter.stream_decoder(backend.model)
 
     def process(self, data: bytes) -> bytes:
-        """Caller bytes for these upstream bytes. An upstream whose stream is not valid SSE and
-        JSON raises :class:`StreamError`, as an in-band error would: never passed on as content."""
+        """Caller bytes for these upstream bytes, up to an in-band error event or bytes that are
+        not a valid stream (never passed on as content): that failure is kept in ``error``, to be
+        reported after the events that came before it, however the upstream's bytes were split."""
+        out: list[bytes] = []
         try:
-            return self._process(data)
-        except StreamError:
-            raise
+            events, failure = self.parser.read(data)
+            self._events(events, out)
+            if failure is not None and not self.finished:
+                raise failure
+        except StreamError as e:
+            self.error = e.info
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # JSONDecodeError, SSEError
-            raise StreamError(UpstreamErrorInfo(
-                f"{self.backend_id} sent an invalid stream ({type(e).__name__})", "api_error", True)) from None
+            self.error = UpstreamErrorInfo(
+                f"{self.backend_id} sent an invalid stream ({type(e).__name__})", "api_error", True)
+        return b"".join(out)
 
-    def _process(self, data: bytes) -> bytes:
-        events = self.parser.feed(data)
-        if not events:
-            return b""
+    def _events(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        """Append each event's caller bytes to ``out``, in order, until the upstream's proper end
+        (what follows it is ignored, as in a later read); a failure leaves the earlier ones."""
         if self.tap is not None:
             tap = self.tap
+            emit = self.encoder.frame if tap.reframe else None
             for ev in events:
                 # Passed through unread otherwise: parse each payload once (about a microsecond),
                 # so `data: {not json}` fails the attempt instead of reaching the caller.
                 if ev.data and ev.data != b"[DONE]" and not isinstance(orjson.loads(ev.data), dict):
                     raise ValueError("an event that is not a JSON object")
-            if tap.reframe:
-                frame = self.encoder.frame
-                out = b"".join([frame(ev) for ev in events if tap.feed(ev)])
-            else:
-                out = b"".join([ev.raw for ev in events if tap.feed(ev)])
-            if tap.error is not None:
-                raise StreamError(tap.error)
-            self.usage = tap.usage
-            self.finished = tap.done
-            return out
+                passed = tap.feed(ev)
+                self.usage = tap.usage
+                if tap.error is not None:
+                    raise StreamError(tap.error)
+                if passed:
+                    out.append(emit(ev) if emit is not None else ev.raw)
+                if tap.done:
+                    self.finished = True
+                    return
+            return
         decoder = self.decoder
         assert decoder is not None
-        parts = []
         encoder = self.encoder
         encode = encoder.chunk
         for ev in events:
@@ -619,11 +626,10 @@ class _Reader:
                 self.usage = decoder.usage
                 encoder.note_usage(decoder.usage)  # e.g. for Anthropic's message_start
             for chunk in chunks:
-                parts.append(encode(chunk))
-        self.usage = decoder.usage
-        if decoder.done:
-            self.finished = True
-        return b"".join(parts)
+                out.append(encode(chunk))
+            if decoder.done:
+                self.finished = True
+                return
 
     def end(self) -> bytes:
         if self.converted:

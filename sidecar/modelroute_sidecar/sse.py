@@ -38,6 +38,14 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events, failure = self.read(chunk)
+        if failure is not None:
+            raise failure
+        return events
+
+    def read(self, chunk: bytes) -> tuple[list[SSEEvent], SSEError | None]:
+        """The complete events, and the failure that stopped reading after them: the events
+        before a broken line are kept, whichever network read the line arrived in."""
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             # Normalise once so the splitting below only deals with LF.
@@ -50,13 +58,16 @@ class SSEParser:
                 break
             block = buf[start:end]
             start = end + 2
-            ev = _parse_block(block)
+            try:
+                ev = _parse_block(block)
+            except SSEError as e:
+                return events, e
             if ev is not None:
                 events.append(ev)
         self._buf = buf[start:]
         if len(self._buf) > MAX_EVENT_BYTES:
-            raise SSEError(f"an event longer than {MAX_EVENT_BYTES} bytes")
-        return events
+            return events, SSEError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+        return events, None
 
     @property
     def pending(self) -> bytes:

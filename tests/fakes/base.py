@@ -88,6 +88,7 @@ class Faults:
         self.error_after: int | None = None
         self.error_message: str | None = None  # the in-stream error's message, instead of the provider's
         self.garbage: tuple[int, bytes] | None = None
+        self.burst: tuple[int, ...] | None = None
         self.hanging = False
 
     def fail_next(
@@ -131,6 +132,11 @@ class Faults:
         """Streams send `after_chunks` events, then the bytes `raw` (not a valid event), then carry on."""
         self.garbage = (after_chunks, raw)
 
+    def one_write(self, cuts: Iterable[int] = ()) -> None:
+        """Streams go out in one write, events and their end or in-stream error together (as one
+        TCP segment would carry them); ``cuts`` splits that write at these byte offsets instead."""
+        self.burst = tuple(sorted(set(cuts)))
+
     def hang(self) -> None:
         """Never answer (until `clear()` or shutdown), for timeout tests."""
         self.hanging = True
@@ -145,6 +151,7 @@ class Faults:
         self.error_after = None
         self.error_message = None
         self.garbage = None
+        self.burst = None
         self.hanging = False
 
     @property
@@ -217,6 +224,15 @@ class SseWriter:
         self.request = request
         self.response = response
         self.sent = 0
+        self.pending: list[bytes] = []  # held back for one write (Faults.one_write)
+
+    async def flush(self) -> None:
+        data, self.pending = b"".join(self.pending), []
+        start = 0
+        for cut in [c for c in self.upstream.faults.burst or () if 0 < c < len(data)] + [len(data)]:
+            if data[start:cut]:
+                await self.response.write(data[start:cut])
+            start = cut
 
     async def send(self, frame: bytes) -> None:
         """Send one already-framed SSE event (the provider decides framing)."""
@@ -229,8 +245,13 @@ class SseWriter:
             self.upstream.streams_died += 1
             raise StreamAborted
         if faults.error_after is not None and self.sent >= faults.error_after:
-            await self.response.write(self.error_frame(self.sent))
+            self.pending.append(self.error_frame(self.sent))
+            await self.flush()
             raise StreamAborted
+        if faults.burst is not None:
+            self.pending.append(frame)
+            self.sent += 1
+            return
         if faults.event_delay:
             await asyncio.sleep(faults.event_delay)
         if faults.garbage is not None and self.sent == faults.garbage[0]:
@@ -471,6 +492,7 @@ class FakeUpstream:
         try:
             for frame in frames:
                 await writer.send(frame)
+            await writer.flush()
             self.streams_completed += 1
         except StreamAborted:
             pass

@@ -147,4 +147,9 @@ class FakeVertex(FakeUpstream):
         render = new_message_render(req, respond(req.prompt, self.agent), 0, 0)
         if not stream:
             return json_response(render.message())
-        return await self.stream(request, (sse(ev) for ev in render.events()))
+        # Claude on Vertex streams Anthropic's own SSE, its in-stream errors included.
+        return await self.stream(request, (sse(ev) for ev in render.events()), error_frame=self._claude_error)
+
+    def _claude_error(self, sent: int) -> bytes:
+        message = self.faults.error_message or "Overloaded"
+        return sse({"type": "error", "error": {"type": "overloaded_error", "message": message}})

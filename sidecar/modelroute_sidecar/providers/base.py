@@ -42,6 +42,10 @@ class EventParser(Protocol):
 
     def feed(self, chunk: bytes) -> list[SSEEvent]: ...
 
+    def read(self, chunk: bytes) -> tuple[list[SSEEvent], Exception | None]:
+        """Like ``feed``, but a failure after some complete events is returned with them."""
+        ...
+
 
 class ProviderAdapter(ABC):
     kind: ClassVar[str]

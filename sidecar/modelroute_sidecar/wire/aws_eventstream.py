@@ -46,6 +46,14 @@ class EventStreamParser:
         self._unwrap = unwrap_chunks
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events, failure = self.read(chunk)
+        if failure is not None:
+            raise failure
+        return events
+
+    def read(self, chunk: bytes) -> tuple[list[SSEEvent], Exception | None]:
+        """The complete events, and the exception message or damage that stopped reading
+        after them: events before it are kept, whichever network read it arrived in."""
         self._buf.add_data(chunk)
         events: list[SSEEvent] = []
         try:
@@ -54,8 +62,10 @@ class EventStreamParser:
                 if ev is not None:
                     events.append(ev)
         except ParserError as e:
-            raise EventStreamError(f"invalid event stream: {type(e).__name__}") from None
-        return events
+            return events, EventStreamError(f"invalid event stream: {type(e).__name__}")
+        except (StreamError, ValueError, KeyError, TypeError) as e:  # an exception message; a bad chunk
+            return events, e
+        return events, None
 
     def _event(self, headers: dict[str, Any], payload: bytes) -> SSEEvent | None:
         mtype = headers.get(":message-type")
