@@ -1,7 +1,9 @@
 """What an active ModelBudget adds to a request (issue 12), measured in one run.
 
-Three gateways, the same routes and the same instant upstream (``bench.fast_upstream``):
-``gateway`` without budgets, ``gateway-budget`` with a ModelBudget that counts every request
+Four gateways, the same routes and the same instant upstream (``bench.fast_upstream``):
+``gateway`` without budgets, ``gateway-control`` the same again (an A/A control: its difference
+from ``gateway`` is the run's noise floor, which on a loaded machine is tens of microseconds of
+CPU a request, more than a budget's own cost), ``gateway-budget`` with a ModelBudget that counts every request
 (limits in USD, tokens and requests over a minute and a month window, never reached), and
 ``gateway-budget-journal``, the same with ``--state-dir`` (each request also appends its reserve
 and settle lines to the journal). They are measured round-robin in small batches
@@ -9,7 +11,7 @@ and settle lines to the journal). They are measured round-robin in small batches
 the difference from ``gateway``, non-streaming and streaming, with the servers' CPU time per
 request. The gateways share one core when pinning is possible.
 
-Run: ``python -m bench.budget_bench`` (about a minute), ``--rounds``/``--batch`` for more.
+Run: ``python -m bench.budget_bench`` (about two minutes), ``--rounds``/``--batch`` for more.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         plain.write_text(gateway_yaml(up_port))
         budgeted.write_text(gateway_yaml(up_port) + BUDGET)
         paths = []
-        for name, cfg, extra in (("gateway", plain, []), ("gateway-budget", budgeted, []),
+        for name, cfg, extra in (("gateway", plain, []), ("gateway-control", plain, []),
+                                 ("gateway-budget", budgeted, []),
                                  ("gateway-budget-journal", budgeted, ["--state-dir", str(tmp / "state")])):
             port, mport = free_port(), free_port()
             gw_proc = _Proc(name, [sys.executable, "-m", "modelroute_sidecar", "serve", "-f", str(cfg), "--port",
@@ -105,7 +108,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind, stream in (("chat", False), ("stream", True)):
             res = await measure_sequential(paths, args.warmup, args.rounds, args.batch, stream=stream)
             out[kind] = [_row("gateway", res["gateway"], None),
-                         *(_row(n, res[n], res["gateway"]) for n in ("gateway-budget", "gateway-budget-journal"))]
+                         *(_row(n, res[n], res["gateway"])
+                           for n in ("gateway-control", "gateway-budget", "gateway-budget-journal"))]
         journal = tmp / "state" / "budgets.journal"
         out["journal_lines"] = journal.read_bytes().count(b"\n") if journal.exists() else 0
         return out

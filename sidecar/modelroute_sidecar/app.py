@@ -35,6 +35,7 @@ from .wire.openai_chat.caller import OpenAIChat, parse_embeddings, render_openai
 from .wire.pairs import passes
 
 if TYPE_CHECKING:
+    from .budget.gate import Spend
     from .budget.holder import Budgets
 
 log = logging.getLogger("modelroute.gateway")
@@ -104,6 +105,12 @@ class Gateway:
         self.callers = callers or Callers
         self.budgets = budgets  # ModelBudgets: outlive reloads, as their spend must
         self.metrics.budgets = budgets
+        # The budget gate, imported here once (not per request, nor without budgets).
+        self.admit: Callable[..., Awaitable[tuple[Route, Spend | None]]] | None = None
+        if budgets is not None:
+            from .budget.gate import admit
+
+            self.admit = admit
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
@@ -282,16 +289,14 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
             raise model_not_found(ingress.model, rt.why_unrouted(ingress.model))
         _check_access(gw, route, caller, model)
         engine = engine or gw.engine
-        if gw.budgets is None or not gw.budgets.states:
+        if gw.admit is None or gw.budgets is None or not gw.budgets.states:
             return await engine.handle(request, rt, route, dialect, ingress, operation, caller)
-        from .budget.gate import admit
-
-        route, spend = await admit(gw.budgets, rt, route, caller, model, ingress.body, raw, size, operation)
+        route, spend = await gw.admit(gw.budgets, rt, route, caller, model, ingress.body, raw, size, operation)
         try:
             return await engine.handle(request, rt, route, dialect, ingress, operation, caller, spend)
         finally:
-            if spend is not None:
-                spend.release()  # a no-op once the engine settled it
+            if spend is not None and not spend.ticket.settled:
+                spend.release()  # the engine settles every call that reached an upstream
     except GatewayError as err:
         if err.status < 500 and err.code not in ("rate_limit_exceeded", "budget_exceeded"):
             gw.metrics.unrouted(err.status)

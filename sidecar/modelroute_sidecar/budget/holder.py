@@ -166,11 +166,19 @@ class Ticket:
         if self.settled:
             return
         self.settled = True
-        for lease in self.leases:
-            lease.reserved.sub(self.amount)
-            lease.used.add(actual)
+        a = self.amount
+        low = False
+        for lease in self.leases:  # Amount.sub and .add written out: this runs for every request
+            r, u = lease.reserved, lease.used
+            r.usd -= a.usd
+            r.tokens -= a.tokens
+            r.requests -= a.requests
+            u.usd += actual.usd
+            u.tokens += actual.tokens
+            u.requests += actual.requests
+            low = low or lease.low()
         granter.settled(self, actual)
-        if any(lease.low() for lease in self.leases):
+        if low:
             granter.wake()
 
 
@@ -227,7 +235,8 @@ class Budgets:
         leases: list[WindowLease] = []
         for b in budgets:
             for lease in b.leases:
-                lease.roll(now)
+                if now >= lease.end:
+                    lease.roll(now)
                 if not lease.fits(amount):
                     return None
                 leases.append(lease)
@@ -269,7 +278,10 @@ class Budgets:
 
     def _hold(self, leases: tuple[WindowLease, ...], amount: Amount) -> Ticket:
         for lease in leases:
-            lease.reserved.add(amount)
+            r = lease.reserved
+            r.usd += amount.usd
+            r.tokens += amount.tokens
+            r.requests += amount.requests
             lease.last = amount
         ticket = Ticket(leases, amount, next(_ticket_ids))
         self.granter.reserved(ticket)
