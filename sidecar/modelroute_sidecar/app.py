@@ -86,7 +86,7 @@ class Gateway:
     def __init__(self, metrics: Metrics | None = None, upstream_client: str = DEFAULT_UPSTREAM_CLIENT,
                  clock: Clock = time.monotonic, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  body_timeout: float = DEFAULT_BODY_TIMEOUT, callers: Callable[[], Callers] | None = None,
-                 budgets: Budgets | None = None) -> None:
+                 budgets: Budgets | Callable[[], Budgets] | None = None) -> None:
         if upstream_client not in UPSTREAM_CLIENTS:
             raise ValueError(f"upstream_client must be one of {UPSTREAM_CLIENTS}, not {upstream_client!r}")
         self.upstream_client = upstream_client
@@ -103,14 +103,23 @@ class Gateway:
         self.body_timeout = body_timeout
         # Who the callers are, asked at each load (caller keys reload with the config).
         self.callers = callers or Callers
-        self.budgets = budgets  # ModelBudgets: outlive reloads, as their spend must
-        self.metrics.budgets = budgets
-        # The budget gate, imported here once (not per request, nor without budgets).
+        # ModelBudgets: outlive reloads, as their spend must. Given as a factory, made (and the
+        # budget package imported) only when a config first has a budget: most pods have none.
+        self.budgets: Budgets | None = None
         self.admit: Callable[..., Awaitable[tuple[Route, Spend | None]]] | None = None
-        if budgets is not None:
-            from .budget.gate import admit
+        self._make_budgets: Callable[[], Budgets] | None = None
+        if callable(budgets):
+            self._make_budgets = budgets
+        elif budgets is not None:
+            self._use_budgets(budgets)
+        self.metrics.budgets = self.budgets
 
-            self.admit = admit
+    def _use_budgets(self, budgets: Budgets) -> None:
+        # The budget gate, imported here once (not per request, nor without budgets).
+        from .budget.gate import admit
+
+        self.budgets = self.metrics.budgets = budgets
+        self.admit = admit
 
     def apply(self, config: GatewayConfig, keys: Keys) -> None:
         """Swap in a new config. Requests in flight keep the Runtime they started with."""
@@ -130,6 +139,11 @@ class Gateway:
             new.continue_rotation(old)
         # Requests on the old config may still log its keys' echoes: redact both sets.
         self._log_keys = new.key_redactor | old.key_redactor if old is not None else new.key_redactor
+        if self.budgets is None and self._make_budgets is not None and new.config.budgets:
+            budgets = self._make_budgets()
+            self._use_budgets(budgets)
+            if self.engine is not None:  # started already: else start() starts it
+                budgets.granter.start()
         if self.budgets is not None:
             self.budgets.apply(new.config)
         self.runtime = new

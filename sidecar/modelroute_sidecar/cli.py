@@ -228,7 +228,7 @@ def _budgets(args: argparse.Namespace) -> Budgets:
     from .budget.journal import LocalGranter
 
     if args.command == "sidecar":
-        log.info("no MODELROUTE_BUDGET_URL: ModelBudgets, if any, are enforced by this process alone")
+        log.info("no MODELROUTE_BUDGET_URL: this pod's ModelBudgets are enforced by this process alone")
     return Budgets(LocalGranter(getattr(args, "state_dir", None)))
 
 
@@ -248,7 +248,7 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
         callers = lambda: pod  # noqa: E731
     gateway = Gateway(upstream_client=getattr(args, "upstream_client", None) or DEFAULT_UPSTREAM_CLIENT,
                       header_timeout=args.header_timeout, body_timeout=args.body_timeout, callers=callers,
-                      budgets=_budgets(args))
+                      budgets=lambda: _budgets(args))
     last_sig = src.signature()
     try:
         with long_lived():

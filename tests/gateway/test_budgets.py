@@ -461,3 +461,21 @@ def test_a_reload_keeps_the_spend_and_takes_the_new_limit(tmp_path: Path) -> Non
             chat(client, "kept")
         with pytest.raises(openai.RateLimitError):
             chat(client, "kept")
+
+
+def test_a_budget_added_by_a_reload_is_enforced(tmp_path: Path) -> None:
+    """A gateway that started without budgets (and so without the budget machinery) takes one
+    from a reload and enforces it from then on."""
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all(MOCK_DOCS[:2]))
+    with modelroute(tmp_path, "serve", "-f", str(tmp_path / "routes.yaml"), "--reload-interval", "0.2") as gp:
+        client = openai.OpenAI(base_url=gp.url, api_key="x", max_retries=0)
+        for _ in range(6):
+            chat(client, "kept")  # no budget yet: more than the limit to come
+        (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all(MOCK_DOCS))
+        wait_for(lambda: metric(gp, "modelroute_budget_limit", budget="kept", window="month", unit="requests") == 5,
+                 timeout=15, what="the budget loaded")
+        for _ in range(5):
+            chat(client, "kept")
+        with pytest.raises(openai.RateLimitError) as e:
+            chat(client, "kept")
+        assert "window month" in e.value.message

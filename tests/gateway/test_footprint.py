@@ -4,7 +4,8 @@ The sidecar runs in every pod, so what it imports is paid for by each. A real
 `modelroute sidecar` process, started as a pod starts it (a config dir), with Python's own
 import log (PYTHONPROFILEIMPORTTIME, which names every module as it loads, at start-up or on
 a later request): serving good requests in every dialect loads neither pydantic nor YAML,
-the resource compiler or the operator's dependencies, nor the dialects nobody called; a bad
+the resource compiler or the operator's dependencies, nor the dialects nobody called, nor
+the budget package in a pod without a ModelBudget; a bad
 request then loads pydantic, which words its 400 as ever.
 """
 
@@ -45,7 +46,8 @@ def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_di
         assert "modelroute_sidecar.app" in started and "uvloop" in started  # the log is there
         assert not {m for m in started if m.startswith(("pydantic", "modelroute_sidecar.wire.anthropic",
                                                        "modelroute_sidecar.wire.gemini",
-                                                       "modelroute_sidecar.wire.openai_responses"))}
+                                                       "modelroute_sidecar.wire.openai_responses",
+                                                       "modelroute_sidecar.budget"))}  # no ModelBudget here
 
         client = openai.OpenAI(base_url=gp.url, api_key="x", max_retries=0)
         assert client.chat.completions.create(model="chat", messages=user("hi")).choices[0].message.content
