@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(--host 127.0.0.1), or say --allow-unauthenticated.", file=sys.stderr)
         return 2
     # Start-up allocates much and frees little: no collections until it is done (each would
-    # scan every module's objects again); release_startup_memory collects once and resumes.
+    # scan every module's objects again); release_startup_memory collects once, just after
+    # ready, and resumes.
     gc.disable()
     try:
         return _serve(args)
@@ -187,6 +188,11 @@ def _operator(argv: list[str]) -> int:
         print(f"modelroute operator needs the operator extra (module {missing!r} is missing): "
               "pip install 'modelroute[operator]'", file=sys.stderr)
         return 1
+
+
+# Seconds after the listeners open that start-up's memory is released: past the first
+# readiness probes, so they are not kept waiting on it.
+STARTUP_RELEASE_DELAY = 0.2
 
 
 def release_startup_memory() -> None:
@@ -272,7 +278,8 @@ async def run(source: object, args: argparse.Namespace, strict: bool) -> int:
             await admin.setup()
             await web.TCPSite(admin, args.metrics_host, args.metrics_port).start()
             runners.append(admin)
-        release_startup_memory()
+        # Not on the way to ready: a full collection of start-up's objects takes tens of ms.
+        asyncio.get_running_loop().call_later(STARTUP_RELEASE_DELAY, release_startup_memory)
         log.info("modelroute listening", extra={"fields": {
             "api": f"http://{args.host}:{args.port}/v1", "metrics": args.metrics_port or None,
             "ready": gateway.ready, "callers": _callers_summary(callers())}})
