@@ -66,6 +66,27 @@ def usage_chunk(chunk_id: str, created: int, model: str, usage: Usage) -> ChatCh
     }
 
 
+def with_role(delta: dict[str, Any]) -> dict[str, Any]:
+    """The first delta of a stream, carrying the role as OpenAI's streams do: ``content: ""``
+    when text comes first, ``null`` when a tool call or reasoning does. A client that
+    reassembles a streamed tool call then holds ``content: null``, as the unstreamed answer."""
+    content = delta.get("content")
+    if content is None and "tool_calls" not in delta and "reasoning_content" not in delta:
+        content = ""
+    return {"role": "assistant", **delta, "content": content}
+
+
+def role_first(chunks: list[ChatChunk]) -> bool:
+    """Puts the role on the first delta among ``chunks`` (see :func:`with_role`), for decoders
+    that learn what comes first only when it comes; False when ``chunks`` hold no delta yet."""
+    for c in chunks:
+        if c.get("choices"):
+            choice = c["choices"][0]
+            choice["delta"] = with_role(choice.get("delta") or {})
+            return True
+    return False
+
+
 def chunks_from_response(resp: ChatResponse) -> list[ChatChunk]:
     """A whole chat completion as the stream that would have carried it (for an upstream
     that answered a stream request with one JSON body)."""
@@ -77,12 +98,13 @@ def chunks_from_response(resp: ChatResponse) -> list[ChatChunk]:
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    out = [chunk({"role": "assistant", "content": ""})]
+    deltas: list[dict[str, Any]] = []
     for key in ("reasoning_content", "content", "refusal"):
         if isinstance(msg.get(key), str) and msg[key]:
-            out.append(chunk({key: msg[key]}))
+            deltas.append({key: msg[key]})
     for i, tc in enumerate(msg.get("tool_calls") or ()):
-        out.append(chunk({"tool_calls": [{**tc, "index": i}]}))
+        deltas.append({"tool_calls": [{**tc, "index": i}]})
+    out = [chunk(with_role(deltas[0] if deltas else {}))] + [chunk(d) for d in deltas[1:]]
     out.append(chunk({}, choice.get("finish_reason") or "stop"))
     if resp.get("usage"):
         out.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,

@@ -169,6 +169,38 @@ async def test_thinking_round_trips_to_gemini(w: World, stream: bool) -> None:
     assert config["thinkingConfig"] == {"thinkingBudget": 24576, "includeThoughts": True}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_other_models_thinking_is_unsigned_and_never_sent_to_anthropic(w: World, stream: bool) -> None:
+    """Gemini's thoughts reach Claude Code as thinking blocks with an empty signature: Anthropic
+    signs only Claude's own thinking, and the gateway forges none. When the conversation moves to
+    an Anthropic backend those blocks are left out, since Anthropic refuses them ("Invalid
+    `signature` in `thinking` block", as the fake does); Claude's own signed thinking passes as sent."""
+    client: Any = w.anthropic()  # dynamic kwargs: the SDK's overloads cannot be picked statically
+    kwargs: dict[str, Any] = {"max_tokens": 2000, "thinking": {"type": "adaptive"}}
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "one two"}]
+    if stream:
+        async with client.messages.stream(model="via-gemini", messages=msgs, **kwargs) as s:
+            first = await s.get_final_message()
+    else:
+        first = await client.messages.create(model="via-gemini", messages=msgs, **kwargs)
+    thought = first.content[0]
+    assert thought.type == "thinking" and thought.thinking == "I will echo the user." and thought.signature == ""
+    msgs += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+             {"role": "user", "content": "three"}]
+    second = await client.messages.create(model="via-anthropic", messages=msgs, **kwargs)
+    assert [b.type for b in second.content] == ["thinking", "text"]
+    assert second.content[1].text == "echo: three"
+    sent = w.up["anthropic"].last_request.body["messages"]
+    assert sent[1] == {"role": "assistant", "content": [{"type": "text", "text": "echo: one two"}]}
+    msgs += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in second.content]},
+             {"role": "user", "content": "four"}]
+    third = await client.messages.create(model="via-anthropic", messages=msgs, **kwargs)
+    assert third.content[1].text == "echo: four"
+    sent = w.up["anthropic"].last_request.body["messages"]
+    assert sent[3]["content"][0] == second.content[0].model_dump(exclude_none=True)  # Claude's own, signed, untouched
+    assert sent[1]["content"] == [{"type": "text", "text": "echo: one two"}]
+
+
 async def test_reasoning_effort_becomes_anthropic_thinking(w: World) -> None:
     """An OpenAI caller's reasoning effort on a Claude route: extended thinking upstream (its
     budget on top of the caller's max), the thinking back as reasoning_content."""

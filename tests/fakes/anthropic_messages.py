@@ -242,7 +242,19 @@ def _blocks(content: Any, i: int) -> list[dict[str, Any]]:
                     raise AnthropicError(f"{at}.tool_use.{key}: Field required")
         if kind == "tool_result" and "tool_use_id" not in block:
             raise AnthropicError(f"{at}.tool_result.tool_use_id: Field required")
+        if kind == "thinking":
+            if not isinstance(block.get("signature"), str):
+                raise AnthropicError(f"{at}.thinking.signature: Field required")
+            # Anthropic verifies that a thinking block sent back is one Claude produced, unchanged:
+            # an empty signature, or another model's reasoning, is refused.
+            if block["signature"] != sign(str(block.get("thinking"))):
+                raise AnthropicError(f"{at}: Invalid `signature` in `thinking` block")
     return content
+
+
+def sign(thinking: str) -> str:
+    """The fake's signature of its own thinking (Anthropic's is opaque, and verified the same way)."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
 
 
 def _check_image(source: Any, at: str) -> None:
@@ -394,7 +406,7 @@ class MessageRender:
 
     @property
     def signature(self) -> str:
-        return base64.b64encode(hashlib.sha256(THINKING_TEXT.encode()).digest()).decode()
+        return sign(THINKING_TEXT)
 
     def blocks(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

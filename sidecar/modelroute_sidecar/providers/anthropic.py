@@ -18,7 +18,9 @@ from ..wire.anthropic.upstream import (
     AnthropicStreamDecoder,
     build_request,
     error_info,
+    native_request,
     parse_response,
+    signed_messages,
 )
 from ..wire.base import StreamDecoder, UpstreamErrorInfo
 from .base import PreparedRequest, ProviderAdapter
@@ -57,18 +59,14 @@ class AnthropicAdapter(ProviderAdapter):
             raise NotImplementedError(dialect)
         # The dialect forwards the caller's anthropic-version and anthropic-beta headers, so
         # the body is valid upstream exactly when it would be sent there directly.
-        body = dict(req)  # shallow: only top-level keys change, the caller's blocks pass untouched
-        body["model"] = model
-        if stream:
-            body["stream"] = True
-        else:
-            body.pop("stream", None)
-        return PreparedRequest(self.url, orjson.dumps(body), self.headers)
+        return PreparedRequest(self.url, orjson.dumps(native_request(req, model, stream)), self.headers)
 
     def count_tokens(self, messages: dict[str, Any], canonical: Callable[[], ChatRequest],
                      model: str) -> PreparedRequest | None:
         body = dict(messages)
         body["model"] = model
+        if isinstance(body.get("messages"), list):
+            body["messages"] = signed_messages(body["messages"])
         return PreparedRequest(self.url + "/count_tokens", orjson.dumps(body), self.headers)
 
     def token_count(self, body: bytes) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, role_first
 from ...errors import ErrorType
 from ...sse import SSEEvent
 from ..base import StreamDecoder, StreamError, UpstreamErrorInfo
@@ -259,6 +259,51 @@ def _thinking(effort: Any, model: str, tool_choice: Any) -> dict[str, Any] | Non
     return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
 
 
+# ---------------------------------------------------------------------- pass-through
+
+
+def _unsigned(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
+def signed_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` without thinking blocks that carry no signature.
+
+    Those are other models' reasoning, which the gateway gave a Messages caller as thinking
+    blocks on a translated route; Anthropic signs only Claude's own thinking and refuses any
+    other sent back ("Invalid `signature` in `thinking` block"), so a conversation that moves
+    to an Anthropic backend leaves them out. The list is returned as is when it has none.
+    """
+    if not any(m.get("role") == "assistant" and isinstance(m.get("content"), list)
+               and any(_unsigned(b) for b in m["content"]) for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if m.get("role") == "assistant" and isinstance(content, list):
+            kept = [b for b in content if not _unsigned(b)]
+            if not kept:
+                continue  # nothing left of the turn: Anthropic merges the user turns around it
+            if len(kept) != len(content):
+                m = {**m, "content": kept}
+        out.append(m)
+    return out
+
+
+def native_request(req: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    """A Messages caller's request as Anthropic gets it: as sent, but for the model, the stream
+    flag and unsigned thinking blocks (see :func:`signed_messages`)."""
+    body = dict(req)  # shallow: only top-level keys change, the caller's blocks pass untouched
+    body["model"] = model
+    if stream:
+        body["stream"] = True
+    else:
+        body.pop("stream", None)
+    if isinstance(body.get("messages"), list):
+        body["messages"] = signed_messages(body["messages"])
+    return body
+
+
 # -------------------------------------------------------------------------- response
 
 
@@ -333,6 +378,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         self._id = ""
         self._created = int(time.time())
         self._tools: dict[int, int] = {}  # content block index -> tool-call index
+        self._role = False  # the role goes on the first delta, once it is known what comes first
         self._u: dict[str, Any] = {}
         self.usage = None
         self.done = False
@@ -347,6 +393,12 @@ class AnthropicStreamDecoder(StreamDecoder):
         }
 
     def feed(self, event: SSEEvent) -> list[ChatChunk]:
+        out = self._feed(event)
+        if out and not self._role:
+            self._role = role_first(out)
+        return out
+
+    def _feed(self, event: SSEEvent) -> list[ChatChunk]:
         if not event.data:
             return []
         data = orjson.loads(event.data)
@@ -374,14 +426,16 @@ class AnthropicStreamDecoder(StreamDecoder):
                     "index": idx, "id": block.get("id") or new_id("toolu_"), "type": "function",
                     "function": {"name": block.get("name") or "", "arguments": ""},
                 }]})]
-            if btype == "text" and block.get("text"):
-                return [self._chunk({"content": block["text"]})]
+            if btype == "text" and (block.get("text") or not self._role):
+                return [self._chunk({"content": block.get("text") or ""})]  # the first: the role, at once
+            if btype == "thinking" and not self._role:
+                return [self._chunk({"reasoning_content": ""})]
             return []
         if etype == "message_start":
             msg = data.get("message") or {}
             self._id = msg.get("id") or new_id("msg_")
             self._u = dict(msg.get("usage") or {})
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return []
         if etype == "message_delta":
             self._u.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
             reason = (data.get("delta") or {}).get("stop_reason")

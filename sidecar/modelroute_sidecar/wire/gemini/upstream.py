@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, role_first
 from ...errors import ErrorType, bad_request
 from ...sse import SSEEvent
 from ..base import StreamDecoder, StreamError, UpstreamErrorInfo
@@ -414,6 +414,7 @@ class GeminiStreamDecoder(StreamDecoder):
         self._id = ""
         self._created = int(time.time())
         self._tools = 0
+        self._role = False  # the role goes on the first delta, once it is known what comes first
         self._u: dict[str, Any] | None = None
         self.usage = None
         self.done = False
@@ -440,7 +441,6 @@ class GeminiStreamDecoder(StreamDecoder):
         out: list[ChatChunk] = []
         if not self._id:
             self._id = data.get("responseId") or new_id("chatcmpl-")
-            out.append(self._chunk({"role": "assistant", "content": ""}))
         cands = data.get("candidates") or ()
         cand = cands[0] if cands else {}
         for part in (cand.get("content") or {}).get("parts") or ():
@@ -460,6 +460,8 @@ class GeminiStreamDecoder(StreamDecoder):
             self.usage = usage_from_gemini(self._u)
             out.append({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
                         "model": self._model, "choices": [], "usage": openai_usage(self._u)})
+        if not self._role:
+            self._role = role_first(out)
         return out
 
 
