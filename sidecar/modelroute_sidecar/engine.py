@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .canonical import Usage, chunks_from_response, usage_from_openai
+from .canonical import ChatRequest, Usage, chunks_from_response, usage_from_openai
 from .credentials import CredentialError
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
@@ -99,7 +99,7 @@ class Call:
     started: float
     deadline: float
     attempts: int = 0
-    canonical: dict[str, Any] | None = None
+    canonical: ChatRequest | None = None
     finished: bool = False  # metrics and the access log written
     caller: str | None = None  # the ServiceAccount or caller-key name, for the access log
     spend: Any = None  # a budget reservation (budget/gate.Spend), settled in _finish

@@ -38,8 +38,9 @@ def reassemble(chunks: Iterable[ChatChunk]) -> Reassembled:
             d = ch.get("delta") or {}
             if d.get("role"):
                 out.role = d["role"]
-            if d.get("content"):
-                out.text += d["content"]
+            text = d.get("content")
+            if text:
+                out.text += text
             for tc in d.get("tool_calls") or ():
                 slot = calls.setdefault(tc["index"], ["", "", ""])
                 if tc.get("id"):
@@ -54,7 +55,7 @@ def reassemble(chunks: Iterable[ChatChunk]) -> Reassembled:
     return out
 
 
-def chunk(delta: dict[str, Any], finish: str | None = None, cid: str = "chatcmpl-1") -> ChatChunk:
+def chunk(delta: Any, finish: Any = None, cid: str = "chatcmpl-1") -> ChatChunk:
     return {"id": cid, "object": "chat.completion.chunk", "created": 1, "model": "m",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 

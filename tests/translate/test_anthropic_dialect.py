@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import orjson
@@ -10,7 +10,7 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
-from modelroute_sidecar.canonical import Usage
+from modelroute_sidecar.canonical import ChatChunk, ChatResponse, Usage
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.sse import SSEEvent
 from modelroute_sidecar.wire.anthropic.caller import (
@@ -187,11 +187,12 @@ def test_to_canonical(name: str, extra: dict[str, Any], expect: dict[str, Any]) 
         assert canon.get(k) == v, k
 
 
-def _canon(message: dict[str, Any], finish: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": "chatcmpl-abc", "object": "chat.completion", "created": 1, "model": "gpt-x",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage or {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37,
-                               "prompt_tokens_details": {"cached_tokens": 20}}}
+def _canon(message: dict[str, Any], finish: str, usage: dict[str, Any] | None = None) -> ChatResponse:
+    return cast(ChatResponse, {
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1, "model": "gpt-x",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage or {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37,
+                           "prompt_tokens_details": {"cached_tokens": 20}}})
 
 
 FROM_CANONICAL: list[tuple[dict[str, Any], str, list[dict[str, Any]], str]] = [
@@ -223,7 +224,7 @@ def test_from_canonical_is_a_valid_message(message: dict[str, Any], finish: str,
     assert sdk.model_dump(exclude_none=True) == msg.model_dump(exclude_none=True)
 
 
-def _encode(chunks: list[dict[str, Any]], model: str = "claude-alias") -> bytes:
+def _encode(chunks: list[ChatChunk], model: str = "claude-alias") -> bytes:
     enc = D.stream_encoder(model, True)
     return b"".join(enc.chunk(c) for c in chunks) + enc.end()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from modelroute_sidecar.canonical import Usage, usage_from_openai
+from modelroute_sidecar.canonical import ChatRequest, Message, Usage, usage_from_openai
 from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.providers.anthropic import AnthropicAdapter
 from modelroute_sidecar.sse import SSEEvent, frame
@@ -24,7 +24,7 @@ from modelroute_sidecar.wire.pairs import passes
 
 from .helpers import decode, reassemble, split_at
 
-U = {"role": "user", "content": "hi"}
+U: Message = {"role": "user", "content": "hi"}
 
 BUILD_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("system messages go top-level, in order",
@@ -105,7 +105,7 @@ BUILD_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "req", "expect"), BUILD_CASES, ids=[c[0] for c in BUILD_CASES])
 def test_build_request(name: str, req: dict[str, Any], expect: dict[str, Any]) -> None:
-    body = build_request({"model": "alias", **req}, "claude-sonnet-4-5", bool(req.get("stream")))
+    body = build_request(cast(ChatRequest, {"model": "alias", **req}), "claude-sonnet-4-5", bool(req.get("stream")))
     assert body["model"] == "claude-sonnet-4-5"
     for key, value in expect.items():
         assert body.get(key) == value, key

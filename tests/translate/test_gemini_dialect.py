@@ -3,12 +3,12 @@ canonical responses and chunks -> Gemini answers, in both stream framings."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from modelroute_sidecar.canonical import Usage
+from modelroute_sidecar.canonical import ChatChunk, ChatResponse, Usage
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.sse import SSEParser
 from modelroute_sidecar.wire.gemini.caller import (
@@ -25,7 +25,7 @@ from modelroute_sidecar.wire.gemini.caller import (
 
 
 def canon(body: dict[str, Any], stream: bool = False) -> dict[str, Any]:
-    return to_canonical(parse_generate(orjson.dumps(body)), "route", stream)
+    return cast(dict[str, Any], to_canonical(parse_generate(orjson.dumps(body)), "route", stream))
 
 
 @pytest.mark.parametrize(("gemini", "json_schema"), [
@@ -131,7 +131,7 @@ def test_count_tokens_body() -> None:
     assert estimate_tokens({"contents": [{"parts": [{"text": "x" * 400}]}]}) >= 100
 
 
-RESPONSE = {"id": "r1", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+RESPONSE: ChatResponse = {"id": "r1", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
     "role": "assistant", "content": "ok", "reasoning_content": "hmm",
     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'},
                     "extra_content": {"google": {"thought_signature": "sig"}}}]}}],
@@ -161,7 +161,7 @@ def test_error_status_names(status: int, name: str) -> None:
     assert body == {"error": {"code": status, "message": "why", "status": name}}
 
 
-CHUNKS: list[dict[str, Any]] = [
+CHUNKS: list[ChatChunk] = [
     {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
     {"id": "c", "choices": [{"index": 0, "delta": {"content": "he"}}]},
     {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [

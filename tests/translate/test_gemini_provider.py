@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from modelroute_sidecar.canonical import Usage, usage_from_openai
+from modelroute_sidecar.canonical import ChatRequest, Message, Usage, usage_from_openai
 from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.gemini import GeminiAdapter
@@ -27,7 +27,7 @@ from modelroute_sidecar.wire.pairs import passes
 
 from .helpers import decode, reassemble, split_at
 
-U = {"role": "user", "content": "hi"}
+U: Message = {"role": "user", "content": "hi"}
 F = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
     "a": {"type": "string"}}}}}
 
@@ -104,7 +104,7 @@ BUILD_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "req", "expect"), BUILD_CASES, ids=[c[0] for c in BUILD_CASES])
 def test_build_request(name: str, req: dict[str, Any], expect: dict[str, Any]) -> None:
-    body = build_request({"model": "alias", **req}, "gemini-2.5-flash")
+    body = build_request(cast(ChatRequest, {"model": "alias", **req}), "gemini-2.5-flash")
     for key, value in expect.items():
         if key == "generationConfig" and value is not None:
             for k, v in value.items():

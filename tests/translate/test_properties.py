@@ -7,14 +7,15 @@ streams encoded to a provider's SSE bytes, split at arbitrary points and decoded
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response
 
-from modelroute_sidecar.canonical import ChatChunk, Usage, usage_from_openai
+from modelroute_sidecar.canonical import ChatChunk, ChatResponse, Message, Usage, usage_from_openai
 from modelroute_sidecar.sse import SSEParser, frame
 from modelroute_sidecar.wire.anthropic import upstream as anthropic
 from modelroute_sidecar.wire.anthropic.caller import AnthropicMessages
@@ -59,17 +60,17 @@ def tool_calls(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @st.composite
-def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+def conversations(draw: st.DrawFn) -> list[Message]:
     """Valid OpenAI chat histories: optional system, then user/assistant exchanges where
     every tool call is answered by a tool message."""
-    msgs: list[dict[str, Any]] = []
+    msgs: list[Message] = []
     if draw(st.booleans()):
         msgs.append({"role": "system", "content": draw(texts)})
     for _ in range(draw(st.integers(1, 4))):
         msgs.append({"role": "user", "content": draw(texts)})
         if draw(st.booleans()):
             calls = draw(tool_calls())
-            msgs.append({"role": "assistant", "content": draw(st.none() | texts), "tool_calls": calls})
+            msgs.append({"role": "assistant", "content": draw(st.none() | texts), "tool_calls": cast(Any, calls)})
             msgs += [{"role": "tool", "tool_call_id": c["id"], "content": draw(texts)} for c in calls]
             if draw(st.booleans()):
                 msgs.append({"role": "assistant", "content": draw(texts)})
@@ -78,7 +79,7 @@ def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
     return msgs
 
 
-def view(messages: list[dict[str, Any]], *, ids: bool = True) -> list[tuple[Any, ...]]:
+def view(messages: Sequence[Mapping[str, Any]], *, ids: bool = True) -> list[tuple[Any, ...]]:
     """What must survive: roles, texts, tool calls (arguments as values), tool results."""
     out: list[tuple[Any, ...]] = []
     for m in messages:
@@ -107,7 +108,7 @@ def merge_users(v: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 @SETTINGS
 @given(conversations())
-def test_canonical_through_anthropic_request(msgs: list[dict[str, Any]]) -> None:
+def test_canonical_through_anthropic_request(msgs: list[Message]) -> None:
     body = anthropic.build_request({"model": "m", "messages": msgs}, "claude", False)
     back = anthropic_to_canonical(body)["messages"]
     assert view(back) == merge_users(view(msgs))
@@ -136,7 +137,7 @@ def gemini_request_view(body: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 @SETTINGS
 @given(conversations())
-def test_canonical_through_gemini_request(msgs: list[dict[str, Any]]) -> None:
+def test_canonical_through_gemini_request(msgs: list[Message]) -> None:
     body = gemini.build_request({"model": "m", "messages": msgs}, "gemini")
     names_by_id: dict[str, str] = {}  # as of each tool message: ids may be reused across turns
     expect = []
@@ -153,7 +154,7 @@ def test_canonical_through_gemini_request(msgs: list[dict[str, Any]]) -> None:
 
 
 @st.composite
-def canonical_responses(draw: st.DrawFn) -> tuple[dict[str, Any], Usage]:
+def canonical_responses(draw: st.DrawFn) -> tuple[ChatResponse, Usage]:
     calls = draw(st.none() | tool_calls())
     text = draw(st.none() | texts) if calls else draw(texts)
     finish = "tool_calls" if calls else draw(st.sampled_from(["stop", "length", "content_filter"]))
@@ -161,12 +162,12 @@ def canonical_responses(draw: st.DrawFn) -> tuple[dict[str, Any], Usage]:
     msg: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         msg["tool_calls"] = calls
-    return ({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m",
-             "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
-             "usage": anthropic.openai_usage(usage)}, usage)
+    resp = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": anthropic.openai_usage(usage)}
+    return cast(ChatResponse, resp), usage
 
 
-def response_view(resp: dict[str, Any], *, ids: bool = True) -> tuple[Any, ...]:
+def response_view(resp: Mapping[str, Any], *, ids: bool = True) -> tuple[Any, ...]:
     choice = resp["choices"][0]
     [m] = view([choice["message"]], ids=ids)
     return m, choice["finish_reason"]
@@ -174,7 +175,7 @@ def response_view(resp: dict[str, Any], *, ids: bool = True) -> tuple[Any, ...]:
 
 @SETTINGS
 @given(canonical_responses())
-def test_canonical_response_through_anthropic(case: tuple[dict[str, Any], Usage]) -> None:
+def test_canonical_response_through_anthropic(case: tuple[ChatResponse, Usage]) -> None:
     resp, usage = case
     message = to_anthropic_message(resp, "m")  # what an Anthropic upstream would have said
     back = anthropic.parse_response(message, "m")
@@ -182,7 +183,7 @@ def test_canonical_response_through_anthropic(case: tuple[dict[str, Any], Usage]
     assert usage_from_openai(back["usage"]) == usage
 
 
-def gemini_response(resp: dict[str, Any], usage: Usage) -> dict[str, Any]:
+def gemini_response(resp: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
     """A canonical response as Gemini would have sent it (no call ids, STOP for calls)."""
     choice = resp["choices"][0]
     msg = choice["message"]
@@ -198,7 +199,7 @@ def gemini_response(resp: dict[str, Any], usage: Usage) -> dict[str, Any]:
 
 @SETTINGS
 @given(canonical_responses())
-def test_canonical_response_through_gemini(case: tuple[dict[str, Any], Usage]) -> None:
+def test_canonical_response_through_gemini(case: tuple[ChatResponse, Usage]) -> None:
     resp, usage = case
     back = gemini.parse_response(gemini_response(resp, usage), "m")
     assert response_view(back, ids=False) == response_view(resp, ids=False)
@@ -295,7 +296,7 @@ def test_responses_input_becomes_canonical(items: list[dict[str, Any]]) -> None:
 
 @SETTINGS
 @given(canonical_responses())
-def test_canonical_response_as_responses_object(case: tuple[dict[str, Any], Usage]) -> None:
+def test_canonical_response_as_responses_object(case: tuple[ChatResponse, Usage]) -> None:
     resp, usage = case
     out = Response.model_validate(to_response(resp, "m"))
     msg = resp["choices"][0]["message"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
@@ -10,7 +10,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from modelroute_sidecar.canonical import Usage
+from modelroute_sidecar.canonical import ChatChunk, ChatResponse, Usage
 from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
@@ -153,12 +153,13 @@ def test_parse_errors_are_openai_400s(body: bytes, param: str | None) -> None:
     assert e.value.status == 400 and e.value.param == param
 
 
-def _canon(message: dict[str, Any], finish: str) -> dict[str, Any]:
-    return {"id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000, "model": "x",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58,
-                      "prompt_tokens_details": {"cached_tokens": 40},
-                      "completion_tokens_details": {"reasoning_tokens": 3}}}
+def _canon(message: dict[str, Any], finish: str) -> ChatResponse:
+    return cast(ChatResponse, {
+        "id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000, "model": "x",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58,
+                  "prompt_tokens_details": {"cached_tokens": 40},
+                  "completion_tokens_details": {"reasoning_tokens": 3}}})
 
 
 @pytest.mark.parametrize(("message", "finish", "types", "status"), [
@@ -192,7 +193,7 @@ def test_from_canonical_is_a_valid_response(message: dict[str, Any], finish: str
     assert sdk.output_text == (message["content"] or "")
 
 
-def _encode(chunks: list[dict[str, Any]]) -> bytes:
+def _encode(chunks: list[ChatChunk]) -> bytes:
     enc = D.stream_encoder("codex-alias", True)
     return b"".join(enc.chunk(c) for c in chunks) + enc.end()
 
@@ -313,7 +314,8 @@ def test_additional_tools_namespaces_and_freeform_tools_translate_both_ways() ->
     assert [t["function"]["name"] for t in canon["tools"]] == ["exec", "wait", "sleep"]
     assert canon["tools"][0]["function"]["parameters"]["required"] == ["input"]
     assert canon["messages"] == [{"role": "user", "content": "go"}]
-    answer = {"id": "chatcmpl-9", "created": 1, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+    answer: ChatResponse = {"id": "chatcmpl-9", "created": 1, "choices": [{
+        "index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": None, "tool_calls": [
             {"id": "call_x", "type": "function", "function": {"name": "exec", "arguments": '{"input": "text(1)"}'}},
             {"id": "call_y", "type": "function", "function": {"name": "sleep", "arguments": "{}"}}]}}]}
@@ -375,7 +377,8 @@ def test_reasoning_comes_back_as_a_reasoning_summary() -> None:
     final = Response.model_validate(evs[-1][1]["response"])
     assert [o.type for o in final.output] == ["reasoning", "message"]
     assert final.output[0].summary[0].text == "Let me think."  # type: ignore[union-attr]
-    answer = {"id": "chatcmpl-1", "created": 1, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+    answer: ChatResponse = {"id": "chatcmpl-1", "created": 1, "choices": [{
+        "index": 0, "finish_reason": "stop", "message": {
         "role": "assistant", "content": "Done", "reasoning_content": "Let me think."}}]}
     out = Response.model_validate(from_canonical(answer, "m"))
     assert [o.type for o in out.output] == ["reasoning", "message"] and out.output_text == "Done"

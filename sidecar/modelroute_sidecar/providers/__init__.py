@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ..wire.pairs import KINDS as _KINDS
+from ..wire.pairs import KINDS
 from .base import ProviderAdapter
-
-KINDS = frozenset(_KINDS)
 
 
 def adapter_class(kind: str) -> type[ProviderAdapter]:
-    module, name = _KINDS[kind].adapter.split(":")
+    module, name = KINDS[kind].adapter.split(":")
     cls: type[ProviderAdapter] = getattr(import_module(f"{__name__}.{module}"), name)
     return cls

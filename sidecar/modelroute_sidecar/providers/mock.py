@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from ..canonical import ChatRequest, ChatResponse
+from ..canonical import ChatRequest, ChatResponse, CompletionUsage, FinishReason, Message
 from ..config import MockSettings, ProviderKeyConfig
 from ..wire.base import StreamDecoder, UpstreamErrorInfo
 from ..wire.openai_chat.upstream import OpenAIStreamDecoder, error_type_for, openai_error_info, with_model
@@ -145,7 +145,7 @@ class Answer:
         tool = chosen_tool(req)
         self.tool = tool
         self.arguments = ""
-        self.finish_reason = "stop"
+        self.finish_reason: FinishReason = "stop"
         limit = req.get("max_completion_tokens") or req.get("max_tokens")
         if tool is not None:
             last = req["messages"][-1]
@@ -163,7 +163,7 @@ class Answer:
     def output_tokens(self) -> int:
         return count_tokens(self.arguments) + 5 if self.tool is not None else len(self.pieces)
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> CompletionUsage:
         return {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
                 "total_tokens": self.input_tokens + self.output_tokens}
 
@@ -171,7 +171,7 @@ class Answer:
         return "call_" + self.id[-16:]
 
     def completion(self) -> ChatResponse:
-        message: dict[str, Any] = {"role": "assistant", "content": None if self.tool else "".join(self.pieces)}
+        message: Message = {"role": "assistant", "content": None if self.tool else "".join(self.pieces)}
         if self.tool is not None:
             message["tool_calls"] = [{"id": self.tool_call_id(), "type": "function",
                                       "function": {"name": self.tool["name"], "arguments": self.arguments}}]

@@ -14,7 +14,16 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
+from ...canonical import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionUsage,
+    Message,
+    ToolCall,
+    Usage,
+    usage_from_openai,
+)
 from ...errors import ErrorType, GatewayError
 from ...sse import SSEEvent, frame
 from ...tokens import estimate_messages_tokens
@@ -107,7 +116,7 @@ def _document_part(block: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _user_parts(blocks: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
+def _user_parts(blocks: list[dict[str, Any]], out: list[Message]) -> None:
     """Append canonical messages for one user turn: tool results first (as ``tool``
     messages, in order), then the rest of the turn as one user message."""
     parts: list[dict[str, Any]] = []
@@ -160,9 +169,9 @@ def _user_parts(blocks: list[dict[str, Any]], out: list[dict[str, Any]]) -> None
             out.append({"role": "user", "content": parts})
 
 
-def _assistant(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _assistant(blocks: list[dict[str, Any]]) -> Message | None:
     texts: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
     for b in blocks:
         btype = b.get("type")
         if btype == "text":
@@ -173,7 +182,7 @@ def _assistant(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     text = "".join(texts)
     if not text and not calls:
         return None
-    msg: dict[str, Any] = {"role": "assistant", "content": text or None}
+    msg: Message = {"role": "assistant", "content": text or None}
     if calls:
         msg["tool_calls"] = calls
     return msg
@@ -200,7 +209,7 @@ _TOOL_CHOICE: dict[str, str] = {"auto": "auto", "any": "required", "none": "none
 
 
 def to_canonical(req: dict[str, Any]) -> ChatRequest:
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     system = _text_of(req.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
@@ -229,9 +238,10 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
     stops = req.get("stop_sequences")
     if stops:
         out["stop"] = stops[:MAX_OPENAI_STOP]
-    for k in ("temperature", "top_p"):
-        if isinstance(req.get(k), int | float):
-            out[k] = req[k]
+    if isinstance(req.get("temperature"), int | float):
+        out["temperature"] = req["temperature"]
+    if isinstance(req.get("top_p"), int | float):
+        out["top_p"] = req["top_p"]
     tools = _tools(req.get("tools") or [])
     if tools:
         out["tools"] = tools
@@ -296,7 +306,7 @@ def message_id(canonical_id: Any) -> str:
     return "msg_" + (s.removeprefix("chatcmpl-") or new_id(""))
 
 
-def anthropic_usage(u: dict[str, Any] | None) -> dict[str, int]:
+def anthropic_usage(u: CompletionUsage | None) -> dict[str, int]:
     """Canonical usage -> Anthropic's, whose ``input_tokens`` excludes cache reads and writes."""
     usage = usage_from_openai(u) or Usage()
     if u and not usage.cache_write_tokens:
@@ -369,7 +379,7 @@ class _MessagesEncoder(StreamEncoder):
         self.next_block = 0
         self.tools: dict[int, int] = {}  # canonical tool-call index -> block index
         self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
+        self.usage: CompletionUsage | None = None
 
     def note_usage(self, usage: Usage) -> None:
         self.known = usage

@@ -20,7 +20,18 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, role_first
+from ...canonical import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionUsage,
+    Delta,
+    FinishReason,
+    Message,
+    ToolCall,
+    Usage,
+    role_first,
+)
 from ...errors import ErrorType
 from ...sse import SSEEvent
 from ..base import StreamDecoder, StreamError, UpstreamErrorInfo
@@ -35,7 +46,7 @@ _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
-STOP_REASONS: dict[str, str] = {
+STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -105,7 +116,7 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_result(msg: dict[str, Any]) -> dict[str, Any]:
+def _tool_result(msg: Message) -> dict[str, Any]:
     content = msg.get("content")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id(msg.get("tool_call_id"))}
     if isinstance(content, str):
@@ -116,7 +127,7 @@ def _tool_result(msg: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
-def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     content = msg.get("content")
     if isinstance(content, str):
@@ -321,7 +332,7 @@ def usage_from_anthropic(u: dict[str, Any] | None) -> Usage:
     )
 
 
-def openai_usage(usage: Usage) -> dict[str, Any]:
+def openai_usage(usage: Usage) -> CompletionUsage:
     """Canonical usage dict; cache writes go where the OpenAI SDK and ``usage_from_openai`` look."""
     u = usage.to_openai()
     if usage.cache_write_tokens:
@@ -333,7 +344,7 @@ def openai_usage(usage: Usage) -> dict[str, Any]:
 def parse_response(body: dict[str, Any], model: str) -> ChatResponse:
     texts: list[str] = []
     thinking: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
+    tool_calls: list[ToolCall] = []
     for block in body.get("content") or ():
         btype = block.get("type")
         if btype == "text":
@@ -347,7 +358,7 @@ def parse_response(body: dict[str, Any], model: str) -> ChatResponse:
         elif btype == "thinking":
             thinking.append(block.get("thinking") or "")
         # server tool blocks, redacted thinking: nothing an OpenAI caller could use
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
+    message: Message = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
     if thinking:
@@ -383,7 +394,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         self.usage = None
         self.done = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> ChatChunk:
+    def _chunk(self, delta: Delta, finish: FinishReason | None = None) -> ChatChunk:
         return {
             "id": self._id,
             "object": "chat.completion.chunk",

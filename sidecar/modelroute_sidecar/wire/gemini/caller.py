@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ...canonical import ChatChunk, ChatRequest, ChatResponse, CompletionUsage, Message, ToolCall, Usage
 from ...errors import GatewayError
 from ...sse import SSEEvent
 from ...tokens import CHARS_PER_TOKEN, MAX_IMAGE_TOKENS, base64_image_tokens, pdf_tokens
@@ -149,14 +149,14 @@ class _CallIds:
         return queue.pop(0) if queue else str(cid or new_id("call_"))
 
 
-def _model_message(parts: list[dict[str, Any]], ids: _CallIds) -> dict[str, Any] | None:
+def _model_message(parts: list[dict[str, Any]], ids: _CallIds) -> Message | None:
     texts: list[str] = []
     thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
     for p in parts:
         fc = p.get("functionCall")
         if fc:
-            tc: dict[str, Any] = {"id": ids.call(fc), "type": "function", "function": {
+            tc: ToolCall = {"id": ids.call(fc), "type": "function", "function": {
                 "name": fc["name"], "arguments": orjson.dumps(fc.get("args") or {}).decode()}}
             if p.get("thoughtSignature"):
                 tc["extra_content"] = {"google": {"thought_signature": p["thoughtSignature"]}}
@@ -165,7 +165,7 @@ def _model_message(parts: list[dict[str, Any]], ids: _CallIds) -> dict[str, Any]
             (thoughts if p.get("thought") else texts).append(p["text"])
     if not (texts or calls or thoughts):
         return None
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    msg: Message = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         msg["tool_calls"] = calls
     if thoughts:
@@ -173,7 +173,7 @@ def _model_message(parts: list[dict[str, Any]], ids: _CallIds) -> dict[str, Any]
     return msg
 
 
-def _user_messages(parts: list[dict[str, Any]], ids: _CallIds, out: list[dict[str, Any]]) -> None:
+def _user_messages(parts: list[dict[str, Any]], ids: _CallIds, out: list[Message]) -> None:
     content: list[dict[str, Any]] = []
     for p in parts:
         fr = p.get("functionResponse")
@@ -214,7 +214,7 @@ def _effort(budget: int | None) -> str | None:
 
 
 def to_canonical(req: dict[str, Any], model: str, stream: bool) -> ChatRequest:
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     system = "".join(p.get("text") or "" for p in ((req.get("systemInstruction") or {}).get("parts") or ()))
     if system:
         messages.append({"role": "system", "content": system})
@@ -242,10 +242,16 @@ def to_canonical(req: dict[str, Any], model: str, stream: bool) -> ChatRequest:
     gen = req.get("generationConfig") or {}
     if gen.get("maxOutputTokens"):
         out["max_completion_tokens"] = gen["maxOutputTokens"]
-    for src, dst in (("temperature", "temperature"), ("topP", "top_p"), ("seed", "seed"),
-                     ("presencePenalty", "presence_penalty"), ("frequencyPenalty", "frequency_penalty")):
-        if gen.get(src) is not None:
-            out[dst] = gen[src]
+    if gen.get("temperature") is not None:
+        out["temperature"] = gen["temperature"]
+    if gen.get("topP") is not None:
+        out["top_p"] = gen["topP"]
+    if gen.get("seed") is not None:
+        out["seed"] = gen["seed"]
+    if gen.get("presencePenalty") is not None:
+        out["presence_penalty"] = gen["presencePenalty"]
+    if gen.get("frequencyPenalty") is not None:
+        out["frequency_penalty"] = gen["frequencyPenalty"]
     if gen.get("stopSequences"):
         out["stop"] = gen["stopSequences"][:4]  # OpenAI takes at most four
     if isinstance(gen.get("candidateCount"), int) and gen["candidateCount"] > 1:
@@ -270,7 +276,7 @@ _FINISH = {"stop": "STOP", "tool_calls": "STOP", "function_call": "STOP", "lengt
 assert set(_FINISH.values()) <= set(FINISH_REASONS)  # the same vocabulary as the upstream side
 
 
-def usage_metadata(usage: Usage | dict[str, Any] | None) -> dict[str, int]:
+def usage_metadata(usage: Usage | CompletionUsage | None) -> dict[str, int]:
     """Canonical usage (a Usage, or OpenAI's usage object) as Gemini's ``usageMetadata``."""
     if isinstance(usage, Usage):
         prompt, output, cached, thoughts = usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, 0
@@ -287,7 +293,7 @@ def usage_metadata(usage: Usage | dict[str, Any] | None) -> dict[str, int]:
     return out
 
 
-def _call_part(tc: dict[str, Any]) -> dict[str, Any]:
+def _call_part(tc: ToolCall) -> dict[str, Any]:
     fn = tc.get("function") or {}
     part: dict[str, Any] = {"functionCall": {"id": tc.get("id") or new_id("call_"), "name": fn.get("name") or "",
                                              "args": parse_arguments(fn.get("arguments"))}}
@@ -364,9 +370,9 @@ class _GenerateEncoder(StreamEncoder):
         self.model = model
         self.framing = _Framing(sse)
         self.id = ""
-        self.calls: dict[int, dict[str, Any]] = {}
+        self.calls: dict[int, ToolCall] = {}
         self.finish: str | None = None
-        self.usage: Usage | dict[str, Any] | None = None
+        self.usage: Usage | CompletionUsage | None = None
         self.ended = False
 
     def note_usage(self, usage: Usage) -> None:
@@ -416,8 +422,9 @@ class _GenerateEncoder(StreamEncoder):
             fn = tc.get("function") or {}
             slot["function"]["name"] += fn.get("name") or ""
             slot["function"]["arguments"] += fn.get("arguments") or ""
-        if choice.get("finish_reason"):
-            self.finish = _FINISH.get(choice["finish_reason"], "OTHER")
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish = _FINISH.get(finish, "OTHER")
         return out
 
     def end(self) -> bytes:

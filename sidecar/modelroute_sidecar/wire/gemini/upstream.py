@@ -26,7 +26,19 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, role_first
+from ...canonical import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    CompletionUsage,
+    Delta,
+    FinishReason,
+    Message,
+    ToolCall,
+    Usage,
+    role_first,
+)
 from ...errors import ErrorType, bad_request
 from ...sse import SSEEvent
 from ..base import StreamDecoder, StreamError, UpstreamErrorInfo
@@ -35,7 +47,7 @@ from ..parts import content_text, dump_arguments, new_id, parse_arguments, split
 FOREIGN_SIGNATURE = "skip_thought_signature_validator"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more
 
-FINISH_REASONS: dict[str, str] = {
+FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
     "SAFETY": "content_filter",
@@ -195,7 +207,7 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _signature(tc: dict[str, Any]) -> str | None:
+def _signature(tc: ToolCall) -> str | None:
     extra = tc.get("extra_content")
     if isinstance(extra, dict):
         google = extra.get("google")
@@ -204,7 +216,7 @@ def _signature(tc: dict[str, Any]) -> str | None:
     return None
 
 
-def _model_parts(msg: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+def _model_parts(msg: Message, names: dict[str, str]) -> list[dict[str, Any]]:
     text = content_text(msg.get("content"))
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
     for i, tc in enumerate(msg.get("tool_calls") or ()):
@@ -298,10 +310,11 @@ def build_request(req: ChatRequest, model: str, stream: bool = False) -> dict[st
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
     if max_tokens:
         gen["maxOutputTokens"] = int(max_tokens)
-    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
-                     ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
-        if req.get(src) is not None:
-            gen[dst] = req[src]
+    for dst, value in (("temperature", req.get("temperature")), ("topP", req.get("top_p")),
+                       ("seed", req.get("seed")), ("presencePenalty", req.get("presence_penalty")),
+                       ("frequencyPenalty", req.get("frequency_penalty"))):
+        if value is not None:
+            gen[dst] = value
     stops = stop_list(req.get("stop"))
     if stops:
         gen["stopSequences"] = stops[:MAX_STOP_SEQUENCES]
@@ -344,7 +357,7 @@ def usage_from_gemini(u: dict[str, Any] | None) -> Usage:
     )
 
 
-def openai_usage(u: dict[str, Any] | None) -> dict[str, Any]:
+def openai_usage(u: dict[str, Any] | None) -> CompletionUsage:
     out = usage_from_gemini(u).to_openai()
     thoughts = int((u or {}).get("thoughtsTokenCount") or 0)
     if thoughts:
@@ -352,8 +365,8 @@ def openai_usage(u: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _tool_call(part: dict[str, Any], fc: dict[str, Any]) -> dict[str, Any]:
-    tc: dict[str, Any] = {
+def _tool_call(part: dict[str, Any], fc: dict[str, Any]) -> ToolCall:
+    tc: ToolCall = {
         "id": fc.get("id") or new_id("call_"),
         "type": "function",
         "function": {"name": fc.get("name") or "", "arguments": dump_arguments(fc.get("args"))},
@@ -363,24 +376,23 @@ def _tool_call(part: dict[str, Any], fc: dict[str, Any]) -> dict[str, Any]:
     return tc
 
 
-def _finish(reason: str | None, has_tools: bool) -> str:
+def _finish(reason: str | None, has_tools: bool) -> FinishReason:
     finish = FINISH_REASONS.get(reason or "STOP", "stop")
     return "tool_calls" if has_tools and finish == "stop" else finish
 
 
 def parse_response(body: dict[str, Any], model: str) -> ChatResponse:
-    choices: list[dict[str, Any]] = []
+    choices: list[Choice] = []
     for i, cand in enumerate(body.get("candidates") or ()):
         texts: list[str] = []
         thoughts: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
+        tool_calls: list[ToolCall] = []
         for part in (cand.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 tool_calls.append(_tool_call(part, part["functionCall"] or {}))
             elif isinstance(part.get("text"), str):
                 (thoughts if part.get("thought") else texts).append(part["text"])
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(texts) if texts or not tool_calls else None}
+        message: Message = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
         if thoughts:
@@ -419,7 +431,7 @@ class GeminiStreamDecoder(StreamDecoder):
         self.usage = None
         self.done = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> ChatChunk:
+    def _chunk(self, delta: Delta, finish: FinishReason | None = None) -> ChatChunk:
         return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
                 "model": self._model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
@@ -450,8 +462,8 @@ class GeminiStreamDecoder(StreamDecoder):
                 self._tools += 1
                 out.append(self._chunk({"tool_calls": [tc]}))
             elif isinstance(part.get("text"), str) and part["text"]:
-                key = "reasoning_content" if part.get("thought") else "content"
-                out.append(self._chunk({key: part["text"]}))
+                text: str = part["text"]
+                out.append(self._chunk({"reasoning_content": text} if part.get("thought") else {"content": text}))
         reason = cand.get("finishReason")
         blocked = not cands and (data.get("promptFeedback") or {}).get("blockReason")
         if reason or blocked:

@@ -8,7 +8,7 @@ plain dicts and keeps fields the gateway does not know about).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -88,10 +88,10 @@ class OpenAIChat(Dialect):
         return Ingress(req, req["model"], stream, bool(opts.get("include_usage")))
 
     def to_canonical(self, ingress: Ingress) -> ChatRequest:
-        return ingress.body
+        return cast(ChatRequest, ingress.body)  # validated as ChatRequestModel: canonical already
 
     def from_canonical(self, resp: ChatResponse, model: str) -> dict[str, Any]:
-        return resp
+        return cast(dict[str, Any], resp)  # the caller's own format
 
     def stream_encoder(self, model: str, include_usage: bool) -> StreamEncoder:
         return _ChatEncoder(include_usage)

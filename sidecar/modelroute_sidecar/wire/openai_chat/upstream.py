@@ -8,6 +8,7 @@ kinds (``providers/openai.py``) choose URLs and auth headers.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,7 +42,7 @@ def error_type_for(status: int) -> ErrorType:
 REASONING_MODELS = re.compile(r"^(o\d|gpt-5|gpt-6|gpt-oss|codex-)")
 
 
-def with_model(req: dict[str, Any], model: str, stream: bool, translated: bool = False) -> dict[str, Any]:
+def with_model(req: Mapping[str, Any], model: str, stream: bool, translated: bool = False) -> dict[str, Any]:
     """The request for the upstream: its model, and usage on streams (the gateway meters it).
     A request translated from another dialect asks for reasoning only of a model that reasons."""
     body = dict(req)

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage, usage_from_openai
+from ...canonical import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionUsage,
+    Message,
+    ToolCall,
+    Usage,
+    usage_from_openai,
+)
 from ...errors import GatewayError, bad_request
 from ...sse import SSEEvent, frame
 from ..base import Dialect, Ingress, NativeTap, StreamEncoder
@@ -88,10 +97,10 @@ def _output_text(output: Any) -> tuple[str, list[dict[str, Any]]]:
     return "".join(texts), images
 
 
-def input_to_messages(items: Any) -> list[dict[str, Any]]:
+def input_to_messages(items: Any) -> list[Message]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     pending: list[dict[str, Any]] = []  # images from tool outputs, sent after the tool messages
 
     def flush() -> None:
@@ -100,7 +109,7 @@ def input_to_messages(items: Any) -> list[dict[str, Any]]:
             pending.clear()
 
     def call(call_id: str, name: str, arguments: str) -> None:
-        tc = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        tc: ToolCall = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         last = messages[-1] if messages else None
         if last is not None and last["role"] == "assistant":
             last.setdefault("tool_calls", []).append(tc)  # one assistant turn: text + its calls
@@ -210,7 +219,9 @@ def _chat_tool(t: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "function", "function": fn}
 
 
-_PASSED = ("temperature", "top_p", "user", "safety_identifier", "prompt_cache_key", "parallel_tool_calls")
+_PASSED: tuple[Literal["temperature", "top_p", "user", "safety_identifier", "prompt_cache_key",
+                       "parallel_tool_calls"], ...] = (
+    "temperature", "top_p", "user", "safety_identifier", "prompt_cache_key", "parallel_tool_calls")
 
 
 def to_canonical(req: dict[str, Any]) -> ChatRequest:
@@ -219,7 +230,7 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
             "'previous_response_id' and 'conversation' need the response state OpenAI keeps; this route's "
             "backend is not OpenAI and the gateway stores no responses. Send the whole conversation in "
             "'input' instead.", "previous_response_id", "unsupported_parameter")
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     instructions = req.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
@@ -270,7 +281,7 @@ def to_canonical(req: dict[str, Any]) -> ChatRequest:
 # -------------------------------------------------------------- canonical -> response
 
 
-def responses_usage(u: dict[str, Any] | None) -> dict[str, Any]:
+def responses_usage(u: CompletionUsage | None) -> dict[str, Any]:
     usage = usage_from_openai(u) or Usage()
     details = (u or {}).get("completion_tokens_details") or {}
     write = usage.cache_write_tokens or int(((u or {}).get("prompt_tokens_details") or {})
@@ -383,7 +394,7 @@ class _ResponsesEncoder(StreamEncoder):
         self.args: list[str] = []
         self.tools: dict[int, int] = {}  # canonical tool-call index -> output index
         self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
+        self.usage: CompletionUsage | None = None
 
     def _ev(self, etype: str, payload: dict[str, Any]) -> bytes:
         payload["type"] = etype
