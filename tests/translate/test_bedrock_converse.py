@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 
+from modelroute_sidecar.canonical import ChatRequest
 from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.errors import GatewayError
 from modelroute_sidecar.pricing import find_price, list_name
@@ -96,7 +97,7 @@ REQUESTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 @pytest.mark.parametrize("case", sorted(REQUESTS))
 def test_build_request(case: str) -> None:
     req, want = REQUESTS[case]
-    got = build_request(req)
+    got = build_request(cast(ChatRequest, req))
     for key, value in want.items():
         assert got[key] == value, key
     if not want:

@@ -23,13 +23,24 @@ from typing import Any
 
 import orjson
 
-from ...canonical import ChatChunk, ChatRequest, ChatResponse, Usage
+from ...canonical import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionUsage,
+    Delta,
+    FinishReason,
+    Message,
+    ToolCall,
+    Usage,
+    role_first,
+)
 from ...errors import ErrorType, bad_request
 from ...sse import SSEEvent
 from ..base import StreamDecoder, UpstreamErrorInfo
 from ..parts import content_text, dump_arguments, new_id, parse_arguments, split_data_url, stop_list
 
-STOP_REASONS: dict[str, str] = {
+STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "tool_use": "tool_calls",
@@ -117,7 +128,7 @@ def _user_blocks(content: Any, documents: list[int]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_result(msg: dict[str, Any], documents: list[int]) -> dict[str, Any]:
+def _tool_result(msg: Message, documents: list[int]) -> dict[str, Any]:
     content = msg.get("content")
     if isinstance(content, str):
         inner: list[dict[str, Any]] = [{"text": content}] if content.strip() else []
@@ -128,7 +139,7 @@ def _tool_result(msg: dict[str, Any], documents: list[int]) -> dict[str, Any]:
                            "content": inner or [{"text": "(empty)"}]}}
 
 
-def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     text = content_text(msg.get("content"))
     if text.strip():
@@ -248,14 +259,14 @@ def usage_from_converse(u: dict[str, Any] | None) -> Usage:
                  output_tokens=int(u.get("outputTokens") or 0), cache_read_tokens=read, cache_write_tokens=write)
 
 
-def openai_usage(usage: Usage) -> dict[str, Any]:
+def openai_usage(usage: Usage) -> CompletionUsage:
     u = usage.to_openai()
     if usage.cache_write_tokens:
         u["cache_creation_input_tokens"] = usage.cache_write_tokens
     return u
 
 
-def finish_reason(stop: str | None, has_tools: bool) -> str:
+def finish_reason(stop: str | None, has_tools: bool) -> FinishReason:
     finish = STOP_REASONS.get(stop or "end_turn", "stop")
     return "tool_calls" if has_tools and finish == "stop" else finish
 
@@ -263,7 +274,7 @@ def finish_reason(stop: str | None, has_tools: bool) -> str:
 def parse_response(body: dict[str, Any], model: str) -> ChatResponse:
     texts: list[str] = []
     reasoning: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
+    tool_calls: list[ToolCall] = []
     message = (body.get("output") or {}).get("message") or {}
     for block in message.get("content") or ():
         if "text" in block:
@@ -277,7 +288,7 @@ def parse_response(body: dict[str, Any], model: str) -> ChatResponse:
             rt = (block["reasoningContent"] or {}).get("reasoningText") or {}
             if isinstance(rt.get("text"), str):
                 reasoning.append(rt["text"])
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
+    msg: Message = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
     if tool_calls:
         msg["tool_calls"] = tool_calls
     if reasoning:
@@ -304,14 +315,21 @@ class ConverseStreamDecoder(StreamDecoder):
         self._created = int(time.time())
         self._tools: dict[int, int] = {}  # contentBlockIndex -> tool-call index
         self._stopped = False
+        self._role = False  # the role goes on the first delta, once it is known what comes first
         self.usage = None
         self.done = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> ChatChunk:
+    def _chunk(self, delta: Delta, finish: FinishReason | None = None) -> ChatChunk:
         return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
     def feed(self, event: SSEEvent) -> list[ChatChunk]:
+        out = self._feed(event)
+        if out and not self._role:
+            self._role = role_first(out)  # content null before a tool call, as OpenAI streams it
+        return out
+
+    def _feed(self, event: SSEEvent) -> list[ChatChunk]:
         name = event.event
         data = orjson.loads(event.data) if event.data else {}
         if not isinstance(data, dict):
@@ -340,7 +358,7 @@ class ConverseStreamDecoder(StreamDecoder):
                 "index": idx, "id": tool_use_id(tu.get("toolUseId") or new_id("tooluse_")), "type": "function",
                 "function": {"name": tu.get("name") or "", "arguments": ""}}]})]
         if name == "messageStart":
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return []
         if name == "messageStop":
             self._stopped = True
             return [self._chunk({}, finish_reason(data.get("stopReason"), bool(self._tools)))]
