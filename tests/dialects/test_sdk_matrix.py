@@ -5,7 +5,8 @@ openai (Chat Completions and Responses), anthropic (Messages) and google-genai (
 the gateway; the upstreams are the faithful fakes of tests/fakes and the built-in mock. The
 matrix is made from the pair table, so a new dialect or kind fails here until it has a client
 and an upstream. The user's words name the tool ("lookup"), which is what makes the mock call
-it; the fakes call the first offered tool with ``{"echo": <last user text>}``.
+it; the fakes call the first offered tool with ``{"echo": <last user text>}``. A kind whose
+models speak different formats (bedrock, vertex) is tried with one model of each.
 """
 
 from __future__ import annotations
@@ -24,19 +25,36 @@ from google import genai
 from google.genai import types
 
 from modelroute_sidecar.wire import pairs
+from tests.dialects.test_cloud_kinds import (
+    AKID,
+    CLAUDE_PROFILE,
+    NOVA,
+    SECRET,
+    VERTEX_CLAUDE,
+    VERTEX_TOKEN,
+    bedrock_key,
+)
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.aws_wire import AwsCredential
 from tests.fakes.azure import FakeAzureOpenAI
+from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.vertex import FakeVertex
 from tests.gateway.harness import FAST, model_route, provider_key
 from tests.gateway.procs import GatewayProcess, modelroute
 
 ASK = "lookup gateway"
 RESULT = "a router"
-# kind -> (ProviderKey, model)
-BACKEND = {"openai": ("openai", "gpt-4o"), "openai-compatible": ("compat", "deepseek-chat"),
-           "azure-openai": ("azure", "prod-4o"), "anthropic": ("anthropic", "claude-sonnet-4-6"),
-           "gemini": ("gemini", "gemini-2.5-flash"), "mock": ("mock", "mock-large")}
+# kind -> its backends (ProviderKey, model): one, or one a format for kinds whose models differ
+BACKENDS: dict[str, list[tuple[str, str]]] = {
+    "openai": [("openai", "gpt-4o")], "openai-compatible": [("compat", "deepseek-chat")],
+    "azure-openai": [("azure", "prod-4o")], "anthropic": [("anthropic", "claude-sonnet-4-6")],
+    "gemini": [("gemini", "gemini-2.5-flash")], "mock": [("mock", "mock-large")],
+    "bedrock": [("bedrock", NOVA), ("bedrock", CLAUDE_PROFILE)],
+    "vertex": [("vertex", "gemini-2.5-flash"), ("vertex", VERTEX_CLAUDE)],
+}
+ROUTES = {f"via-{kind}-{model}": kind for kind, backends in BACKENDS.items() for _, model in backends}
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"],
           "additionalProperties": False}
 
@@ -58,6 +76,8 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         azure = stack.enter_context(FakeAzureOpenAI(keys=["az-1"], deployments={"prod-4o": "gpt-4o"}))
         claude = stack.enter_context(FakeAnthropic(keys=["sk-ant"]))
         gemini = stack.enter_context(FakeGemini(keys=["g-key"]))
+        bedrock = stack.enter_context(FakeBedrock({AKID: AwsCredential(SECRET)}, region="us-west-2"))
+        vertex = stack.enter_context(FakeVertex([VERTEX_TOKEN], project="my-project", location="us-east5"))
         docs = [
             *provider_key("openai", "openai", openai_up.base_url, ["sk-o"]),
             *provider_key("compat", "openai-compatible", compat.base_url, ["sk-c"]),
@@ -65,7 +85,10 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             *provider_key("anthropic", "anthropic", claude.base_url, ["sk-ant"]),
             *provider_key("gemini", "gemini", gemini.base_url, ["g-key"]),
             *provider_key("mock", "mock", None, None),
-            *[model_route(f"via-{k}", BACKEND[k], **FAST) for k in pairs.KINDS],
+            *bedrock_key("bedrock", bedrock.url, f"{AKID}:{SECRET}", region="us-west-2"),
+            *provider_key("vertex", "vertex", vertex.url, [VERTEX_TOKEN], project="my-project", location="us-east5"),
+            *[model_route(f"via-{kind}-{model}", (pk, model), **FAST)
+              for kind, backends in BACKENDS.items() for pk, model in backends],
         ]
         path = tmp_path_factory.mktemp("gw-sdks") / "routes.yaml"
         path.write_text(yaml.safe_dump_all(docs))
@@ -73,7 +96,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_the_matrix_covers_the_pair_table() -> None:
-    assert set(BACKEND) == set(pairs.KINDS)
+    assert set(BACKENDS) == set(pairs.KINDS)
     assert set(ROUND_TRIPS) == set(pairs.DIALECTS)
 
 
@@ -85,6 +108,17 @@ def _said_the_result(text: str | None) -> None:
 # ----------------------------------------------------------------- one round trip per SDK
 
 
+def answer(stream: bool, create: Callable[..., Any], streamed: Callable[..., Any], final: str, **kw: Any) -> Any:
+    """The whole answer, asked for whole, or streamed through the SDK's own stream helper and
+    reassembled by it (``final`` names the helper's method), as a client does."""
+    if not stream:
+        return create(**kw)
+    with streamed(**kw) as s:
+        for _ in s:
+            pass
+        return getattr(s, final)()
+
+
 def chat(w: World, model: str, stream: bool) -> None:
     client = openai.OpenAI(base_url=w.root + "/v1", api_key="placeholder", max_retries=0)
     tool: Any = {"type": "function", "function": {"name": "lookup", "description": "Look up a word",
@@ -92,13 +126,9 @@ def chat(w: World, model: str, stream: bool) -> None:
     msgs: list[Any] = [{"role": "user", "content": ASK}]
 
     def ask() -> Any:
-        if not stream:
-            return client.chat.completions.create(model=model, messages=msgs, tools=[tool])
-        with client.chat.completions.stream(model=model, messages=msgs, tools=[tool],
-                                            stream_options={"include_usage": True}) as s:
-            for _ in s:
-                pass
-            return s.get_final_completion()
+        extra = {"stream_options": {"include_usage": True}} if stream else {}
+        return answer(stream, client.chat.completions.create, client.chat.completions.stream, "get_final_completion",
+                      model=model, messages=msgs, tools=[tool], **extra)
 
     first = ask()
     choice = first.choices[0]
@@ -122,12 +152,8 @@ def responses(w: World, model: str, stream: bool) -> None:
     items: list[Any] = [{"role": "user", "content": [{"type": "input_text", "text": ASK}]}]
 
     def ask() -> Any:
-        if not stream:
-            return client.responses.create(model=model, input=items, tools=[tool], store=False)
-        with client.responses.stream(model=model, input=items, tools=[tool], store=False) as s:
-            for _ in s:
-                pass
-            return s.get_final_response()
+        return answer(stream, client.responses.create, client.responses.stream, "get_final_response",
+                      model=model, input=items, tools=[tool], store=False)
 
     first = ask()
     assert first.status == "completed"
@@ -146,12 +172,8 @@ def messages(w: World, model: str, stream: bool) -> None:
     msgs: list[Any] = [{"role": "user", "content": ASK}]
 
     def ask() -> Any:
-        if not stream:
-            return client.messages.create(model=model, max_tokens=200, messages=msgs, tools=[tool])
-        with client.messages.stream(model=model, max_tokens=200, messages=msgs, tools=[tool]) as s:
-            for _ in s:
-                pass
-            return s.get_final_message()
+        return answer(stream, client.messages.create, client.messages.stream, "get_final_message",
+                      model=model, max_tokens=200, messages=msgs, tools=[tool])
 
     first = ask()
     assert first.stop_reason == "tool_use"
@@ -205,7 +227,7 @@ ROUND_TRIPS: dict[str, Callable[[World, str, bool], None]] = {
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("kind", list(pairs.KINDS))
+@pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("dialect", list(pairs.DIALECTS))
-def test_tool_round_trip(w: World, dialect: str, kind: str, stream: bool) -> None:
-    ROUND_TRIPS[dialect](w, f"via-{kind}", stream)
+def test_tool_round_trip(w: World, dialect: str, route: str, stream: bool) -> None:
+    ROUND_TRIPS[dialect](w, route, stream)
