@@ -30,7 +30,7 @@ from ..canonical import ChatRequest, ChatResponse
 from ..config import ProviderKeyConfig
 from ..credentials import AwsCredentials, Credential, CredentialSource, StaticSource
 from ..syntax import path_segment
-from ..wire.anthropic.upstream import THINKING_BUDGETS, THINKING_MODELS
+from ..wire.anthropic.upstream import THINKING_BUDGETS, THINKING_MODELS, signed_messages
 from ..wire.aws_eventstream import CONTENT_TYPE as EVENTSTREAM
 from ..wire.aws_eventstream import EventStreamParser
 from ..wire.base import StreamDecoder, UpstreamErrorInfo
@@ -145,6 +145,8 @@ class BedrockAdapter(ProviderAdapter):
         body.pop("model", None)  # the model is the path; streaming is the operation
         body.pop("stream", None)
         body["anthropic_version"] = ANTHROPIC_VERSION
+        if isinstance(body.get("messages"), list):  # unsigned thinking: refused by Claude anywhere
+            body["messages"] = signed_messages(body["messages"])
         if stream:
             return PreparedRequest(self._url(model, "invoke-with-response-stream"), orjson.dumps(body),
                                    self.stream_headers)

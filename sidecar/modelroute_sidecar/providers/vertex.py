@@ -107,7 +107,10 @@ class VertexAdapter(ProviderAdapter):
     def native(self, dialect: str, req: dict[str, Any], model: str, stream: bool) -> PreparedRequest:
         if dialect == "anthropic-messages":
             method = "streamRawPredict" if stream else "rawPredict"
-            return PreparedRequest(self._url(model, method), self._anthropic_body(dict(req), stream), self.headers)
+            body = dict(req)
+            if isinstance(body.get("messages"), list):  # unsigned thinking: refused by Claude anywhere
+                body["messages"] = anthropic.signed_messages(body["messages"])
+            return PreparedRequest(self._url(model, method), self._anthropic_body(body, stream), self.headers)
         if dialect == "gemini":
             return PreparedRequest(self._url(model, self._gemini_method(stream)), orjson.dumps(req), self.headers)
         raise NotImplementedError(dialect)
