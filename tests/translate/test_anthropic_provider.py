@@ -276,3 +276,15 @@ def test_native_passes_everything_but_the_model() -> None:
     assert orjson.loads(prep.body) == {**req, "model": "claude-opus-5-5"}
     assert req["model"] == "alias"  # the caller's body is not mutated (failover reuses it)
     assert passes("anthropic-messages", ad) and not passes("openai-chat", ad)
+
+
+def test_a_streamed_call_first_carries_the_role_with_content_null() -> None:
+    # As OpenAI streams a tool call, and as the unstreamed answer has it: no content "" to reassemble.
+    chunks = decode(split_at(TOOL_STREAM, []), AnthropicStreamDecoder("m"))
+    roles = [c["choices"][0]["delta"] for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]]
+    assert roles == [{"role": "assistant", "content": ""}]  # text comes first in TOOL_STREAM
+    call_first = frame(orjson.dumps({"type": "message_start", "message": {"id": "msg_1"}}), event="message_start") + \
+        frame(orjson.dumps({"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}), event="content_block_start")
+    first = decode([call_first], AnthropicStreamDecoder("m"))[0]["choices"][0]["delta"]
+    assert first["role"] == "assistant" and first["content"] is None and first["tool_calls"][0]["id"] == "toolu_1"

@@ -156,14 +156,23 @@ def test_stream_decoder_in_bedrocks_order() -> None:
               ("messageStop", {"stopReason": "tool_use"})]
     chunks = [c for name, data in events for c in dec.feed(SSEEvent(name, orjson.dumps(data), b""))]
     deltas = [c["choices"][0]["delta"] for c in chunks]
-    assert deltas[1] == {"content": "hi"}
-    assert deltas[2]["tool_calls"][0] == {"index": 0, "id": "t", "type": "function",
+    assert deltas[0] == {"role": "assistant", "content": "hi"}  # the role with what comes first
+    assert deltas[1]["tool_calls"][0] == {"index": 0, "id": "t", "type": "function",
                                           "function": {"name": "f", "arguments": ""}}
-    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas[2:5]) == '{"a":1}'
+    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas[1:4]) == '{"a":1}'
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert not dec.done  # usage comes after messageStop, in metadata
     [last] = dec.feed(SSEEvent("metadata", orjson.dumps({"usage": {"inputTokens": 3, "outputTokens": 2}}), b""))
     assert dec.done and last["choices"] == [] and last["usage"]["prompt_tokens"] == 3
+
+
+def test_a_streamed_call_first_carries_the_role_with_content_null() -> None:
+    dec = ConverseStreamDecoder("m")
+    events = [("messageStart", {"role": "assistant"}),
+              ("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}})]
+    [chunk] = [c for name, data in events for c in dec.feed(SSEEvent(name, orjson.dumps(data), b""))]
+    first = chunk["choices"][0]["delta"]
+    assert first["role"] == "assistant" and first["content"] is None and first["tool_calls"][0]["id"] == "t"
 
 
 def test_event_stream_parser_reassembles_messages_split_anywhere() -> None:

@@ -310,3 +310,15 @@ def test_adapter_urls_and_headers() -> None:
         "/v1beta/models/text-embedding-004:batchEmbedContents")
     assert ad.auth_headers("AIza") == {"x-goog-api-key": "AIza"}
     assert passes("gemini", ad) and not passes("openai-chat", ad)  # only Gemini callers pass through
+
+
+def test_a_streamed_call_first_carries_the_role_with_content_null() -> None:
+    # As OpenAI streams a tool call, and as the unstreamed answer has it: no content "" to reassemble.
+    parts = [{"functionCall": {"name": "f", "args": {}}}]
+    call = _events({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}],
+                    "responseId": "r1"})
+    first = decode([call], GeminiStreamDecoder("g"))[0]["choices"][0]["delta"]
+    assert first["role"] == "assistant" and first["content"] is None
+    assert first["tool_calls"][0]["function"]["name"] == "f"
+    text = _events({"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}}], "responseId": "r2"})
+    assert decode([text], GeminiStreamDecoder("g"))[0]["choices"][0]["delta"] == {"role": "assistant", "content": "hi"}
