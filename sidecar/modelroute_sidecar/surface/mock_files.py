@@ -85,7 +85,7 @@ def _run(store: Store, batch: dict[str, Any], settings: MockSettings) -> None:
             if url != batch["endpoint"]:
                 raise ValueError(f"the line's url {url} is not the batch's endpoint")
             if url == "/v1/chat/completions":
-                answer: dict[str, Any] = Answer(body, line, settings).completion()
+                answer: dict[str, Any] = dict(Answer(body, line, settings).completion())
             else:
                 status, answer = embeddings_response(body)
                 if status != 200:
