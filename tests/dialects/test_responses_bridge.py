@@ -8,6 +8,8 @@ answers 404/405 there, then bridges at once, in the same request, and from then 
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 
@@ -35,6 +37,20 @@ async def test_auto_bridges_on_404_within_the_request_and_remembers() -> None:
         assert [r.path for r in up.requests][2:] == ["/v1/chat/completions"]
         assert await gw.metric("modelroute_failovers_total", reason="no_responses_api") == 1
         assert await gw.metric("modelroute_backend_up", route="local") == 1  # not the backend's fault
+
+
+async def test_requests_in_flight_when_the_bridge_starts_are_bridged_too() -> None:
+    """Codex sends requests side by side: every one that left as a pass-through before the first
+    404 came back meets its own 404, and each is retried through the bridge, not refused."""
+    async with FakeOpenAI(keys=["k"], responses_api=False) as up, running_gateway([
+        *provider_key("vllm", "openai-compatible", up.base_url, ["k"]),
+        model_route("local", ("vllm", "qwen3"), **FAST),
+    ]) as gw:
+        client = gw.client()
+        answers = await asyncio.gather(*[client.responses.create(model="local", input=f"hello {i}")
+                                         for i in range(8)])
+        assert [a.output_text for a in answers] == [f"echo: hello {i}" for i in range(8)]
+        assert sum(r.path == "/v1/responses" for r in up.requests) > 1  # several were in flight
 
 
 async def test_auto_bridge_is_remembered_across_reloads() -> None:

@@ -68,8 +68,9 @@ class ProviderAdapter(ABC):
 
     @property
     def probes_responses(self) -> bool:
-        """Whether a 404/405 on a passed-through Responses request means "no Responses API here"."""
-        return self.pk.responses_api == "auto" and not self.responses_bridged
+        """Whether a 404/405 on a passed-through Responses request means "no Responses API here".
+        Still so once bridged: a request that left before the bridge started meets its own 404."""
+        return self.pk.responses_api == "auto"
 
     def bridge_responses(self) -> None:
         """Translate Responses requests to Chat Completions from now on."""
