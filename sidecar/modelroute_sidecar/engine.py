@@ -26,7 +26,6 @@ import orjson
 from aiohttp import web
 
 from .canonical import ChatRequest, Usage, chunks_from_response, usage_from_openai
-from .credentials import CredentialError
 from .errors import ErrorType, GatewayError, bad_request
 from .logs import access_log
 from .pricing import cost_usd
@@ -71,7 +70,11 @@ async def credential_headers(backend: Backend, key: KeyEntry, prepared: Prepared
     assert key.source is not None
     try:
         return backend.adapter.credential_headers(await key.source.get(), prepared)
-    except CredentialError as e:
+    except Exception as e:
+        from .credentials.base import CredentialError  # loaded already, with the key's source
+
+        if not isinstance(e, CredentialError):
+            raise
         raise AttemptFailed("credentials", "credentials", UpstreamErrorInfo(
             f"no credential for {backend.id}: {e}", "authentication_error", True), http_status=503) from None
 

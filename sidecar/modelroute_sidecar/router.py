@@ -16,20 +16,23 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import ClientTimeout
 
 from .config import CircuitBreaker as BreakerSettings
 from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
-from .credentials import CredentialSource, CredentialSources
+from .credentials import CredentialSources
 from .identity import Callers
 from .metrics import BackendMetrics, Metrics
 from .pricing import find_price
 from .providers import adapter_class
 from .providers.base import ProviderAdapter
 from .redact import Redactor
+
+if TYPE_CHECKING:
+    from .credentials import CredentialSource
 
 # Routes built for names a glob matched, kept for reuse; the oldest go first. They hold no
 # state of their own (breakers, latency and metrics are keyed by the glob), so evicting one

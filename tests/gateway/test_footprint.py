@@ -5,8 +5,8 @@ The sidecar runs in every pod, so what it imports is paid for by each. A real
 import log (PYTHONPROFILEIMPORTTIME, which names every module as it loads, at start-up or on
 a later request): serving good requests in every dialect loads neither pydantic nor YAML,
 the resource compiler or the operator's dependencies, nor the dialects nobody called, nor
-the budget package in a pod without a ModelBudget; a bad
-request then loads pydantic, which words its 400 as ever.
+the budget package in a pod without a ModelBudget, nor the credential classes without
+workload identity; a bad request then loads pydantic, which words its 400 as ever.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_di
         assert not {m for m in started if m.startswith(("pydantic", "modelroute_sidecar.wire.anthropic",
                                                        "modelroute_sidecar.wire.gemini",
                                                        "modelroute_sidecar.wire.openai_responses",
-                                                       "modelroute_sidecar.budget"))}  # no ModelBudget here
+                                                       "modelroute_sidecar.budget",  # no ModelBudget here
+                                                       "modelroute_sidecar.credentials."))}  # nor identity
 
         client = openai.OpenAI(base_url=gp.url, api_key="x", max_retries=0)
         assert client.chat.completions.create(model="chat", messages=user("hi")).choices[0].message.content

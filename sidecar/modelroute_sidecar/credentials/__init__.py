@@ -15,20 +15,22 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ProviderKeyConfig, WorkloadIdentity
 from ..redact import Redactor
-from .base import (
-    AwsCredentials,
-    BearerToken,
-    Credential,
-    CredentialError,
-    CredentialSource,
-    RefreshingSource,
-    StaticSource,
-    UnavailableSource,
-)
+
+if TYPE_CHECKING:
+    from .base import (
+        AwsCredentials,
+        BearerToken,
+        Credential,
+        CredentialError,
+        CredentialSource,
+        RefreshingSource,
+        StaticSource,
+        UnavailableSource,
+    )
 
 __all__ = [
     "AwsCredentials",
@@ -44,11 +46,23 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """The credential classes load with their first user (a ProviderKey with workload identity,
+    or a provider that signs requests): a pod with neither never imports them."""
+    if name in __all__:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def source_for(pk: ProviderKeyConfig, env: Mapping[str, str] | None = None) -> CredentialSource[Any]:
     """The credential source of a ProviderKey with workload identity."""
     wi = pk.workload_identity
     if wi is None:
         raise ValueError(f"ProviderKey {pk.name} has no workloadIdentity")
+    from .base import CredentialError, UnavailableSource
+
     env = os.environ if env is None else env
     try:
         return _build(pk.name, wi, env)
@@ -102,6 +116,8 @@ class CredentialSources:
             key = _identity_key(pk.name, pk.workload_identity)
             src = self._sources.get(key)
             if src is None:
+                from .base import RefreshingSource
+
                 src = source_for(pk, self._env)
                 if isinstance(src, RefreshingSource):
                     src.on_renew = self._renewed
@@ -123,6 +139,10 @@ class CredentialSources:
             task = loop.create_task(s.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        if not self._sources:
+            return
+        from .base import RefreshingSource
+
         for s in self._sources.values():
             if isinstance(s, RefreshingSource):
                 s.start()

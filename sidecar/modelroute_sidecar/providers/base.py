@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from aiohttp import BasicAuth
 from aiohttp.helpers import get_env_proxy_for_url
@@ -18,9 +18,11 @@ from yarl import URL
 
 from ..canonical import ChatRequest, ChatResponse
 from ..config import ProviderKeyConfig
-from ..credentials.base import BearerToken, Credential, CredentialError, CredentialSource
 from ..sse import SSEEvent, SSEParser
 from ..wire.base import StreamDecoder, UpstreamErrorInfo
+
+if TYPE_CHECKING:  # loaded with the first workload identity or signing key, not at start
+    from ..credentials.base import Credential, CredentialSource
 
 
 def env_proxy(url: str) -> tuple[str | None, BasicAuth | None]:
@@ -89,6 +91,8 @@ class ProviderAdapter(ABC):
         """Headers that authenticate ``prepared`` with a credential from workload identity
         (a ProviderKey's CredentialSource). A bearer token goes as ``Authorization: Bearer``;
         adapters that sign requests (SigV4) override this."""
+        from ..credentials.base import BearerToken, CredentialError  # loaded already, with the source
+
         if isinstance(credential, BearerToken):
             return {"authorization": f"Bearer {credential.token}"}
         raise CredentialError(f"provider {self.kind} cannot authenticate with AWS credentials")
