@@ -513,3 +513,12 @@ def test_gateway_rejects_an_unknown_client() -> None:
 
     with pytest.raises(ValueError):
         Gateway(upstream_client="curl")
+
+
+def test_the_default_tls_context_is_aiohttps_verifying_one() -> None:
+    # aiohttp loaded the system CA store for its own context at import; building another would
+    # load it again (~0.8 MiB in every pod). The shared one must still verify.
+    ctx = LeanClient().ssl_context
+    assert ctx is aiohttp.connector._SSL_CONTEXT_VERIFIED
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.cert_store_stats()["x509_ca"] > 0
