@@ -50,6 +50,10 @@ class ConfigError(Exception):
 
 
 class Source(Protocol):
+    # Whether signature() is a few syscalls, fit to run on the event loop. A thread for it
+    # would keep an executor thread (and its malloc arena) alive in every idle pod.
+    quick_signature: bool
+
     def load(self) -> tuple[GatewayConfig, Keys]: ...
 
     def signature(self) -> object: ...
@@ -146,6 +150,8 @@ def _yaml_problem(e: Exception) -> str:
 class FileSource:
     """`modelroute serve -f ...`: the YAML one would `kubectl apply`, keys from Secrets or env."""
 
+    quick_signature = False  # walks the directories given: any size
+
     def __init__(self, paths: Sequence[str | Path], env: Mapping[str, str] | None = None,
                  base: GatewayConfig | None = None, caller_keys: str | Path | None = None) -> None:
         self.paths = list(paths)
@@ -220,6 +226,8 @@ class ConfigDirSource:
     layout, where an update is a rename of the ``..data`` symlink: the signature is the
     two symlink targets (or file mtimes, for a plain directory).
     """
+
+    quick_signature = True  # two readlinks
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -338,7 +346,7 @@ async def watch(source: Source, prepare: Callable[[GatewayConfig, Keys], T], ins
     while True:
         await asyncio.sleep(interval)
         try:
-            sig = await asyncio.to_thread(source.signature)
+            sig = source.signature() if source.quick_signature else await asyncio.to_thread(source.signature)
         except (ConfigError, OSError) as e:
             log.warning(f"config source unreadable: {e}")
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,35 @@ async def test_sidecar_starts_before_its_volumes_are_populated(tmp_path: Path) -
             while not await served():
                 assert asyncio.get_running_loop().time() < deadline, "the sidecar never picked up its config"
                 await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["sidecar", "serve"])
+async def test_an_idle_pod_polls_its_volume_without_a_thread(tmp_path: Path, kind: str) -> None:
+    """The sidecar's poll of its volume is two readlinks, made on the event loop: a thread for it
+    would keep an executor thread (and its malloc arena) in every idle pod. `serve` walks the
+    directories it was given, of any size, so its poll stays off the loop."""
+    from modelroute_sidecar.loader import ConfigDirSource, FileSource, Source, watch
+
+    docs = [*provider_key("openai", "openai", "http://127.0.0.1:9/v1", ["k"]), model_route("chat", ("openai", "m"))]
+    source: Source
+    if kind == "sidecar":
+        project(tmp_path / "vol", docs)
+        source = ConfigDirSource(tmp_path / "vol")
+    else:
+        write_yaml(tmp_path / "routes.yaml", docs)
+        source = FileSource([tmp_path], env={})
+    threads: list[int] = []
+    poll = source.signature
+
+    def signature() -> object:
+        threads.append(threading.get_ident())
+        return poll()
+
+    source.signature = signature  # type: ignore[method-assign]
+    watcher = asyncio.create_task(watch(source, lambda c, k: None, lambda p: None, lambda r: None, 0.01, poll()))
+    try:
+        await wait_until(lambda: len(threads) >= 3)
+    finally:
+        watcher.cancel()
+    loop_thread = threading.get_ident()
+    assert (set(threads) == {loop_thread}) == (kind == "sidecar"), threads
