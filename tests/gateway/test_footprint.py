@@ -12,6 +12,8 @@ workload identity; a bad request then loads pydantic, which words its 400 as eve
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import anthropic
@@ -68,3 +70,26 @@ def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_di
         assert e.value.body["message"] == "Invalid type for 'max_tokens': Input should be a valid integer."  # type: ignore[index]
         assert any(m.startswith("pydantic") for m in loaded(gp))
         assert not {m for m in loaded(gp) if m.startswith(NEVER)}
+
+
+def test_start_up_garbage_is_collected_not_frozen(tmp_path: Path, config_dir: Path) -> None:
+    """Imports leave cyclic garbage (classes built twice for their slots, say) while start-up
+    runs with the collector paused; the collection after ready must free it. Frozen first, as a
+    config load freezes what is alive, it would stay for the life of the pod."""
+    script = tmp_path / "probe.py"
+    script.write_text(f"""
+import gc, os, sys, weakref
+gc.disable()
+from modelroute_sidecar import cli
+class Garbage: pass
+g = Garbage(); g.cycle = g; ref = weakref.ref(g); del g
+release = cli.release_startup_memory
+def probe():
+    release()
+    print("freed" if ref() is None else "kept", flush=True)
+    os._exit(0)
+cli.release_startup_memory = probe
+sys.exit(cli.main(["sidecar", "--config-dir", {str(config_dir)!r}, "--port", "0", "--metrics-port", "0"]))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1:] == ["freed"], out.stdout + out.stderr
