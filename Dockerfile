@@ -38,7 +38,7 @@ RUN /opt/modelroute/bin/pip install --no-binary modelroute ".[operator]" \
  && /opt/modelroute/bin/pip uninstall --yes pip setuptools \
  && /opt/modelroute/bin/python -m compileall -q /opt/modelroute/lib \
  && /opt/modelroute/bin/modelroute --help >/dev/null \
- && /opt/modelroute/bin/python -c "import modelroute_operator.cli, kopf, kubernetes, cryptography"
+ && /opt/modelroute/bin/python -c "import modelroute_operator.cli, kopf, kubernetes, cryptography, prometheus_client"
 
 FROM python
 LABEL org.opencontainers.image.title="modelroute" \

@@ -46,7 +46,7 @@ def _seconds(text: str) -> float:
 
 
 # Modules of the `operator` extra; without them `modelroute operator` says what to install.
-OPERATOR_EXTRA = frozenset({"kopf", "kubernetes", "cryptography"})
+OPERATOR_EXTRA = frozenset({"kopf", "kubernetes", "cryptography", "prometheus_client"})
 
 
 def loopback(host: str) -> bool:

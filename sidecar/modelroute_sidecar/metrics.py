@@ -1,13 +1,19 @@
 """Prometheus metrics: the names in DESIGN.md, plus the OpenTelemetry GenAI client metrics.
 
-Each gateway owns a registry (tests run many gateways in one process). The per-request
-series are plain Python accumulators (:class:`Series`), exported by a collector at scrape
-time: prometheus_client's own metric objects take a lock on every update, which cost more
-than everything else the gateway adds to a request. The event loop is the only writer, so no
-lock is needed; a scrape renders in a thread (a big config makes a big page, which must not
-hold up requests) and reads each dict through one C-level copy (``list(d.items())``), which
-the GIL keeps whole. Rare events (failovers, circuit state, reloads) keep prometheus_client's
-objects.
+Each gateway owns its :class:`Metrics` (tests run many gateways in one process). The
+per-request series are plain Python accumulators (:class:`Series`), rendered at scrape time:
+a metrics library's objects take a lock on every update, which cost more than everything else
+the gateway adds to a request. The event loop is the only writer, so no lock is needed; a
+scrape renders in a thread (a big config makes a big page, which must not hold up requests)
+and reads each dict through one C-level copy (``list(d.items())``), which the GIL keeps whole.
+Rare events (failovers, circuit state, reloads) are labelled :class:`Family` values.
+
+The exposition (text format 0.0.4) is written here rather than by prometheus_client: the
+sidecar runs in every pod, and the library with what it imports (wsgiref, http.server, gzip
+...) cost about 1.1 MiB resident and 15 ms of start-up in each; the format is small and
+stable. The page is what prometheus_client's ``generate_latest`` wrote (labels sorted by
+name, values as its ``floatToGoString``, no ``_created`` series); the tests read it with
+prometheus_client's own parser.
 
 Label values never come from callers unchecked: a model name only a ProviderKey glob matched
 is counted under that glob (see :class:`~modelroute_sidecar.router.Backend`), so the number of
@@ -17,14 +23,8 @@ series is bounded by the config.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from . import gcpause
 
@@ -59,17 +59,9 @@ class Hist:
         self.counts[bisect_left(self.bounds, value)] += 1  # first bucket whose bound >= value
         self.sum += value
 
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += n
-            out.append((floatToGoString(bound), total))
-        return out
-
 
 class Num:
-    """A counter's value."""
+    """A counter's or gauge's value."""
 
     __slots__ = ("value",)
 
@@ -78,6 +70,9 @@ class Num:
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
+
+    def set(self, value: float) -> None:
+        self.value = value
 
 
 class Series:
@@ -97,116 +92,118 @@ class Series:
         self.genai: dict[tuple[str, str], tuple[Hist, Hist, Hist]] = {}
 
 
-class _SeriesCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self.m = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        series = list(self.m.series.values())
-        requests = CounterMetricFamily("modelroute_requests", "Upstream attempts by outcome (HTTP status, or "
-                                       "connect_error/timeout/stream_error/client_closed)",
-                                       labels=[*ROUTE_LABELS, "status"])
-        tokens = CounterMetricFamily("modelroute_tokens", "Tokens by type (input/output)",
-                                     labels=[*ROUTE_LABELS, "type"])
-        cost = CounterMetricFamily("modelroute_cost_usd", "Cost in USD from the price table", labels=ROUTE_LABELS)
-        duration = HistogramMetricFamily("modelroute_request_duration_seconds", "Request latency seen by the caller",
-                                         labels=ROUTE_LABELS)
-        ttft = HistogramMetricFamily("modelroute_time_to_first_token_seconds", "Time to the first streamed chunk",
-                                     labels=ROUTE_LABELS)
-        g_duration = HistogramMetricFamily("gen_ai_client_operation_duration_seconds", "GenAI operation duration",
-                                           labels=[*GENAI_LABELS, "error_type"])
-        g_tokens = HistogramMetricFamily("gen_ai_client_token_usage", "Tokens used per GenAI operation",
-                                         labels=[*GENAI_LABELS, "gen_ai_token_type"])
-        for s in series:
-            labels = list(s.labels)
-            for status, n in list(s.requests.items()):
-                requests.add_metric([*labels, status], n)
-            if not s.labels[0]:
-                continue  # the unrouted series counts requests only
-            tokens.add_metric([*labels, "input"], s.input_tokens.value)
-            tokens.add_metric([*labels, "output"], s.output_tokens.value)
-            cost.add_metric(labels, s.cost.value)
-            duration.add_metric(labels, s.duration.buckets(), s.duration.sum)
-            if s.ttft.sum or any(s.ttft.counts):
-                ttft.add_metric(labels, s.ttft.buckets(), s.ttft.sum)
-            route, provider, model = s.labels
-            for (operation, error), (d, i, o) in list(s.genai.items()):
-                g = [operation, GENAI_PROVIDER.get(provider, provider), route, model]
-                g_duration.add_metric([*g, error], d.buckets(), d.sum)
-                if any(i.counts):
-                    g_tokens.add_metric([*g, "input"], i.buckets(), i.sum)
-                if any(o.counts):
-                    g_tokens.add_metric([*g, "output"], o.buckets(), o.sum)
-        yield from (requests, tokens, cost, duration, ttft, g_duration, g_tokens)
+_INF = float("inf")
 
 
-class _BudgetCollector(Collector):
-    """ModelBudget spend as this process knows it (in serve: the whole spend; in a pod: this
-    sidecar's own), read at scrape time; the labels come from the config, never from callers."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.m = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        spent = GaugeMetricFamily("modelroute_budget_spent", "Spend in the current budget window "
-                                  "(unit usd, tokens or requests)", labels=["budget", "window", "unit"])
-        limit = GaugeMetricFamily("modelroute_budget_limit", "A budget window's limit",
-                                  labels=["budget", "window", "unit"])
-        rejections = CounterMetricFamily("modelroute_budget_rejections", "Requests refused with 429 "
-                                         "budget_exceeded", labels=["budget"])
-        budgets = self.m.budgets
-        for state in list(budgets.states.values()) if budgets is not None else ():
-            for lease in state.leases:
-                for unit in lease.units:
-                    spent.add_metric([state.name, lease.window.name, unit], lease.used.get(unit))
-                    limit.add_metric([state.name, lease.window.name, unit], lease.limit.get(unit))
-            rejections.add_metric([state.name], state.rejections)
-        yield from (spent, limit, rejections)
+def format_value(value: float) -> str:
+    """A sample value as Prometheus writes it (prometheus_client's ``floatToGoString``):
+    ``+Inf``, ``-Inf``, ``NaN``, ``1.0`` for one, and Go's earlier switch to exponents."""
+    d = float(value)
+    if d == _INF:
+        return "+Inf"
+    if d == -_INF:
+        return "-Inf"
+    if d != d:
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Python writes 1234567.0 where Go writes 1.234567e+06
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
 
 
-class _CredentialCollector(Collector):
-    """Workload identity credentials, read at scrape time: renewals by result and the expiry of
-    the one held, per ProviderKey (an alert on renewal failures or a near expiry catches a
-    broken trust policy before requests fail)."""
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
 
-    def collect(self) -> Iterator[Metric]:
-        renewals = CounterMetricFamily("modelroute_credential_renewals", "Workload identity credential "
-                                       "fetches by result", labels=["provider_key", "result"])
-        expiry = GaugeMetricFamily("modelroute_credential_expiry_timestamp_seconds", "When the workload "
-                                   "identity credential held now expires (Unix time)", labels=["provider_key"])
-        sources = self.metrics.credentials.by_name if self.metrics.credentials is not None else {}
-        for name, src in sorted(sources.items()):
-            counts = getattr(src, "renewals", None)
-            if counts is None:
-                continue  # a static or misconfigured source: nothing is fetched
-            for result in ("success", "failure"):
-                renewals.add_metric([name, result], counts[result])
-            if src.expires_at is not None:
-                expiry.add_metric([name], src.expires_at)
-        yield from (renewals, expiry)
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _label_parts(names: Sequence[str], values: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, 'name="escaped value"') sorted by name, as the exposition orders labels."""
+    return [(k, f'{k}="{escape_label_value(v)}"') for k, v in sorted(zip(names, values, strict=True))]
+
+
+def _sample(out: list[str], name: str, labels: str, value: float) -> None:
+    out.append(f"{name}{{{labels}}} {format_value(value)}\n" if labels else f"{name} {format_value(value)}\n")
+
+
+_LE: dict[tuple[float, ...], tuple[str, ...]] = {}
+_CHUNK = 2048  # lines rendered into bytes at a time
+
+
+def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    texts = _LE.get(bounds)
+    if texts is None:
+        texts = _LE.setdefault(bounds, tuple(format_value(b) for b in (*bounds, _INF)))
+    return texts
+
+
+class Family:
+    """One metric family to render: its header, then the lines added to it."""
+
+    __slots__ = ("lines", "name", "names")
+
+    def __init__(self, name: str, help_text: str, kind: str, names: Sequence[str]) -> None:
+        self.name = name + "_total" if kind == "counter" else name  # a counter's samples end in _total
+        self.names = tuple(names)
+        self.lines = [f"# HELP {self.name} {_escape_help(help_text)}\n# TYPE {self.name} {kind}\n"]
+
+    def add(self, values: Sequence[str], value: float) -> None:
+        _sample(self.lines, self.name, ",".join(p for _, p in _label_parts(self.names, values)), value)
+
+    def add_histogram(self, values: Sequence[str], hist: Hist) -> None:
+        """Cumulative ``_bucket`` lines (``le`` in its sorted place among the labels), ``_count``, ``_sum``."""
+        parts = _label_parts(self.names, values)
+        before = "".join(p + "," for k, p in parts if k < "le")
+        after = "".join("," + p for k, p in parts if k > "le")
+        out, bucket, total = self.lines, self.name + "_bucket", 0
+        for le, n in zip(_le_texts(hist.bounds), hist.counts, strict=True):
+            total += n
+            out.append(f'{bucket}{{{before}le="{le}"{after}}} {format_value(total)}\n')
+        labels = ",".join(p for _, p in parts)
+        _sample(out, self.name + "_count", labels, total)
+        _sample(out, self.name + "_sum", labels, hist.sum)
+
+
+class Labelled:
+    """A counter or gauge with labels whose children are :class:`Num`: for rare events."""
+
+    __slots__ = ("children", "help", "kind", "name", "names")
+
+    def __init__(self, name: str, help_text: str, kind: str, names: Sequence[str]) -> None:
+        self.name, self.help, self.kind, self.names = name, help_text, kind, tuple(names)
+        self.children: dict[tuple[str, ...], Num] = {}
+
+    def labels(self, *values: str) -> Num:
+        if len(values) != len(self.names):
+            raise ValueError(f"{self.name}: labels {self.names}, got {values!r}")
+        child = self.children.get(values)
+        if child is None:  # setdefault: a reload builds its Runtime in a thread
+            child = self.children.setdefault(tuple(str(v) for v in values), Num())
+        return child
+
+    def family(self) -> Family:
+        f = Family(self.name, self.help, self.kind, self.names)
+        for values, child in list(self.children.items()):
+            f.add(values, child.value)
+        return f
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=False)
-        disable_created_metrics()  # the _created series double the scrape for no use here
         self.series: dict[tuple[str, str, str], Series] = {}
-        r.register(_SeriesCollector(self))
         self.budgets: Any = None  # the gateway's Budgets (budget/holder.py), read at scrape time
-        r.register(_BudgetCollector(self))
         self.credentials: Any = None  # the gateway's CredentialSources, read at scrape time
-        r.register(_CredentialCollector(self))
-        self.failovers = Counter("modelroute_failovers", "Moves from one backend to the next",
-                                 ["route", "from_backend", "to_backend", "reason"], registry=r)
-        self.backend_up = Gauge("modelroute_backend_up", "Circuit state: 1 closed, 0 open",
-                                ["route", "backend"], registry=r)
-        self.access_denied = Counter("modelroute_access_denied", "Requests refused: the caller may not use the route",
-                                     ["route"], registry=r)
-        self.config_reloads = Counter("modelroute_config_reloads", "Config loads by result", ["result"],
-                                      registry=r)
+        self.failovers = Labelled("modelroute_failovers", "Moves from one backend to the next", "counter",
+                                  ["route", "from_backend", "to_backend", "reason"])
+        self.backend_up = Labelled("modelroute_backend_up", "Circuit state: 1 closed, 0 open", "gauge",
+                                   ["route", "backend"])
+        self.access_denied = Labelled("modelroute_access_denied", "Requests refused: the caller may not use the "
+                                      "route", "counter", ["route"])
+        self.config_reloads = Labelled("modelroute_config_reloads", "Config loads by result", "counter", ["result"])
 
     def series_for(self, route: str, provider: str, model: str) -> Series:
         key = (route, provider, model)
@@ -216,8 +213,85 @@ class Metrics:
         return s
 
     def render(self) -> bytes:
-        with gcpause.paused():  # a big page is many short-lived samples: no collection for them
-            return generate_latest(self.registry)
+        """The page, in the Prometheus text format 0.0.4 (runs in a thread, beside the loop)."""
+        with gcpause.paused():  # a big page is many short-lived strings: no collection for them
+            families = [*self._series_families(), *self._budget_families(), *self._credential_families(),
+                        *(m.family() for m in (self.failovers, self.backend_up, self.access_denied,
+                                               self.config_reloads))]
+            # Joined and encoded a few thousand lines at a time: one join or encode of a whole
+            # big page holds the GIL, and so the event loop, for tens of milliseconds.
+            return b"".join("".join(f.lines[i:i + _CHUNK]).encode() for f in families
+                            for i in range(0, len(f.lines), _CHUNK))
+
+    def _series_families(self) -> list[Family]:
+        requests = Family("modelroute_requests", "Upstream attempts by outcome (HTTP status, or "
+                          "connect_error/timeout/stream_error/client_closed)", "counter", [*ROUTE_LABELS, "status"])
+        tokens = Family("modelroute_tokens", "Tokens by type (input/output)", "counter", [*ROUTE_LABELS, "type"])
+        cost = Family("modelroute_cost_usd", "Cost in USD from the price table", "counter", ROUTE_LABELS)
+        duration = Family("modelroute_request_duration_seconds", "Request latency seen by the caller", "histogram",
+                          ROUTE_LABELS)
+        ttft = Family("modelroute_time_to_first_token_seconds", "Time to the first streamed chunk", "histogram",
+                      ROUTE_LABELS)
+        g_duration = Family("gen_ai_client_operation_duration_seconds", "GenAI operation duration", "histogram",
+                            [*GENAI_LABELS, "error_type"])
+        g_tokens = Family("gen_ai_client_token_usage", "Tokens used per GenAI operation", "histogram",
+                          [*GENAI_LABELS, "gen_ai_token_type"])
+        for s in list(self.series.values()):
+            route, provider, model = labels = s.labels
+            for status, n in list(s.requests.items()):
+                requests.add((*labels, status), n)
+            if not route:
+                continue  # the unrouted series counts requests only
+            tokens.add((*labels, "input"), s.input_tokens.value)
+            tokens.add((*labels, "output"), s.output_tokens.value)
+            cost.add(labels, s.cost.value)
+            duration.add_histogram(labels, s.duration)
+            if s.ttft.sum or any(s.ttft.counts):
+                ttft.add_histogram(labels, s.ttft)
+            for (operation, error), (d, i, o) in list(s.genai.items()):
+                g = (operation, GENAI_PROVIDER.get(provider, provider), route, model)
+                g_duration.add_histogram((*g, error), d)
+                if any(i.counts):
+                    g_tokens.add_histogram((*g, "input"), i)
+                if any(o.counts):
+                    g_tokens.add_histogram((*g, "output"), o)
+        return [requests, tokens, cost, duration, ttft, g_duration, g_tokens]
+
+    def _budget_families(self) -> list[Family]:
+        """ModelBudget spend as this process knows it (in serve: the whole spend; in a pod: this
+        sidecar's own); the labels come from the config, never from callers."""
+        spent = Family("modelroute_budget_spent", "Spend in the current budget window (unit usd, tokens or requests)",
+                       "gauge", ["budget", "window", "unit"])
+        limit = Family("modelroute_budget_limit", "A budget window's limit", "gauge", ["budget", "window", "unit"])
+        rejections = Family("modelroute_budget_rejections", "Requests refused with 429 budget_exceeded", "counter",
+                            ["budget"])
+        budgets = self.budgets
+        for state in list(budgets.states.values()) if budgets is not None else ():
+            for lease in state.leases:
+                for unit in lease.units:
+                    spent.add((state.name, lease.window.name, unit), lease.used.get(unit))
+                    limit.add((state.name, lease.window.name, unit), lease.limit.get(unit))
+            rejections.add((state.name,), state.rejections)
+        return [spent, limit, rejections]
+
+    def _credential_families(self) -> list[Family]:
+        """Workload identity credentials: renewals by result and the expiry of the one held, per
+        ProviderKey (an alert on renewal failures or a near expiry catches a broken trust policy
+        before requests fail)."""
+        renewals = Family("modelroute_credential_renewals", "Workload identity credential fetches by result",
+                          "counter", ["provider_key", "result"])
+        expiry = Family("modelroute_credential_expiry_timestamp_seconds", "When the workload identity credential "
+                        "held now expires (Unix time)", "gauge", ["provider_key"])
+        sources = self.credentials.by_name if self.credentials is not None else {}
+        for name, src in sorted(sources.items()):
+            counts = getattr(src, "renewals", None)
+            if counts is None:
+                continue  # a static or misconfigured source: nothing is fetched
+            for result in ("success", "failure"):
+                renewals.add((name, result), counts[result])
+            if src.expires_at is not None:
+                expiry.add((name,), src.expires_at)
+        return [renewals, expiry]
 
     def unrouted(self, status: int) -> None:
         """A request that never reached a route (bad input, unknown model): bounded labels."""

@@ -3,8 +3,9 @@
 The sidecar runs in every pod, so what it imports is paid for by each. A real
 `modelroute sidecar` process, started as a pod starts it (a config dir), with Python's own
 import log (PYTHONPROFILEIMPORTTIME, which names every module as it loads, at start-up or on
-a later request): serving good requests in every dialect loads neither pydantic nor YAML,
-the resource compiler or the operator's dependencies, nor the dialects nobody called, nor
+a later request): serving good requests in every dialect, and a scrape of /metrics, loads
+neither pydantic nor YAML, the resource compiler or the operator's dependencies (prometheus_client
+among them), nor the dialects nobody called, nor
 the budget package in a pod without a ModelBudget, nor the credential classes without
 workload identity; a bad request then loads pydantic, which words its 400 as ever.
 """
@@ -22,10 +23,11 @@ import pytest
 
 from modelroute_sidecar.compile import compile_resources
 from tests.gateway.harness import model_route, provider_key, user
-from tests.gateway.procs import GatewayProcess, modelroute
+from tests.gateway.procs import GatewayProcess, modelroute, scrape
 
 NEVER = ("yaml", "kopf", "kubernetes", "cryptography", "modelroute_operator", "modelroute_sidecar.compile",
-         "modelroute_sidecar.resources", "modelroute_sidecar.pydantic_schema")
+         "modelroute_sidecar.resources", "modelroute_sidecar.pydantic_schema",
+         "prometheus_client")  # the operator's; the sidecar writes its /metrics page itself
 
 
 def loaded(gp: GatewayProcess) -> set[str]:
@@ -46,6 +48,7 @@ def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_di
     with modelroute(tmp_path, "sidecar", "--config-dir", str(config_dir), env={"PYTHONPROFILEIMPORTTIME": "1"}) as gp:
         started = loaded(gp)
         assert "modelroute_sidecar.app" in started and "uvloop" in started  # the log is there
+        assert not {m for m in started if m.startswith(NEVER)}
         assert not {m for m in started if m.startswith(("pydantic", "modelroute_sidecar.wire.anthropic",
                                                        "modelroute_sidecar.wire.gemini",
                                                        "modelroute_sidecar.wire.openai_responses",
@@ -61,6 +64,7 @@ def test_the_sidecar_loads_only_what_its_requests_need(tmp_path: Path, config_di
         assert client.responses.create(model="chat", input="hi").output_text
         ant = anthropic.Anthropic(base_url=gp.url.removesuffix("/v1"), api_key="x", max_retries=0)
         assert ant.messages.create(model="chat", max_tokens=20, messages=user("hi")).content
+        assert 'modelroute_requests_total{model="m",provider="mock",route="chat",status="200"} 5.0' in scrape(gp)
         after = loaded(gp)
         assert "modelroute_sidecar.wire.anthropic.caller" in after  # loaded on its first caller
         assert not {m for m in after if m.startswith("pydantic") or m.startswith(NEVER)}, sorted(after - started)
