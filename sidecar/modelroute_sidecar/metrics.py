@@ -6,7 +6,7 @@ a metrics library's objects take a lock on every update, which cost more than ev
 the gateway adds to a request. The event loop is the only writer, so no lock is needed; a
 scrape renders in a thread (a big config makes a big page, which must not hold up requests)
 and reads each dict through one C-level copy (``list(d.items())``), which the GIL keeps whole.
-Rare events (failovers, circuit state, reloads) are labelled :class:`Family` values.
+Rare events (failovers, circuit state, reloads) are :class:`Labelled` counters and gauges.
 
 The exposition (text format 0.0.4) is written here rather than by prometheus_client: the
 sidecar runs in every pod, and the library with what it imports (wsgiref, http.server, gzip
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import gcpause
 
@@ -93,6 +93,7 @@ class Series:
 
 
 _INF = float("inf")
+Kind = Literal["counter", "gauge", "histogram"]
 
 
 def format_value(value: float) -> str:
@@ -146,7 +147,7 @@ class Family:
 
     __slots__ = ("lines", "name", "names")
 
-    def __init__(self, name: str, help_text: str, kind: str, names: Sequence[str]) -> None:
+    def __init__(self, name: str, help_text: str, kind: Kind, names: Sequence[str]) -> None:
         self.name = name + "_total" if kind == "counter" else name  # a counter's samples end in _total
         self.names = tuple(names)
         self.lines = [f"# HELP {self.name} {_escape_help(help_text)}\n# TYPE {self.name} {kind}\n"]
@@ -173,7 +174,7 @@ class Labelled:
 
     __slots__ = ("children", "help", "kind", "name", "names")
 
-    def __init__(self, name: str, help_text: str, kind: str, names: Sequence[str]) -> None:
+    def __init__(self, name: str, help_text: str, kind: Kind, names: Sequence[str]) -> None:
         self.name, self.help, self.kind, self.names = name, help_text, kind, tuple(names)
         self.children: dict[tuple[str, ...], Num] = {}
 
@@ -182,7 +183,7 @@ class Labelled:
             raise ValueError(f"{self.name}: labels {self.names}, got {values!r}")
         child = self.children.get(values)
         if child is None:  # setdefault: a reload builds its Runtime in a thread
-            child = self.children.setdefault(tuple(str(v) for v in values), Num())
+            child = self.children.setdefault(values, Num())
         return child
 
     def family(self) -> Family:
