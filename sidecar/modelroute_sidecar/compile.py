@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgspec
 from pydantic import ValidationError
 
 from .config import (
@@ -33,6 +32,7 @@ from .config import (
     split_keys,
 )
 from .resources import DEFAULT_AZURE_API_VERSION, GROUP, ModelBudget, ModelRoute, ProviderKey, Secret
+from .schema import replace
 
 Kind = Literal["ProviderKey", "ModelRoute", "ModelBudget"]
 
@@ -160,11 +160,11 @@ def compile_resources(
             api_version=pk.spec.api_version
             or (DEFAULT_AZURE_API_VERSION if pk.spec.provider == "azure-openai" else None),
             headers=pk.spec.headers,
-            mock=(pk.spec.mock.to_struct() if pk.spec.mock else MockSettings()) if pk.spec.provider == "mock"
+            mock=(pk.spec.mock.to_record() if pk.spec.mock else MockSettings()) if pk.spec.provider == "mock"
             else None,
             responses_api=pk.spec.responses_api,
             allowed_service_accounts=tuple(sorted(set(pk.spec.allowed_service_accounts))),
-            workload_identity=pk.spec.workload_identity.to_struct() if pk.spec.workload_identity else None,
+            workload_identity=pk.spec.workload_identity.to_record() if pk.spec.workload_identity else None,
             region=pk.spec.region,
             project=pk.spec.project,
             location=pk.spec.location,
@@ -196,7 +196,7 @@ def compile_resources(
                 why.append(f"ProviderKey {b.provider_key}: " + (state.message if state else "not found"))
         routes[spec.model] = RouteConfig(
             model=spec.model, strategy=spec.strategy, backends=tuple(backends),
-            retries=spec.retries.to_struct(), timeouts=spec.timeouts.to_struct(), source=f"ModelRoute/{name}",
+            retries=spec.retries.to_record(), timeouts=spec.timeouts.to_record(), source=f"ModelRoute/{name}",
             unavailable=tuple(why),
             allowed_service_accounts=tuple(sorted(set(spec.allowed_service_accounts))),
         )
@@ -213,8 +213,8 @@ def compile_resources(
 
     budgets = _compile_budgets(budget_docs, routes, provider_keys, statuses)
     # Every part was validated on its way in (the resources by pydantic, ``base`` as a config).
-    config = msgspec.structs.replace(base or GatewayConfig(), routes=routes, provider_keys=provider_keys,
-                                     unready_provider_keys=unready, budgets=budgets)
+    config = replace(base or GatewayConfig(), routes=routes, provider_keys=provider_keys,
+                     unready_provider_keys=unready, budgets=budgets)
     return CompileResult(config, keys, statuses, errors, referenced)
 
 
@@ -320,7 +320,7 @@ def _resolve_keys(
     if pk.spec.provider == "mock":
         return [], "NoKeyRequired", "provider mock answers in-process: no key, no network"
     if pk.spec.workload_identity is not None:
-        return [], "WorkloadIdentity", f"credentials from {pk.spec.workload_identity.to_struct().describe()}, no Secret"
+        return [], "WorkloadIdentity", f"credentials from {pk.spec.workload_identity.to_record().describe()}, no Secret"
     ref = pk.spec.secret_ref
     variables = key_sources(pk.metadata.name, pk.spec.provider) if env is not None else []
     env_hint = f", or set {' or '.join(variables)}" if variables else ""

@@ -6,21 +6,22 @@ ProviderKey name to its key strings. In a pod they arrive as the ConfigMap
 ``modelroute-config`` (file ``config.json``) and the Secret ``modelroute-keys`` (one
 file per ProviderKey, one key per line).
 
-The schema is msgspec structs, not pydantic models: the sidecar runs in every pod and
-loads only this, and msgspec costs a tenth of pydantic's memory and start-up time
-(about 1 MiB and 4 ms against 10 MiB and 130 ms, measured with ``-X importtime`` and
-VmRSS). ``modelroute serve`` and the operator, which validate the custom resources with
-pydantic, derive their models of the shared parts from these structs
-(:mod:`.pydantic_schema`), so there is one schema.
+The schema is records of our own (:mod:`.schema`: slotted classes, a validating reader of
+parsed JSON), not a library's: the sidecar runs in every pod and loads only this, so what
+it imports is paid for in each. pydantic costs about 10 MiB and 130 ms; msgspec, used here
+before, 1.15 MiB of resident memory with this module (its C core, ``decimal`` and
+``numbers``, its inspect, JSON-schema, TOML and YAML modules) and 5 ms; the records cost
+0.25 MiB and 3 ms (VmRSS and time around the import, byte-compiled, after aiohttp). Reading
+is slower: 0.34 s for 20,000 routes (12 MB) against msgspec's 0.07 s, in the reload thread,
+one route at a time, so requests are not stalled. ``modelroute serve`` and the operator,
+which validate the custom resources with pydantic, derive their models of the shared parts
+from these records (:mod:`.pydantic_schema`), so there is one schema.
 """
 
-from __future__ import annotations
+from typing import Annotated, Any, Literal, TypeVar
 
-from typing import Annotated, Any, Literal, TypeVar, cast
-
-import msgspec
-from msgspec import Meta, Struct, field
-
+from .schema import ConfigInvalid as ConfigInvalid
+from .schema import Record, Rule, convert, dump_json, field, load_json, to_data
 from .syntax import (
     CALLER_NAME_MAX,
     CALLER_NAME_PATTERN,
@@ -58,73 +59,66 @@ DEFAULT_BODY_TIMEOUT = 60.0
 # ProviderKey name -> key strings, in rotation order.
 Keys = dict[str, list[str]]
 
-def _pattern(regex: str) -> str:
-    # ``\Z``, not ``$``: msgspec matches with Python's re, where ``$`` also matches before a final
-    # newline (the CRD's RE2 and pydantic's regex do not). pydantic_schema turns it back.
-    return regex.removesuffix("$") + r"\Z" if regex.endswith("$") else regex
-
-
 # ServiceAccount names (caller names in `serve`) allowed to use a route; empty: everyone.
-CallerName = Annotated[str, Meta(min_length=1, max_length=CALLER_NAME_MAX, pattern=_pattern(CALLER_NAME_PATTERN))]
+CallerName = Annotated[str, Rule(min_length=1, max_length=CALLER_NAME_MAX, pattern=CALLER_NAME_PATTERN)]
 
 
-class _Model(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, rename="camel"):
-    """Immutable, unknown fields refused, JSON names in camelCase (as in the resources).
-    (Subclasses say ``frozen=True`` again for mypy, which does not inherit it.)"""
+class _Model(Record):
+    """Immutable, unknown fields refused, JSON names in camelCase (as in the resources)."""
 
 
-class RetryPolicy(_Model, frozen=True):
+class RetryPolicy(_Model):
     """How many attempts a request gets across a route's backends, and how they wait."""
 
-    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
-    backoff_base_seconds: Annotated[float, Meta(ge=0, le=30)] = 0.1
-    backoff_max_seconds: Annotated[float, Meta(ge=0, le=120)] = 2.0
+    max_attempts: Annotated[int, Rule(ge=1, le=20)] = 3
+    backoff_base_seconds: Annotated[float, Rule(ge=0, le=30)] = 0.1
+    backoff_max_seconds: Annotated[float, Rule(ge=0, le=120)] = 2.0
     # A Retry-After longer than this is not waited for; the next backend is tried instead.
-    max_retry_after_seconds: Annotated[float, Meta(ge=0, le=600)] = 10.0
+    max_retry_after_seconds: Annotated[float, Rule(ge=0, le=600)] = 10.0
 
 
-class Timeouts(_Model, frozen=True):
-    connect_seconds: Annotated[float, Meta(gt=0, le=300)] = 5.0
-    first_byte_seconds: Annotated[float, Meta(gt=0, le=3600)] = 60.0
-    between_chunks_seconds: Annotated[float, Meta(gt=0, le=3600)] = 60.0
-    total_seconds: Annotated[float, Meta(gt=0, le=86400)] = 600.0
+class Timeouts(_Model):
+    connect_seconds: Annotated[float, Rule(gt=0, le=300)] = 5.0
+    first_byte_seconds: Annotated[float, Rule(gt=0, le=3600)] = 60.0
+    between_chunks_seconds: Annotated[float, Rule(gt=0, le=3600)] = 60.0
+    total_seconds: Annotated[float, Rule(gt=0, le=86400)] = 600.0
 
 
-class CircuitBreaker(_Model, frozen=True):
-    failure_threshold: Annotated[int, Meta(ge=1, le=1000)] = 5
-    open_seconds: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+class CircuitBreaker(_Model):
+    failure_threshold: Annotated[int, Rule(ge=1, le=1000)] = 5
+    open_seconds: Annotated[float, Rule(gt=0, le=3600)] = 30.0
 
 
-class KeyCooldowns(_Model, frozen=True):
+class KeyCooldowns(_Model):
     """How long a key rests after the upstream refused it."""
 
-    auth_seconds: Annotated[float, Meta(ge=0)] = 300.0  # 401/403
-    rate_limit_seconds: Annotated[float, Meta(ge=0)] = 20.0  # 429 without Retry-After
+    auth_seconds: Annotated[float, Rule(ge=0)] = 300.0  # 401/403
+    rate_limit_seconds: Annotated[float, Rule(ge=0)] = 20.0  # 429 without Retry-After
 
 
-class Price(_Model, frozen=True):
+class Price(_Model):
     """USD per million tokens."""
 
-    input: Annotated[float, Meta(ge=0)]
-    output: Annotated[float, Meta(ge=0)]
-    cache_read: Annotated[float, Meta(ge=0)] | None = None
-    cache_write: Annotated[float, Meta(ge=0)] | None = None
+    input: Annotated[float, Rule(ge=0)]
+    output: Annotated[float, Rule(ge=0)]
+    cache_read: Annotated[float, Rule(ge=0)] | None = None
+    cache_write: Annotated[float, Rule(ge=0)] | None = None
 
 
-class MockSettings(_Model, frozen=True):
+class MockSettings(_Model):
     """A ``mock`` ProviderKey's behaviour: latency and failure injection (all off by default).
 
     Failures are chosen by a hash of the request, not by a random draw: the same request
     meets the same fate on every run, which keeps tests and drills reproducible.
     """
 
-    first_byte_ms: Annotated[int, Meta(ge=0, le=600_000)] = 0  # before the response starts
-    chunk_interval_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0  # between stream chunks
-    failure_rate: Annotated[float, Meta(ge=0, le=1)] = 0.0  # share of requests that fail
-    fail_status: Annotated[int, Meta(ge=400, le=599)] = 503  # the HTTP status they fail with
-    fail_after_chunks: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None  # streams break here
+    first_byte_ms: Annotated[int, Rule(ge=0, le=600_000)] = 0  # before the response starts
+    chunk_interval_ms: Annotated[int, Rule(ge=0, le=60_000)] = 0  # between stream chunks
+    failure_rate: Annotated[float, Rule(ge=0, le=1)] = 0.0  # share of requests that fail
+    fail_status: Annotated[int, Rule(ge=400, le=599)] = 503  # the HTTP status they fail with
+    fail_after_chunks: Annotated[int, Rule(ge=0, le=1_000_000)] | None = None  # streams break here
     # A fixed answer text instead of one derived from the prompt.
-    reply: Annotated[str, Meta(max_length=65536)] | None = None
+    reply: Annotated[str, Rule(max_length=65536)] | None = None
 
 
 # Workload identity: the ProviderKey's credential comes from the cloud, for the pod's
@@ -139,39 +133,39 @@ GCP_STS_URL = "https://sts.googleapis.com/v1/token"
 GCP_IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
 
 
-class AwsIdentity(_Model, frozen=True):
+class AwsIdentity(_Model):
     """IRSA when ``roleArn`` is set (the pod's token exchanged at STS AssumeRoleWithWebIdentity),
     else EKS Pod Identity (the pod identity agent's credentials endpoint)."""
 
-    role_arn: Annotated[str, Meta(pattern=_pattern(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"),
+    role_arn: Annotated[str, Rule(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$",
                                   max_length=2048)] | None = None
-    region: Annotated[str, Meta(pattern=_pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))] | None = None  # else AWS_REGION
-    session_name: Annotated[str, Meta(pattern=_pattern(r"^[\w+=,.@-]{2,64}$"))] | None = None
+    region: Annotated[str, Rule(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")] | None = None  # else AWS_REGION
+    session_name: Annotated[str, Rule(pattern=r"^[\w+=,.@-]{2,64}$")] | None = None
 
 
-class GcpIdentity(_Model, frozen=True):
+class GcpIdentity(_Model):
     """Workload identity federation when ``audience`` is set (the pod's token exchanged at
     Google's STS, then optionally for ``serviceAccount``'s token), else the GKE metadata server."""
 
-    audience: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
-    service_account: Annotated[str, Meta(pattern=_pattern(r"^[^@\s/]+@[^@\s/]+$"))] | None = None
+    audience: Annotated[str, Rule(min_length=1, max_length=1024)] | None = None
+    service_account: Annotated[str, Rule(pattern=r"^[^@\s/]+@[^@\s/]+$")] | None = None
     scopes: tuple[str, ...] = (GCP_SCOPE,)
-    token_url: Annotated[str, Meta(pattern=r"^https?://")] = field(name="tokenURL", default=GCP_STS_URL)
-    iam_credentials_url: Annotated[str, Meta(pattern=r"^https?://")] = field(name="iamCredentialsURL",
+    token_url: Annotated[str, Rule(pattern=r"^https?://")] = field(name="tokenURL", default=GCP_STS_URL)
+    iam_credentials_url: Annotated[str, Rule(pattern=r"^https?://")] = field(name="iamCredentialsURL",
                                                                            default=GCP_IAM_CREDENTIALS_URL)
 
 
-class AzureIdentity(_Model, frozen=True):
+class AzureIdentity(_Model):
     """Entra ID workload identity: the pod's token as a client assertion for an app's access
     token. Unset fields come from AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST."""
 
-    tenant_id: Annotated[str, Meta(pattern=_pattern(r"^[A-Za-z0-9.-]{1,256}$"))] | None = None
-    client_id: Annotated[str, Meta(pattern=_pattern(r"^[A-Za-z0-9-]{1,256}$"))] | None = None
-    authority_host: Annotated[str, Meta(pattern=r"^https?://")] | None = None
+    tenant_id: Annotated[str, Rule(pattern=r"^[A-Za-z0-9.-]{1,256}$")] | None = None
+    client_id: Annotated[str, Rule(pattern=r"^[A-Za-z0-9-]{1,256}$")] | None = None
+    authority_host: Annotated[str, Rule(pattern=r"^https?://")] | None = None
     scope: str = AZURE_OPENAI_SCOPE
 
 
-class WorkloadIdentity(_Model, frozen=True):
+class WorkloadIdentity(_Model):
     aws: AwsIdentity | None = None
     gcp: GcpIdentity | None = None
     azure: AzureIdentity | None = None
@@ -197,10 +191,10 @@ class WorkloadIdentity(_Model, frozen=True):
         return "Entra workload identity" + (f" (client {self.azure.client_id})" if self.azure.client_id else "")
 
     def dump_json(self) -> str:
-        return msgspec.json.encode(self).decode()
+        return dump_json(self)
 
 
-class ProviderKeyConfig(_Model, frozen=True):
+class ProviderKeyConfig(_Model):
     name: str
     provider: ProviderKind
     base_url: str = field(name="baseURL")
@@ -232,16 +226,16 @@ def _check_model_name(name: str) -> None:
         raise ValueError(MODEL_NAME_RULE)
 
 
-class BackendConfig(_Model, frozen=True):
+class BackendConfig(_Model):
     provider_key: str
     model: str
-    weight: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    weight: Annotated[int, Rule(ge=0, le=1_000_000)] = 1
 
     def __post_init__(self) -> None:
         _check_model_name(self.model)
 
 
-class RouteConfig(_Model, frozen=True):
+class RouteConfig(_Model):
     model: str
     strategy: Strategy = "failover"
     # May be empty when no backend is usable yet: requests then get a clear 503.
@@ -260,7 +254,7 @@ class RouteConfig(_Model, frozen=True):
         return [(b.provider_key, b.model, b.weight) for b in self.backends]
 
 
-class UnreadyKey(_Model, frozen=True):
+class UnreadyKey(_Model):
     """A ProviderKey left out of the config (no usable key): what it would serve, and why it cannot."""
 
     models: tuple[str, ...] = ()
@@ -272,16 +266,16 @@ OnExceeded = Literal["Reject", "Downgrade"]
 FailurePolicy = Literal["Closed", "Open"]
 
 
-class BudgetLimit(_Model, frozen=True):
+class BudgetLimit(_Model):
     """One window's limits; an unset unit is not limited (at least one is set)."""
 
-    window: Annotated[str, Meta(pattern=_pattern(WINDOW_PATTERN))]
-    usd: Annotated[float, Meta(ge=0)] | None = None  # JSON has no NaN or infinity; msgspec refuses 1e999
-    tokens: Annotated[int, Meta(ge=0)] | None = None
-    requests: Annotated[int, Meta(ge=0)] | None = None
+    window: Annotated[str, Rule(pattern=WINDOW_PATTERN)]
+    usd: Annotated[float, Rule(ge=0)] | None = None  # JSON has no NaN or infinity; 1e999 is refused
+    tokens: Annotated[int, Rule(ge=0)] | None = None
+    requests: Annotated[int, Rule(ge=0)] | None = None
 
 
-class BudgetSelector(_Model, frozen=True):
+class BudgetSelector(_Model):
     """Which traffic a budget counts; an empty list matches everything."""
 
     # Globs matched against the requested model name and the ModelRoute's own name.
@@ -289,18 +283,18 @@ class BudgetSelector(_Model, frozen=True):
     service_accounts: tuple[CallerName, ...] = ()
 
 
-class BudgetConfig(_Model, frozen=True, kw_only=True):
+class BudgetConfig(_Model):
     """A ModelBudget, compiled."""
 
     name: str
     selector: BudgetSelector = BudgetSelector()
-    limits: Annotated[tuple[BudgetLimit, ...], Meta(min_length=1)]
+    limits: Annotated[tuple[BudgetLimit, ...], Rule(min_length=1)]
     on_exceeded: OnExceeded = "Reject"
     downgrade_to: str | None = None  # a routed model name
     failure_policy: FailurePolicy = "Closed"
 
 
-class GatewayConfig(_Model, frozen=True):
+class GatewayConfig(_Model):
     version: int = CONFIG_VERSION
     provider_keys: dict[str, ProviderKeyConfig] = field(default_factory=dict)
     # Named in the 404 of a model one of them would serve, so the caller learns what is missing.
@@ -312,40 +306,35 @@ class GatewayConfig(_Model, frozen=True):
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     key_cooldowns: KeyCooldowns = KeyCooldowns()
     prices: dict[str, Price] = field(default_factory=dict)  # overrides of the built-in table
-    max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    max_body_bytes: Annotated[int, Rule(ge=1024)] = 32 * 1024 * 1024
     budgets: dict[str, BudgetConfig] = field(default_factory=dict)  # ModelBudgets, by name
 
     def dump_json(self) -> str:
-        return msgspec.json.format(msgspec.json.encode(self), indent=2).decode()
+        return dump_json(self, indent=True)
 
 
 S = TypeVar("S")
-
-ConfigInvalid = msgspec.ValidationError  # a ValueError: a value broke the schema (says which, and where)
 
 
 def from_data(data: Any, schema: type[S]) -> S:
     """``data`` (parsed JSON or YAML: dicts, lists, scalars) as ``schema``, validated as from JSON.
 
-    Raises :class:`ConfigInvalid`, whose text names the rule and where (``$.routes[...].model``).
+    Raises :class:`ConfigInvalid` (a ValueError), whose text names the rule and where
+    (``Expected `int` >= 1 - at `$.routes[...].retries.maxAttempts```).
     """
-    return msgspec.convert(data, schema)
+    return convert(data, schema)
 
 
-def from_json(raw: bytes | str | msgspec.Raw, schema: type[S]) -> S:
+def from_json(raw: bytes | str, schema: type[S]) -> S:
     """JSON text as ``schema``; :class:`ConfigInvalid` for a value against the schema, or text
     that is not JSON (as one message, so callers handle one error)."""
-    try:
-        return msgspec.json.decode(raw, type=schema)
-    except msgspec.ValidationError:
-        raise
-    except msgspec.DecodeError as e:
-        raise ConfigInvalid(str(e)) from None
+    return convert(load_json(raw), schema)
 
 
-def as_data(value: Struct) -> dict[str, Any]:
-    """A struct as JSON data (camelCase names, every field): what :func:`from_data` reads back."""
-    return cast(dict[str, Any], msgspec.to_builtins(value))
+def as_data(value: Record) -> dict[str, Any]:
+    """A record as JSON data (camelCase names, every field): what :func:`from_data` reads back."""
+    data: dict[str, Any] = to_data(value)
+    return data
 
 
 def split_keys(value: str) -> list[str]:

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import msgspec
-
 from . import gcpause
 from .config import (
     CONFIG_FILE,
@@ -29,9 +27,7 @@ from .config import (
     ConfigInvalid,
     GatewayConfig,
     Keys,
-    RouteConfig,
     format_config_error,
-    from_data,
     from_json,
     split_keys,
 )
@@ -269,22 +265,13 @@ class ConfigDirSource:
 
 
 def parse_config(raw: bytes, origin: str) -> GatewayConfig:
-    """The compiled config, parsed and validated one route at a time.
+    """The compiled config, parsed and validated; :class:`ConfigError` names the rule and where.
 
-    A C call (msgspec) holds the GIL from start to end, and one over 20,000 routes (12 MB)
-    would stall the event loop for a third of a second while a reload runs in a thread;
-    route-sized calls let it run in between (the longest call left, which splits the
-    routes' text, takes ~25 ms at 20,000 routes). An error is reported by the
-    whole-document validation, which locates it.
+    A reload runs in a thread, and a C call holds the GIL from start to end: one over 20,000
+    routes (12 MB) would stall the event loop for a tenth of a second. The text is parsed one
+    route at a time (:func:`.schema.load_json`), and validating is Python code, which lets
+    the event loop run in between.
     """
-    try:
-        top = from_json(raw, dict[str, msgspec.Raw])
-        routes = {name: from_json(route, RouteConfig)
-                  for name, route in from_json(top.pop("routes", b"{}"), dict[str, msgspec.Raw]).items()}
-        rest = {key: msgspec.json.decode(value) for key, value in top.items()}
-        return from_data({**rest, "routes": routes}, GatewayConfig)
-    except ConfigInvalid:
-        pass
     try:
         return from_json(raw, GatewayConfig)
     except ConfigInvalid as e:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from . import config
 from .config import WINDOW_PATTERN, FailurePolicy, OnExceeded, ProviderKind, ResponsesAPI, Strategy
-from .pydantic_schema import StructModel, model_of
+from .pydantic_schema import RecordModel, model_of
 from .syntax import (
     CALLER_NAME_MAX,
     CALLER_NAME_PATTERN,
@@ -25,13 +25,13 @@ from .syntax import (
     valid_model_name,
 )
 
-# The parts of the compiled config a resource spells out, as pydantic models of its structs
-# (one schema; ``.to_struct()`` gives the config's value).
+# The parts of the compiled config a resource spells out, as pydantic models of its records
+# (one schema; ``.to_record()`` gives the config's value).
 if TYPE_CHECKING:
-    RetryPolicy: TypeAlias = StructModel
-    Timeouts: TypeAlias = StructModel
-    MockSettings: TypeAlias = StructModel
-    WorkloadIdentity: TypeAlias = StructModel
+    RetryPolicy: TypeAlias = RecordModel
+    Timeouts: TypeAlias = RecordModel
+    MockSettings: TypeAlias = RecordModel
+    WorkloadIdentity: TypeAlias = RecordModel
 else:
     RetryPolicy = model_of(config.RetryPolicy)
     Timeouts = model_of(config.Timeouts)
@@ -148,7 +148,7 @@ class ProviderKeySpec(_Spec):
         if self.workload_identity is not None:
             if self.secret_ref is not None:
                 raise ValueError("secretRef and workloadIdentity are exclusive: the credential comes from one of them")
-            cloud = self.workload_identity.to_struct().cloud
+            cloud = self.workload_identity.to_record().cloud
             if cloud not in WORKLOAD_IDENTITY_CLOUDS.get(self.provider, frozenset()):
                 kinds = sorted(k for k, clouds in WORKLOAD_IDENTITY_CLOUDS.items() if cloud in clouds)
                 raise ValueError(f"workloadIdentity.{cloud} is for provider {' or '.join(kinds)}, "

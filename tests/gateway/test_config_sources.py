@@ -150,7 +150,7 @@ def prepare_big_reload(mode: str, tmp_path: Path, base_url: str) -> tuple[list[s
         big.write_text(yaml.dump_all(big_docs(base_url, 10_000), Dumper=getattr(yaml, "CSafeDumper",
                                                                                   yaml.SafeDumper)))
         return ["serve", "-f", str(cfg)], lambda: os.replace(big, cfg)
-    # The sidecar's JSON (msgspec) loads far faster than YAML (PyYAML, then pydantic): it takes
+    # The sidecar's JSON loads far faster than YAML (PyYAML, then pydantic): it takes
     # four times the routes to make a reload as long.
     vol = tmp_path / "etc-modelroute"
     project(vol, small_docs(base_url))

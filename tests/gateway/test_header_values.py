@@ -18,9 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from msgspec import ValidationError
 
-from modelroute_sidecar.config import GatewayConfig, from_data
+from modelroute_sidecar.config import ConfigInvalid, GatewayConfig, from_data
 from modelroute_sidecar.syntax import HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
@@ -144,7 +143,7 @@ def test_a_compiled_config_with_such_a_header_does_not_load() -> None:
     pk = {"name": "openai", "provider": "openai", "baseURL": "http://127.0.0.1:9/v1"}
     from_data({"providerKeys": {"openai": {**pk, "headers": {"X-Team": "a b\tc"}}}}, GatewayConfig)
     for headers in ({"X-Team": "a\r\nX-Injected: 1"}, {"X-Team": "caf\u00e9"}, {"X Team": "a"}):
-        with pytest.raises(ValidationError, match="cannot be sent"):
+        with pytest.raises(ConfigInvalid, match="cannot be sent"):
             from_data({"providerKeys": {"openai": {**pk, "headers": headers}}}, GatewayConfig)
 
 

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import openai
 import pytest
 import yaml
 
-from modelroute_sidecar.config import ProviderKeyConfig
+from modelroute_sidecar.config import ProviderKeyConfig, from_data
 from modelroute_sidecar.surface.upstream import account_url, model_url
 from tests.controlplane.cluster import wait_for
 from tests.fakes.azure import FakeAzureOpenAI
@@ -174,15 +173,14 @@ def post(gw: GatewayProcess, path: str, body: Any, key: str = ALICE) -> tuple[in
 ])
 def test_model_urls(provider: str, version: str | None, path: str, model: str, url: str) -> None:
     base = "https://up/v1" if provider != "azure-openai" else "https://up"
-    pk = msgspec.convert({"name": "p", "provider": provider, "baseURL": base, "apiVersion": version}, ProviderKeyConfig)
+    pk = from_data({"name": "p", "provider": provider, "baseURL": base, "apiVersion": version}, ProviderKeyConfig)
     assert model_url(pk, path, model) == url
 
 
 def test_account_urls() -> None:
     def pk(provider: str, version: str | None = None) -> ProviderKeyConfig:
-        return msgspec.convert({"name": "p", "provider": provider, "apiVersion": version,
-                                                 "baseURL": "https://up" + ("/v1" if provider == "openai" else "")},
-                               ProviderKeyConfig)
+        return from_data({"name": "p", "provider": provider, "apiVersion": version,
+                          "baseURL": "https://up" + ("/v1" if provider == "openai" else "")}, ProviderKeyConfig)
     assert account_url(pk("openai"), "files", {"purpose": "batch"}) == "https://up/v1/files?purpose=batch"
     assert account_url(pk("azure-openai"), "batches/b1/cancel") == \
         "https://up/openai/batches/b1/cancel?api-version=2024-10-21"
