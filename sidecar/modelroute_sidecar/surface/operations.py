@@ -2,8 +2,8 @@
 request is checked and what usage its answer carries. A table, read at import; pure functions.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict turns every string annotation into a
+# ForwardRef, compiling each one at import (for a request shape: ~1 ms and ~25 KiB in each pod).
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired

@@ -5,8 +5,8 @@ validation can be swapped without touching the translation. A good request is ch
 without pydantic (:mod:`..shapes`); pydantic judges and words the rest.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict turns every string annotation into a
+# ForwardRef, compiling each one at import (for a request shape: ~1 ms and ~25 KiB in each pod).
 from typing import Any, NotRequired
 
 from typing_extensions import TypedDict
