@@ -18,7 +18,6 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -90,22 +89,26 @@ class CallerError(Exception):
         self.native = native
 
 
-@dataclass(slots=True)
 class Call:
     """One caller request in flight."""
 
-    rid: str
-    route: Route
-    dialect: Dialect
-    ingress: Ingress
-    operation: str  # "chat" or "embeddings"
-    started: float
-    deadline: float
-    attempts: int = 0
-    canonical: ChatRequest | None = None
-    finished: bool = False  # metrics and the access log written
-    caller: str | None = None  # the ServiceAccount or caller-key name, for the access log
-    spend: Any = None  # a budget reservation (budget/gate.Spend), settled in _finish
+    __slots__ = ("attempts", "caller", "canonical", "deadline", "dialect", "finished", "ingress", "operation",
+                 "rid", "route", "spend", "started")
+
+    def __init__(self, rid: str, route: Route, dialect: Dialect, ingress: Ingress, operation: str, started: float,
+                 deadline: float, caller: str | None = None, spend: Any = None) -> None:
+        self.rid = rid
+        self.route = route
+        self.dialect = dialect
+        self.ingress = ingress
+        self.operation = operation  # "chat" or "embeddings"
+        self.started = started
+        self.deadline = deadline
+        self.attempts = 0
+        self.canonical: ChatRequest | None = None
+        self.finished = False  # metrics and the access log written
+        self.caller = caller  # the ServiceAccount or caller-key name, for the access log
+        self.spend = spend  # a budget reservation (budget/gate.Spend), settled in _finish
 
 
 _MAX_RETRY_AFTER = 86400.0  # longer means "not soon" to every policy; and never inf or nan

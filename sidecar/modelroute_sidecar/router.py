@@ -15,7 +15,6 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -42,12 +41,15 @@ _PATTERN_CACHE_MAX = 1024
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True)
+# Plain classes with slots, not dataclasses: each @dataclass compiles its methods at import,
+# a start-up cost paid in every pod for a few one-line __init__s.
 class KeyState:
-    cooldown_until: float = 0.0
+    __slots__ = ("cooldown_until",)
+
+    def __init__(self, cooldown_until: float = 0.0) -> None:
+        self.cooldown_until = cooldown_until
 
 
-@dataclass(slots=True)
 class BreakerState:
     """Closed (open_until 0) -> open (until open_until) -> half-open: one probe at a time.
 
@@ -55,29 +57,34 @@ class BreakerState:
     cannot keep the backend out of rotation for longer than one open period.
     """
 
-    failures: int = 0
-    open_until: float = 0.0
-    probe_until: float = 0.0
+    __slots__ = ("failures", "open_until", "probe_until")
+
+    def __init__(self, failures: int = 0, open_until: float = 0.0, probe_until: float = 0.0) -> None:
+        self.failures = failures
+        self.open_until = open_until
+        self.probe_until = probe_until
 
 
-@dataclass(slots=True)
 class LatencyState:
-    ewma: float | None = None
+    __slots__ = ("ewma",)
+
+    def __init__(self, ewma: float | None = None) -> None:
+        self.ewma = ewma
 
 
-@dataclass
 class State:
     """Health that survives reloads, keyed by stable identities (never by key value)."""
 
-    keys: dict[str, KeyState] = field(default_factory=dict)
-    breakers: dict[str, BreakerState] = field(default_factory=dict)
-    latency: dict[str, LatencyState] = field(default_factory=dict)
-    rotation: dict[str, int] = field(default_factory=dict)
-    clock: Clock = time.monotonic  # injectable, so tests step time instead of sleeping through it
-    # "<ProviderKey>|<baseURL>" of upstreams found without a Responses API (bridged since).
-    no_responses_api: set[str] = field(default_factory=set)
-    # Workload identity credentials, renewed in the background across reloads.
-    credentials: CredentialSources = field(default_factory=CredentialSources)
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.keys: dict[str, KeyState] = {}
+        self.breakers: dict[str, BreakerState] = {}
+        self.latency: dict[str, LatencyState] = {}
+        self.rotation: dict[str, int] = {}
+        self.clock = clock  # injectable, so tests step time instead of sleeping through it
+        # "<ProviderKey>|<baseURL>" of upstreams found without a Responses API (bridged since).
+        self.no_responses_api: set[str] = set()
+        # Workload identity credentials, renewed in the background across reloads.
+        self.credentials = CredentialSources()
 
 
 class KeyEntry:
