@@ -268,9 +268,9 @@ def parse_config(raw: bytes, origin: str) -> GatewayConfig:
     """The compiled config, parsed and validated; :class:`ConfigError` names the rule and where.
 
     A reload runs in a thread, and a C call holds the GIL from start to end: one over 20,000
-    routes (12 MB) would stall the event loop for a tenth of a second. The text is parsed one
-    route at a time (:func:`.schema.load_json`), and validating is Python code, which lets
-    the event loop run in between.
+    routes (12 MB) would stall the event loop for a tenth of a second. The text is parsed and
+    validated one route at a time (:func:`.schema.read_json`), in Python between the C calls,
+    which lets the event loop run in between.
     """
     try:
         return from_json(raw, GatewayConfig)
