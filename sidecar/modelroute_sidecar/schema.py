@@ -24,8 +24,6 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar, Union, dataclass_transform, get_args, get_origin, overload
 
-import orjson
-
 T = TypeVar("T")
 Convert = Callable[[Any], Any]
 
@@ -543,6 +541,8 @@ def _shallow(value: Any) -> dict[str, Any]:
 def dump_json(value: Any, indent: bool = False) -> str:
     """``value`` (records, dicts, lists, tuples, scalars) as JSON text, every field of a record
     under its JSON name."""
+    import orjson  # not on the way to `modelroute --help`; the sidecar has it loaded anyway
+
     return orjson.dumps(value, default=_shallow, option=orjson.OPT_INDENT_2 if indent else 0).decode()
 
 
