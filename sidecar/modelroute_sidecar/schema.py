@@ -2,11 +2,11 @@
 
 A record class lists its fields as annotations (``Annotated[int, Rule(ge=1)] = 3``); the
 metaclass turns them into ``__slots__``, a keyword-only ``__init__``, equality, hashing and
-a repr. :func:`convert` reads parsed JSON (dicts, lists, scalars) as a record, refusing
-unknown fields and values against the rules with the rule and the place
-(``Expected `int` >= 1 - at `$.routes[...].retries.maxAttempts```). :func:`to_data` and
-:func:`dump_json` write a record back as JSON data; :func:`load_json` parses JSON text in
-pieces. :mod:`.pydantic_schema` reads the same description (:func:`record_fields`) to make
+a repr. :func:`convert` reads parsed JSON (dicts, lists, scalars) as a record, and
+:func:`read_json` JSON text, refusing unknown fields and values against the rules with the
+rule and the place (``Expected `int` >= 1 - at `$.routes[...].retries.maxAttempts```).
+:func:`to_data` and :func:`dump_json` write a record back; :func:`replace` copies one with
+changes. :mod:`.pydantic_schema` reads the same description (:func:`record_fields`) to make
 the pydantic models of ``serve`` and the operator.
 
 The sidecar reads its config with this and nothing heavier (see :mod:`.config` for why).
@@ -111,6 +111,13 @@ def _camel(name: str) -> str:
     return head + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
+def _values_getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving the tuple of a record's field values (for ==, hash)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)  # in C
+    return lambda record: tuple(getattr(record, n) for n in names)
+
+
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
 class RecordMeta(type):
     """Makes a record class: its annotated names are its fields, stored in slots."""
@@ -128,11 +135,7 @@ class RecordMeta(type):
         cls = super().__new__(mcls, name, bases, ns)
         fields = tuple(inherited + own)
         cls.__record_fields__ = fields  # type: ignore[attr-defined]
-        names = [f.name for f in fields]
-        # A tuple of the field values (attrgetter of one name gives the value alone: asked twice).
-        get = operator.attrgetter(*names, *names[:1]) if len(names) == 1 else \
-            operator.attrgetter(*names) if names else (lambda *_: ())
-        cls.__record_values__ = get  # type: ignore[attr-defined]
+        cls.__record_values__ = staticmethod(_values_getter([f.name for f in fields]))  # type: ignore[attr-defined]
         return cls
 
 
@@ -140,7 +143,7 @@ class Record(metaclass=RecordMeta):
     """Immutable, built with keywords; equal when of one class with equal fields."""
 
     __record_fields__: typing.ClassVar[tuple[Field, ...]]
-    __record_values__: typing.ClassVar[Callable[..., tuple[Any, ...]]]
+    __record_values__: typing.ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def __init__(self, **values: Any) -> None:
         setter = object.__setattr__
@@ -172,11 +175,11 @@ class Record(metaclass=RecordMeta):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        values = self.__record_values__
+        values = type(self).__record_values__
         return bool(values(self) == values(other))
 
     def __hash__(self) -> int:
-        return hash(self.__record_values__(self)[: len(self.__record_fields__)])
+        return hash(type(self).__record_values__(self))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self.__record_fields__)
@@ -267,20 +270,19 @@ _converters: dict[Any, Convert] = {}
 
 def converter(t: Any) -> Convert:
     """The function that reads JSON data as type ``t`` (cached)."""
-    try:
-        return _converters[t]
-    except KeyError:
-        pass
-    except TypeError:  # an unhashable type expression: built each time
-        return _build(t)
-    conv = _converters[t] = _build(t)
+    conv = _converters.get(t)
+    if conv is None:
+        conv = _converters[t] = _build(t)
     return conv
 
 
 def convert(data: Any, t: type[T]) -> T:
     """``data`` (parsed JSON or YAML: dicts, lists, scalars) as ``t``; :class:`ConfigInvalid` if it
     breaks the schema. Records of the right class in ``data`` are taken as they are."""
-    return typing.cast(T, converter(t)(data))
+    try:
+        return typing.cast(T, converter(t)(data))
+    finally:
+        _forget_shared()
 
 
 def _build(t: Any) -> Convert:
@@ -459,7 +461,17 @@ def _scalar(t: Any) -> bool:
     return t in _SCALARS
 
 
-_SHARED_MAX = 4096  # distinct values remembered per record class
+_SHARED_MAX = 4096  # distinct values remembered per record class, within one read
+_shared: list[dict[tuple[Any, ...], Record]] = []
+
+
+def _forget_shared() -> None:
+    """Records are shared within one read, not kept for the next: a reload's old values must go.
+    (A read in another thread at the same time only shares less.)"""
+    for memo in _shared:
+        memo.clear()
+
+
 
 
 def _record(cls: type[Record]) -> Convert:
@@ -479,6 +491,7 @@ def _record(cls: type[Record]) -> Convert:
             fields = record_fields(cls)
             if all(_scalar(f.type) and f.default_factory is None for f in fields):
                 shared = {}
+                _shared.append(shared)
             plan = [(f.name, f.json_name, converter(f.type), f.default, f.default_factory) for f in fields]
         if shared is None:
             return build(value, plan)
@@ -612,7 +625,10 @@ def read_json(text: bytes | str, t: type[T]) -> T:
             return _split(key, s, i)
         return _members(s, i, functools.partial(_converted, conv, key))
 
-    return convert(_read(text, member), t)
+    try:
+        return typing.cast(T, converter(t)(_read(text, member)))
+    finally:
+        _forget_shared()
 
 
 def _read(text: bytes | str, value_at: ValueAt) -> Any:

@@ -259,6 +259,9 @@ def test_records_of_scalars_are_shared_between_routes_and_only_for_the_same_json
                        GatewayConfig)
     assert len({id(r.retries) for r in config.routes.values()}) == 1
     assert len({id(r.backends[0]) for r in config.routes.values()}) == 1
+    # Within one read only: the next read (a reload) does not keep the old config's records alive.
+    again = from_json(config.dump_json(), GatewayConfig)
+    assert again == config and again.routes["r0"].retries is not config.routes["r0"].retries
     # 1, 1.0 and True are equal in Python, not in the schema: what one was read as is not the other's.
     for bad in (True, 1.0):
         with pytest.raises(ConfigInvalid, match="Expected `int`, got"):
