@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError, ClientError
 from aiohttp.typedefs import Handler
 
 from .config import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, GatewayConfig, Keys
@@ -95,7 +96,8 @@ class Gateway:
         self.state = State(clock=clock)  # breakers and key cooldowns tell time by this clock
         self.runtime: Runtime | None = None
         self._log_keys = Redactor(())
-        self.session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._running = False
         self.engine: Engine | None = None
         self.models_body = b'{"object":"list","data":[]}'
         self.draining = False
@@ -157,19 +159,34 @@ class Gateway:
         creds = self.state.credentials.redactor
         redact_with(self._log_keys | creds if creds else self._log_keys)
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """aiohttp's client (None unless started): ProviderKeys behind a proxy, ``--upstream-client
+        aiohttp`` and a few endpoints use it. Made on first use, as aiohttp's client is imported
+        then: most pods never need it (see aiohttp_client_deferred)."""
+        if self._session is None and self._running:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            # Upstream answers are read as they are; the caller gets them uncompressed.
+            # No cookie jar: one provider's Set-Cookie must never ride along on another caller's
+            # request. No trust_env: proxies are resolved once per ProviderKey (see env_proxy).
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
+                                                  skip_auto_headers=("User-Agent",))
+        return self._session
+
+    def client_session(self) -> aiohttp.ClientSession:
+        session = self.session
+        if session is None:
+            raise RuntimeError("the gateway is not running")
+        return session
+
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        # Upstream answers are read as they are; the caller gets them uncompressed.
-        # No cookie jar: one provider's Set-Cookie must never ride along on another caller's
-        # request. No trust_env: proxies are resolved once per ProviderKey (see env_proxy).
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                             cookie_jar=aiohttp.DummyCookieJar(),
-                                             skip_auto_headers=("User-Agent",))
+        self._running = True
         if self.upstream_client == "lean":
             # Our own HTTP/1.1 client for upstream calls (see upstream.py); the session stays
             # for ProviderKeys behind a proxy.
             self.lean = LeanClient(keepalive_timeout=60)
-        self.engine = Engine(self.session, self.lean)
+        self.engine = Engine(self.client_session, self.lean)
         if self.budgets is not None:
             self.budgets.granter.start()
 
@@ -179,8 +196,10 @@ class Gateway:
             await self.budgets.close()
         if self.lean is not None:
             await self.lean.close()
-        if self.session is not None:
-            await self.session.close()
+        self._running = False
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     @property
     def ready(self) -> bool:
@@ -315,7 +334,7 @@ async def serve_dialect(request: web.Request, dialect: Dialect, operation: str =
         if err.status < 500 and err.code not in ("rate_limit_exceeded", "budget_exceeded"):
             gw.metrics.unrouted(err.status)
         return await _refuse(request, dialect, err, log_refused(request, dialect, err, model, rid))
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except (ConnectionResetError, ClientConnectionResetError):
         raise
     except Exception:
         rid = rid or request_id()
@@ -487,7 +506,7 @@ async def count_gemini_tokens(request: web.Request, dialect: Dialect, model_name
 
 async def _gemini_upstream_count(gw: Gateway, backend: Any, req: dict[str, Any]) -> tuple[int, str] | None:
     """(tokens, backend) as a Gemini first backend counts them, or None."""
-    if backend is None or backend.adapter.kind not in ("gemini", "vertex") or gw.session is None:
+    if backend is None or backend.adapter.kind not in ("gemini", "vertex") or gw.engine is None:
         return None
     adapter = backend.adapter
     try:
@@ -505,20 +524,32 @@ async def _ask_count(gw: Gateway, backend: Any, prepared: Any, headers: dict[str
     """POST a prepared token-count request: (tokens, backend), or None (the caller then
     estimates) when the upstream fails or refuses."""
     adapter = backend.adapter
-    assert gw.session is not None
     try:
         if key.source is not None:
             headers.update(await credential_headers(backend, key, prepared))
-        async with gw.session.post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
-                                   proxy_auth=adapter.proxy_auth, timeout=COUNT_TOKENS_TIMEOUT) as resp:
-            answer = await resp.read()
-            if resp.status != 200:
-                log.info("token count: %s answered %d; estimating", backend.id, resp.status)
-                return None
+        status, answer = await _post_once(gw, adapter, prepared, headers)
+        if status != 200:
+            log.info("token count: %s answered %d; estimating", backend.id, status)
+            return None
         return adapter.token_count(answer), backend.id
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError, AttemptFailed) as e:
+    except (ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError, AttemptFailed) as e:
         log.info("token count: %s failed (%s); estimating", backend.id, type(e).__name__)
         return None
+
+
+async def _post_once(gw: Gateway, adapter: Any, prepared: Any, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One POST and its whole answer, within COUNT_TOKENS_SECONDS: through the lean client, or
+    aiohttp's session for a ProviderKey behind a proxy (or with ``--upstream-client aiohttp``)."""
+    async with asyncio.timeout(COUNT_TOKENS_SECONDS):
+        if gw.lean is not None and adapter.proxy is None:
+            resp = await gw.lean.post(prepared.url, prepared.body, headers)
+            try:
+                return resp.status, await resp.read()
+            finally:
+                resp.close()
+        async with gw.client_session().post(prepared.url, data=prepared.body, headers=headers, proxy=adapter.proxy,
+                                            proxy_auth=adapter.proxy_auth) as answer:
+            return answer.status, await answer.read()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -538,7 +569,7 @@ async def not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, body=render_openai_error(err), content_type="application/json")
 
 
-COUNT_TOKENS_TIMEOUT = aiohttp.ClientTimeout(total=10)
+COUNT_TOKENS_SECONDS = 10.0
 
 
 async def count_message_tokens(request: web.Request, dialect: Dialect) -> web.Response:
@@ -577,7 +608,7 @@ async def _upstream_count(request: web.Request, gw: Gateway, req: dict[str, Any]
     """(tokens, backend) as the route's first backend counts them, or None."""
     rt = gw.runtime
     route = rt.resolve(req["model"]) if rt is not None else None
-    if route is None or not route.backends or gw.session is None:
+    if route is None or not route.backends or gw.engine is None:
         return None
     from .wire.anthropic.caller import to_canonical as messages_to_canonical
 
@@ -613,7 +644,7 @@ async def internal_errors(request: web.Request, handler: Handler) -> web.StreamR
     logged with its traceback; never aiohttp's plain-text page."""
     try:
         return await handler(request)
-    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
         raise
     except Exception:
         rid = request_id()

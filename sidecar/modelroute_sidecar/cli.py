@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .aiohttp_client_deferred import defer_client
 from .config import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_CONFIG_DIR,
@@ -147,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ready, and resumes.
     gc.disable()
     try:
+        defer_client()  # before anything imports aiohttp: the gateway serves without its client
         return _serve(args)
     finally:
         gc.enable()

@@ -17,12 +17,13 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionError, ClientError, ClientPayloadError
 
 from .canonical import ChatRequest, Usage, chunks_from_response, usage_from_openai
 from .errors import ErrorType, GatewayError, bad_request
@@ -142,13 +143,23 @@ def parse_retry_after(headers: Any) -> float | None:
     return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
 
 
-UpstreamResponse = aiohttp.ClientResponse | LeanResponse | InProcessResponse
+def session_timeout(route: Route) -> aiohttp.ClientTimeout:
+    """The timeout of an attempt through aiohttp's session (the lean client is given seconds)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=route.timeouts.connect_seconds)
+
+
+if TYPE_CHECKING:  # aiohttp's client is imported on use only (aiohttp_client_deferred)
+    UpstreamResponse = aiohttp.ClientResponse | LeanResponse | InProcessResponse
 
 
 class Engine:
-    def __init__(self, session: aiohttp.ClientSession, lean: LeanClient | None = None) -> None:
-        self.session = session
+    def __init__(self, session: Callable[[], aiohttp.ClientSession], lean: LeanClient | None = None) -> None:
+        self._session = session  # made on first use: most pods never need aiohttp's client
         self.lean = lean  # the lean upstream client, when on; the session still serves proxied keys
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session()
 
     async def handle(self, request: web.Request, rt: Runtime, route: Route, dialect: Dialect, ingress: Ingress,
                      operation: str = "chat", caller: str | None = None, spend: Any = None) -> web.StreamResponse:
@@ -304,7 +315,7 @@ class Engine:
                 raise AttemptFailed("timeout", "timeout", UpstreamErrorInfo(
                     f"no response from {backend.id} within {timeouts.first_byte_seconds:g}s", "timeout_error",
                     True), http_status=504) from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+            except (ClientConnectionError, ClientPayloadError, OSError) as e:
                 raise AttemptFailed("connect_error", "connect_error", UpstreamErrorInfo(
                     f"could not reach {backend.id}: {type(e).__name__}", "api_error", True)) from None
             backend.first_byte(loop.time() - started)
@@ -324,7 +335,7 @@ class Engine:
         if self.lean is not None and adapter.proxy is None:
             return await self.lean.post(prepared.url, prepared.body, headers, call.route.timeouts.connect_seconds)
         return await self.session.post(prepared.url, data=prepared.body, headers=headers,
-                                       timeout=call.route.client_timeout, proxy=adapter.proxy,
+                                       timeout=session_timeout(call.route), proxy=adapter.proxy,
                                        proxy_auth=adapter.proxy_auth)
 
     def _no_responses_api(self, rt: Runtime, backend: Backend, status: int) -> AttemptFailed:
@@ -361,7 +372,7 @@ class Engine:
             raise AttemptFailed("timeout", "timeout", UpstreamErrorInfo(
                 f"{backend.id} did not finish within {call.route.timeouts.total_seconds:g}s", "timeout_error",
                 True), http_status=504) from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (ClientError, OSError) as e:
             raise AttemptFailed("connect_error", "connect_error", UpstreamErrorInfo(
                 f"{backend.id} broke off its response: {type(e).__name__}", "api_error", True)) from None
         try:
@@ -558,7 +569,7 @@ async def _read_upstream(resp: UpstreamResponse) -> bytes:
     """Read the next upstream bytes; upstream failures become :class:`_UpstreamBroke`."""
     try:
         return await resp.content.readany()
-    except (aiohttp.ClientError, OSError) as e:
+    except (ClientError, OSError) as e:
         raise _UpstreamBroke(type(e).__name__) from None
 
 

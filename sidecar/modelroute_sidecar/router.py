@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import ClientTimeout
 
 from .config import CircuitBreaker as BreakerSettings
 from .config import GatewayConfig, KeyCooldowns, Keys, RetryPolicy, RouteConfig, Timeouts
@@ -209,7 +208,7 @@ class Backend:
 
 
 class Route:
-    __slots__ = ("allowed", "backends", "client_timeout", "label", "max_price", "name", "order", "retries",
+    __slots__ = ("allowed", "backends", "label", "max_price", "name", "order", "retries",
                  "source", "timeouts", "unavailable")
 
     def __init__(self, name: str, backends: list[Backend], strategy: str, retries: RetryPolicy,
@@ -224,7 +223,6 @@ class Route:
         self.timeouts = timeouts
         self.source = source
         self.order: Callable[[], list[Backend]] = _STRATEGIES[strategy](backends)
-        self.client_timeout = ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
         # USD per million (input, output) tokens at its most expensive backend: budgets reserve at it.
         prices = [b.price for b in backends if b.price is not None]
         self.max_price = (max((p.input for p in prices), default=0.0), max((p.output for p in prices), default=0.0))

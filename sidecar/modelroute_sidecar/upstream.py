@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 import zlib
 from collections import deque
 from collections.abc import Mapping
@@ -37,8 +38,8 @@ from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
 import aiohappyeyeballs
-import aiohttp
 import httptools
+from aiohttp.client_exceptions import ClientConnectionError, ClientError, ClientPayloadError, ConnectionTimeoutError
 from multidict import CIMultiDict
 
 __all__ = ["LeanClient", "LeanResponse", "UpstreamConnectionError", "UpstreamPayloadError"]
@@ -50,11 +51,11 @@ _IDLE_RACE_SECONDS = 0.5  # a keep-alive race shows at once; later failures are 
 _HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305, aiohttp's default
 
 
-class UpstreamConnectionError(aiohttp.ClientConnectionError):
+class UpstreamConnectionError(ClientConnectionError):
     """Could not connect, or the connection broke or spoke bad HTTP before the body."""
 
 
-class UpstreamPayloadError(aiohttp.ClientPayloadError):
+class UpstreamPayloadError(ClientPayloadError):
     """The response body was cut short (or could not be parsed or decoded)."""
 
 
@@ -318,7 +319,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _broken(self, error: aiohttp.ClientError) -> None:
+    def _broken(self, error: ClientError) -> None:
         resp = self.resp
         self.resp = None
         hw = self.headers_waiter
@@ -351,12 +352,15 @@ def _why(exc: BaseException | None) -> str:
 
 
 def shared_verified_context() -> ssl.SSLContext:
-    """The verifying TLS context aiohttp built when it was imported (system CAs, hostname check,
-    ALPN http/1.1): a second one would load the CA store again, ~0.8 MiB in every pod."""
-    ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)  # private: checked, with a fallback
+    """A verifying TLS context (system CAs, hostname check, ALPN http/1.1). aiohttp's own when its
+    client was imported (it builds one then): a second would load the CA store again, ~0.8 MiB."""
+    connector = sys.modules.get("aiohttp.connector")  # not imported for this: see aiohttp_client_deferred
+    ctx = getattr(connector, "_SSL_CONTEXT_VERIFIED", None)  # private: checked, with a fallback
     if isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname:
         return ctx
-    return ssl.create_default_context()
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(("http/1.1",))
+    return ctx
 
 
 class LeanClient:
@@ -464,7 +468,7 @@ class LeanClient:
                     raise
         except TimeoutError:
             conn.close()
-            raise aiohttp.ConnectionTimeoutError(f"connection to {host}:{port} timed out after {within:g}s") \
+            raise ConnectionTimeoutError(f"connection to {host}:{port} timed out after {within:g}s") \
                 from None
         except OSError as e:  # refused, unreachable, DNS (socket.gaierror), TLS (ssl.SSLError)
             conn.close()

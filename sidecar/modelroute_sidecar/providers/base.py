@@ -12,8 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
-from aiohttp import BasicAuth
-from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from yarl import URL
 
 from ..canonical import ChatRequest, ChatResponse

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientError
 
 from ..canonical import Usage
-from ..engine import Call, Engine, UpstreamResponse
+from ..engine import Call, Engine, session_timeout
 from ..errors import GatewayError
 from ..providers.base import PreparedRequest
 from ..router import Backend, Route, Runtime
@@ -33,6 +33,9 @@ from .upstream import model_url
 FORM = "\x00form"  # where a multipart ingress keeps its Form (never serialised)
 MOCK_PREFIX = "mock:surface/"
 _STREAM_CHUNK = 64 * 1024
+
+if TYPE_CHECKING:
+    from ..engine import UpstreamResponse
 
 
 class SurfaceDialect(OpenAIChat):
@@ -103,7 +106,7 @@ class SurfaceEngine(Engine):
             return await super()._send(call, backend, prepared, headers)
         encoded = encode(form, {"model": backend.model})  # a fresh body each attempt
         return await self.session.post(
-            prepared.url, data=encoded.stream(), timeout=call.route.client_timeout, proxy=adapter.proxy,
+            prepared.url, data=encoded.stream(), timeout=session_timeout(call.route), proxy=adapter.proxy,
             proxy_auth=adapter.proxy_auth, headers={**headers, "content-type": encoded.content_type,
                                                     "content-length": str(encoded.length)})
 
@@ -129,7 +132,7 @@ class SurfaceEngine(Engine):
                 except TimeoutError:
                     error = "upstream_timeout"
                     break
-                except (aiohttp.ClientError, OSError, ValueError):  # the upstream broke off
+                except (ClientError, OSError, ValueError):  # the upstream broke off
                     error = "upstream_stream_ended"
                     break
                 if not data:

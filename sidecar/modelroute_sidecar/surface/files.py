@@ -28,6 +28,7 @@ from typing import Any, NotRequired
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientError
 from typing_extensions import TypedDict
 
 from ..app import (
@@ -155,7 +156,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
     rid: str | None = None
     try:
         rid = _checked_headers(request, OPENAI_CHAT)
-        if rt is None or gw.session is None:
+        if rt is None or gw.engine is None:
             raise GatewayError(503, "The gateway has no configuration yet", type="api_error", code="not_ready")
         caller = rt.callers.identify(request)
         if not name:
@@ -171,7 +172,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
         backend = account_of(route)
         action = await action_for(request, rt, gw.body_timeout, route, backend)
         rid = rid or request_id()
-        return await _forward(request, rt, gw.session, route, backend, action, rid, caller)
+        return await _forward(request, rt, gw.client_session(), route, backend, action, rid, caller)
     except GatewayError as err:
         if err.status < 500:
             gw.metrics.unrouted(err.status)
@@ -217,7 +218,7 @@ async def _forward(request: web.Request, rt: Runtime, session: aiohttp.ClientSes
         try:
             resp = await session.request(action.method, url, data=data, headers=send_headers, timeout=timeout,
                                          proxy=adapter.proxy, proxy_auth=adapter.proxy_auth)
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except (ClientError, OSError, TimeoutError) as e:
             backend.metrics.attempt("connect_error")
             log.warning("attempt failed", extra={"fields": {"request_id": rid, "route": route.name,
                                                             "backend": backend.id, "key": key.label,
@@ -246,7 +247,7 @@ async def _read(resp: aiohttp.ClientResponse, backend: Backend) -> bytes:
     """The whole upstream body; a 502 (nothing was sent to the caller yet) when it breaks off."""
     try:
         return await resp.read()
-    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+    except (ClientError, OSError, TimeoutError) as e:
         raise GatewayError(502, f"{backend.id} broke off its answer: {type(e).__name__}", type="api_error",
                            code="upstream_unavailable") from None
 
@@ -274,7 +275,7 @@ async def _answer(request: web.Request, rt: Runtime, route: Route, backend: Back
     try:
         async for chunk in resp.content.iter_any():
             await stream.write(chunk)
-    except (aiohttp.ClientError, OSError):
+    except (ClientError, OSError):
         if request.transport is not None:
             request.transport.abort()  # cut short, never complete-looking
         return _done(request, rt, route, backend, action, rid, caller, started, stream, "upstream_stream_ended")

@@ -26,11 +26,11 @@ _ENGINES: weakref.WeakKeyDictionary[Gateway, SurfaceEngine] = weakref.WeakKeyDic
 
 def engine_of(gw: Gateway) -> SurfaceEngine | None:
     """The gateway's surface engine, sharing its HTTP clients (None before it started)."""
-    if gw.session is None:
+    if gw.engine is None:
         return None
     engine = _ENGINES.get(gw)
-    if engine is None or engine.session is not gw.session:
-        engine = _ENGINES[gw] = SurfaceEngine(gw.session, gw.lean)
+    if engine is None or engine.lean is not gw.lean:
+        engine = _ENGINES[gw] = SurfaceEngine(gw.client_session, gw.lean)
     return engine
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_exceptions import ClientPayloadError
+from aiohttp.multipart import BodyPartReader
 
 from ..errors import GatewayError, bad_request, payload_too_large
 from ..syntax import valid_header_value
@@ -87,7 +89,7 @@ async def read_form(request: web.Request, limit: int, seconds: float) -> Form:
                            code="request_timeout") from None
     except GatewayError:
         raise
-    except (ValueError, AssertionError, LookupError, aiohttp.ClientPayloadError, aiohttp.http.HttpProcessingError) as e:
+    except (ValueError, AssertionError, LookupError, ClientPayloadError, aiohttp.http.HttpProcessingError) as e:
         # aiohttp's reader: a wrong or missing boundary, a part without headers, a body that
         # ends before its closing boundary.
         raise not_multipart(type(e).__name__ + (f": {e}" if str(e) else "")) from None
@@ -101,7 +103,7 @@ async def _read(request: web.Request, limit: int) -> Form:
         part = await reader.next()
         if part is None:
             break
-        if not isinstance(part, aiohttp.BodyPartReader):
+        if not isinstance(part, BodyPartReader):
             raise not_multipart("a nested multipart part")
         if len(parts) >= MAX_PARTS:
             raise not_multipart(f"more than {MAX_PARTS} parts")
