@@ -522,3 +522,59 @@ def test_the_default_tls_context_is_aiohttps_verifying_one() -> None:
     assert ctx is aiohttp.connector._SSL_CONTEXT_VERIFIED
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.cert_store_stats()["x509_ca"] > 0
+
+
+def subject_hash(common_name: str) -> str:
+    """OpenSSL's subject-name hash (X509_NAME_hash, the ``<hash>.0`` names of a CA directory) of
+    a name holding one short ASCII CN: SHA-1 over the canonical DER of its RDNs (UTF8String,
+    lower case), the first four bytes read little-endian."""
+    import hashlib
+
+    value = common_name.lower().encode()
+    atv = b"\x30" + bytes([7 + len(value)]) + b"\x06\x03\x55\x04\x03" + b"\x0c" + bytes([len(value)]) + value
+    rdn = b"\x31" + bytes([len(atv)]) + atv
+    return f"{int.from_bytes(hashlib.sha1(rdn).digest()[:4], 'little'):08x}"
+
+
+async def test_the_system_context_reads_cas_from_the_hashed_directory_as_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where aiohttp's client is not imported (a pod), the lean client builds its own context: from
+    # the CA directory, one root at a time, not the whole bundle parsed up front.
+    from modelroute_sidecar.upstream import verified_context
+
+    cert, key = self_signed(tmp_path)
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", str(cas))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/echo", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    url = f"https://localhost:{runner.addresses[0][1]}/echo"
+    try:
+        untrusting = LeanClient(ssl_context=verified_context())  # the directory has no CA yet
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await untrusting.post(url, b"", {})
+        await untrusting.close()
+
+        (cas / f"{subject_hash('localhost')}.0").write_bytes(cert.read_bytes())
+        ctx = verified_context()
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert ctx.cert_store_stats()["x509_ca"] == 0  # nothing read up front
+        client = LeanClient(ssl_context=ctx)
+        resp = await client.post(url, b"", {})
+        assert resp.status == 200 and orjson.loads(await resp.read()) == {"ok": True}
+        assert ctx.cert_store_stats()["x509_ca"] == 1  # the one root the chain needed
+        await client.close()
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # a bundle named explicitly is read whole
+        assert verified_context().cert_store_stats()["x509_ca"] == 1
+    finally:
+        await runner.cleanup()
