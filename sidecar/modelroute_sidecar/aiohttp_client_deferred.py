@@ -55,7 +55,7 @@ def defer_client() -> bool:
         if name in names:  # a submodule: import it alone, as `from . import hdrs` inside aiohttp does
             __import__(f"aiohttp.{name}")  # the import statement's way (-X importtime logs it)
             return sys.modules[f"aiohttp.{name}"]
-        if name.startswith("__"):
+        if name.startswith("__") and name != "__all__":  # e.g. inspect's probes; `import *` reads __all__
             raise AttributeError(f"module 'aiohttp' has no attribute {name!r}")
         with lock:
             if package.__dict__.get("__getattr__") is __getattr__:

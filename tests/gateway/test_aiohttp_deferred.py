@@ -59,6 +59,7 @@ def test_the_deferred_package_is_aiohttp_to_its_importers() -> None:
             assert "no_such_name" in str(e)
         else:
             raise AssertionError("an unknown name must raise AttributeError")
+        assert "ClientSession" in aiohttp.__all__
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
