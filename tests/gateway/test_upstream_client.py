@@ -524,22 +524,11 @@ def test_the_default_tls_context_is_aiohttps_verifying_one() -> None:
     assert ctx.cert_store_stats()["x509_ca"] > 0
 
 
-def subject_hash(common_name: str) -> str:
-    """OpenSSL's subject-name hash (X509_NAME_hash, the ``<hash>.0`` names of a CA directory) of
-    a name holding one short ASCII CN: SHA-1 over the canonical DER of its RDNs (UTF8String,
-    lower case), the first four bytes read little-endian."""
-    import hashlib
-
-    value = common_name.lower().encode()
-    atv = b"\x30" + bytes([7 + len(value)]) + b"\x06\x03\x55\x04\x03" + b"\x0c" + bytes([len(value)]) + value
-    rdn = b"\x31" + bytes([len(atv)]) + atv
-    return f"{int.from_bytes(hashlib.sha1(rdn).digest()[:4], 'little'):08x}"
-
-
 async def test_the_system_context_reads_cas_from_the_hashed_directory_as_needed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Where aiohttp's client is not imported (a pod), the lean client builds its own context: from
     # the CA directory, one root at a time, not the whole bundle parsed up front.
+    from bench.tls_footprint import subject_hash
     from modelroute_sidecar.upstream import verified_context
 
     cert, key = self_signed(tmp_path)
