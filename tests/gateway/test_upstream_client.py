@@ -8,9 +8,7 @@ gateway suites run with it too: ``MODELROUTE_UPSTREAM_CLIENT=lean python -m pyte
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gzip
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +18,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from bench.tls_footprint import certificate as self_signed
+from bench.tls_footprint import subject_hash
 from modelroute_sidecar.upstream import LeanClient, UpstreamConnectionError, UpstreamPayloadError
 from tests.fakes.base import closed_port, wait_until
 from tests.fakes.openai import FakeOpenAI
@@ -390,30 +390,6 @@ async def test_undecodable_body_is_a_payload_error(client: LeanClient) -> None:
 # ---- TLS ----------------------------------------------------------------------------------------
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def test_https(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -528,7 +504,6 @@ async def test_the_system_context_reads_cas_from_the_hashed_directory_as_needed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Where aiohttp's client is not imported (a pod), the lean client builds its own context: from
     # the CA directory, one root at a time, not the whole bundle parsed up front.
-    from bench.tls_footprint import subject_hash
     from modelroute_sidecar.upstream import verified_context
 
     cert, key = self_signed(tmp_path)
