@@ -7,7 +7,7 @@
 #   docker build -t ghcr.io/modelroute/modelroute:0.1.0 .
 #   image/build.sh      # the same Dockerfile, built without a Docker engine (buildah)
 #
-# Three stages: `python` is Debian with its python3 and nothing else; `build` adds venv
+# Three stages: `python` is Debian with its python3 and its CA store; `build` adds venv
 # support and installs the package and its dependencies (all of them ship binary wheels,
 # so no compiler is needed) into a virtualenv; the final stage is `python` with only that
 # virtualenv copied in: no pip, no apt lists, no build tools, no source tree.
@@ -16,8 +16,12 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS python
 ARG DEBIAN_FRONTEND=noninteractive
+# ca-certificates: python3 only recommends it, and without it /etc/ssl/certs is missing, so
+# Python's default SSL context trusts nothing and every HTTPS provider fails verification.
+# Its postinst writes the bundle (certs/ca-certificates.crt) and the OpenSSL hash links
+# (certs/<subject hash>.0) the sidecar's upstream client looks CAs up by.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/* /usr/share/doc/* /usr/share/man/*
 
