@@ -19,7 +19,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # ca-certificates: python3 only recommends it, and without it /etc/ssl/certs is missing, so
 # Python's default SSL context trusts nothing and every HTTPS provider fails verification.
 # Its postinst writes the bundle (certs/ca-certificates.crt) and the OpenSSL hash links
-# (certs/<subject hash>.0) the sidecar's upstream client looks CAs up by.
+# (certs/<subject hash>.0) OpenSSL looks a CA up by in a CA directory (capath).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && apt-get clean \

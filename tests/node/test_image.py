@@ -18,13 +18,13 @@ import pytest
 
 from modelroute_operator.settings import InjectionSettings
 from tests.controlplane.cluster import wait_for
-from tests.node import ca_probe
 from tests.node.conftest import app_pod, pod
 from tests.node.node import Node, NodeAssets
 from tests.operator.conftest import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+CA_PROBE = Path(__file__).with_name("ca_probe.py")  # run in a pod, not imported here
 # Uncompressed; the layers travel gzip-compressed at about a quarter of that.
 MAX_IMAGE_BYTES = 340 * 1024 * 1024
 
@@ -158,7 +158,7 @@ def test_a_pod_verifies_tls_with_the_images_ca_store(node: Node, node_assets: No
     bundle by its hash, lazily; the sidecar's upstream context takes a private CA from
     SSL_CERT_FILE or SSL_CERT_DIR. tests/node/ca_probe.py says how."""
     name, namespace = "ca-probe", "default"
-    probe = app_pod(name, node_assets.image, Path(ca_probe.__file__).read_text(), inject=False)
+    probe = app_pod(name, node_assets.image, CA_PROBE.read_text(), inject=False)
     probe["spec"]["restartPolicy"] = "Never"
     node_cluster.apply(probe, namespace)
     try:
